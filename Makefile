@@ -1,0 +1,29 @@
+# Fresh machine: `make demo` (set up and run the main job), `make test` (set up and run the tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench-engine lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU wheel of torch 2.13.0 first, so that `torch>=2.4` below installs nothing more.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/allocator demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+bench-engine: $(STAMP)
+	$(PY) benchmarks/engine.py --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

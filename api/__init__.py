@@ -1,0 +1,1 @@
+"""The REST job service and dashboard."""

@@ -1,0 +1,233 @@
+"""The integer kernels the quantized modules run on, one small function per path.
+
+Each path has a stable name that reports carry (`KernelPath`). Paths that need weights in a
+kernel-specific layout have a `prepare_*` function; its result is cached by the module and
+never stored. Only int8 and int4 have real integer kernels; every other bit-width runs as
+`dequant` (unpack, scale, float matmul) and is reported as such.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from contextlib import contextmanager
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+from engine._platform import has_vnni
+
+
+class KernelPath(str, Enum):
+    """Names of the execution paths, as they appear in every report."""
+
+    FBGEMM_INT8_DYNAMIC = "fbgemm-int8"
+    """x86/fbgemm int8 GEMM; activations quantized per call (per tensor, uint8)."""
+    ONEDNN_INT8_DYNAMIC = "onednn-int8"
+    """oneDNN int8 GEMM/conv with fp32 output; activations quantized per call."""
+    FBGEMM_INT8_STATIC_CONV = "fbgemm-int8-static"
+    """x86/fbgemm int8 conv, channels-last, activation ranges fixed by calibration."""
+    INT4PACK_BF16 = "int4pack-bf16"
+    """PyTorch's int4 weight-packed matmul (group-wise asymmetric), bf16 activations."""
+    CUDA_INT8_INTMM = "cuda-int8-intmm"
+    """CUDA int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales."""
+    CUDA_INT4PACK_BF16 = "cuda-int4pack-bf16"
+    """CUDA int4 weight-packed matmul (tinygemm), bf16 activations."""
+    DEQUANT = "dequant"
+    """Packed codes unpacked and scaled to float, then a float matmul/conv: no low-bit kernel."""
+
+
+INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
+# Rows above which the CPU int4 kernel is slower than dequantize + fp32 GEMM (measured here:
+# 0.41x of fp32 at M=4096, ~1x for dequant; 4.5x at M=1).
+INT4PACK_MAX_ROWS_CPU = 256
+# Rows from which oneDNN beats fbgemm for int8 GEMMs that do not shrink (N >= K).
+ONEDNN_MIN_ROWS = 16
+
+
+@contextmanager
+def _quiet_deprecations():
+    """torch's quantized-tensor ops warn that they are deprecated; users need not see it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+@functools.cache
+def int4pack_cpu_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+        torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"
+    )
+
+
+@functools.cache
+def onednn_available() -> bool:
+    try:
+        return hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@functools.cache
+def fbgemm_available() -> bool:
+    engines = torch.backends.quantized.supported_engines
+    return "x86" in engines or "fbgemm" in engines
+
+
+def use_x86_quantized_engine() -> None:
+    if "x86" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "x86"
+    elif "fbgemm" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "fbgemm"
+
+
+def uint8_affine_params(lo: float, hi: float) -> tuple[float, int]:
+    """Scale and zero point of an asymmetric uint8 grid covering [lo, hi] and 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0
+    if not scale > 0:
+        scale = 1.0
+    zero = int(min(255, max(0, round(-lo / scale))))
+    return scale, zero
+
+
+def _quantize_uint8_dynamic(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    lo, hi = torch.aminmax(x)
+    scale, zero = uint8_affine_params(float(lo), float(hi))
+    q = torch.round(x * (1.0 / scale)).add_(zero).clamp_(0, 255).to(torch.uint8)
+    return q, scale, zero
+
+
+# ----------------------------------------------------------------------------- int8 linear
+
+
+def prepare_fbgemm_linear(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+    """Packs a symmetric per-channel int8 weight (N, K) for fbgemm's dynamic linear."""
+    use_x86_quantized_engine()
+    n = w_int8.shape[0]
+    with _quiet_deprecations():
+        qw = torch._make_per_channel_quantized_tensor(
+            w_int8.contiguous(), scales.double(), torch.zeros(n, dtype=torch.long), 0
+        )
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
+
+
+def fbgemm_linear(x2d: torch.Tensor, packed) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(x2d.float(), packed, not has_vnni())
+
+
+def prepare_onednn_linear(w_int8: torch.Tensor, scales: torch.Tensor):
+    packed = torch.ops.onednn.qlinear_prepack(w_int8.contiguous(), None)
+    zero = torch.zeros(w_int8.shape[0], dtype=torch.int64)
+    return packed, scales.float().contiguous(), zero
+
+
+def onednn_linear(x2d: torch.Tensor, prepared, bias: torch.Tensor | None) -> torch.Tensor:
+    packed, scales, zero = prepared
+    qx, sx, zx = _quantize_uint8_dynamic(x2d.float().contiguous())
+    return torch.ops.onednn.qlinear_pointwise(
+        qx, sx, zx, packed, scales, zero, bias, 1.0, 0, torch.float32, "none", [], ""
+    )
+
+
+# ----------------------------------------------------------------------------- int4 linear
+
+
+def int4_scales_and_zeros(
+    scales: torch.Tensor, zeros: torch.Tensor | None, offset: int = 8
+) -> torch.Tensor:
+    """(N, G) scales and integer zeros -> (G, N, 2) bf16 in the int4pack kernels' form.
+
+    The kernels compute w = (q - 8) * scale + zero_f, so zero_f = (8 - zero) * scale.
+    """
+    z = torch.full_like(scales, float(offset)) if zeros is None else zeros.float()
+    zero_f = (offset - z) * scales
+    return torch.stack([scales, zero_f], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def prepare_int4pack_cpu(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None):
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 2)
+    return packed, int4_scales_and_zeros(scales, zeros)
+
+
+def int4pack_linear_cpu(x2d, prepared, group_size: int, bias) -> torch.Tensor:
+    packed, sz = prepared
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(torch.bfloat16), packed, group_size, sz)
+    y = y.to(x2d.dtype)
+    return y if bias is None else y + bias
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+def prepare_int4pack_cuda(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None):
+    # tinygemm wants (N, K/2) uint8 with the even column in the high nibble.
+    c = codes.to(torch.uint8)
+    w = (c[:, ::2] << 4 | c[:, 1::2]).contiguous()
+    packed = torch.ops.aten._convert_weight_to_int4pack(w, 8)
+    return packed, int4_scales_and_zeros(scales.float(), zeros)
+
+
+def int4pack_linear_cuda(x2d, prepared, group_size: int, bias) -> torch.Tensor:
+    packed, sz = prepared
+    y = torch.ops.aten._weight_int4pack_mm(x2d.to(torch.bfloat16), packed, group_size, sz)
+    y = y.to(x2d.dtype)
+    return y if bias is None else y + bias
+
+
+def int8_intmm_linear_cuda(x2d, w_int8_t: torch.Tensor, scales: torch.Tensor, bias):
+    """Per-row symmetric int8 activations x per-channel int8 weights on torch._int_mm."""
+    m = x2d.shape[0]
+    xs = x2d.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
+    qx = torch.round(x2d.float() / xs).clamp_(-127, 127).to(torch.int8)
+    pad = max(0, 17 - m)  # _int_mm needs more than 16 rows
+    if pad:
+        qx = F.pad(qx, (0, 0, 0, pad))
+    acc = torch._int_mm(qx, w_int8_t)[:m]
+    y = acc.float() * xs * scales[None, :]
+    y = y.to(x2d.dtype)
+    return y if bias is None else y + bias
+
+
+# ----------------------------------------------------------------------------- int8 conv
+
+
+def prepare_fbgemm_conv(w_int8, scales, bias, stride, padding, dilation, groups):
+    use_x86_quantized_engine()
+    n = w_int8.shape[0]
+    with _quiet_deprecations():
+        qw = torch._make_per_channel_quantized_tensor(
+            w_int8.contiguous(), scales.double(), torch.zeros(n, dtype=torch.long), 0
+        )
+        return torch.ops.quantized.conv2d_prepack(
+            qw, None if bias is None else bias.float(), list(stride), list(padding),
+            list(dilation), groups,
+        )
+
+
+def fbgemm_conv_static(x, packed, in_qparams: tuple[float, int], out_qparams: tuple[float, int]):
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    with _quiet_deprecations():
+        qx = torch.quantize_per_tensor(x, in_qparams[0], in_qparams[1], torch.quint8)
+        qy = torch.ops.quantized.conv2d(qx, packed, out_qparams[0], out_qparams[1])
+    return qy.dequantize()
+
+
+def prepare_onednn_conv(w_int8, scales, stride, padding, dilation, groups):
+    packed = torch.ops.onednn.qconv_prepack(
+        w_int8.contiguous(), scales.float(), 1.0, 0, list(stride), list(padding), list(dilation),
+        groups, None,
+    )
+    return packed, scales.float().contiguous(), torch.zeros(w_int8.shape[0], dtype=torch.int64)
+
+
+def onednn_conv_dynamic(x, prepared, bias, stride, padding, dilation, groups):
+    packed, scales, zero = prepared
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    qx, sx, zx = _quantize_uint8_dynamic(x)
+    return torch.ops.onednn.qconv2d_pointwise(
+        qx, sx, zx, packed, scales, zero, bias, list(stride), list(padding), list(dilation),
+        groups, 1.0, 0, torch.float32, "none", [], "",
+    )

@@ -1,0 +1,281 @@
+"""`QuantLinear` and `QuantConv2d`: modules that hold packed weights and run integer kernels.
+
+The stored state (`state_dict`) is the canonical packed form: `qweight` (bit stream),
+`scales`, `zeros` (asymmetric only), `bias`, and for convs the calibrated activation
+ranges. Kernel-specific layouts are prepared lazily per device and never stored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import _kernels as K
+from engine._errors import KernelUnavailableError
+from engine._kernels import KernelPath
+from engine._quantizer import QuantizedWeight, QuantScheme
+
+KERNEL_CHOICES = ("auto", "reference")
+
+
+class QuantizedLayer(nn.Module):
+    """Common state of the quantized modules: packed weight, scales, zeros, bias."""
+
+    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None, kernel: str = "auto"):
+        super().__init__()
+        if kernel not in KERNEL_CHOICES:
+            raise ValueError(f"`kernel` must be one of {KERNEL_CHOICES}, got {kernel!r}.")
+        self.scheme: QuantScheme = qweight.scheme
+        self.weight_shape: tuple[int, ...] = tuple(qweight.shape)
+        self.kernel = kernel
+        self.register_buffer("qweight", qweight.packed)
+        self.register_buffer("scales", qweight.scales)
+        self.register_buffer("zeros", qweight.zeros)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._prepared: dict[tuple[str, str], Any] = {}
+        self.kernel_calls: Counter[str] = Counter()
+        self.last_kernel: str | None = None
+
+    # -- the stored form ------------------------------------------------------------------
+
+    @property
+    def bits(self) -> int:
+        return self.scheme.bits
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_shape[0]
+
+    @property
+    def reduction_size(self) -> int:
+        return math.prod(self.weight_shape[1:])
+
+    def quantized_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(self.qweight, self.scales, self.zeros, self.weight_shape,
+                               self.scheme)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.quantized_weight().dequantize(dtype)
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Real bytes of the packed weight with its scales and zero points."""
+        return self.quantized_weight().nbytes
+
+    def int8_weight(self) -> torch.Tensor:
+        """Signed int8 weight matrix (N, K) of a symmetric 8-bit layer."""
+        codes = self.quantized_weight().codes()
+        return (codes.to(torch.int16) - self.scheme.offset).to(torch.int8)
+
+    def _is_native_int8(self) -> bool:
+        s = self.scheme
+        return s.bits == 8 and s.symmetric and s.group_size is None
+
+    def _int4pack_ok(self) -> bool:
+        s, k = self.scheme, self.reduction_size
+        return (s.bits == 4 and s.group_size in K.INT4PACK_GROUP_SIZES
+                and k % s.group_size == 0 and self.out_features % 8 == 0)
+
+    # -- lazily prepared kernel layouts ------------------------------------------------------
+
+    def _prepare(self, path: str, device: torch.device, build):
+        key = (path, str(device))
+        if key not in self._prepared:
+            self._prepared[key] = build()
+        return self._prepared[key]
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), ...: layouts are stale
+        self._prepared = {}
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._prepared = {}
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):  # deepcopy / pickle: kernel layouts are rebuilt on demand
+        state = self.__dict__.copy()
+        state["_prepared"] = {}
+        return state
+
+    def _record(self, path: KernelPath) -> None:
+        self.last_kernel = path.value
+        self.kernel_calls[path.value] += 1
+
+
+class QuantLinear(QuantizedLayer):
+    """Drop-in replacement of `nn.Linear` with a packed 2..8-bit weight.
+
+    Kernel choice per call (CPU): 8-bit symmetric per-channel runs fbgemm or oneDNN int8
+    (oneDNN for >= 16 rows when N >= K, as measured faster); 4-bit group-wise runs the
+    int4 weight-packed kernel up to 256 rows and dequant beyond (where it is faster); all
+    other widths run dequant. `kernel="reference"` forces dequant everywhere.
+    """
+
+    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None, kernel: str = "auto"):
+        super().__init__(qweight, bias, kernel)
+        self.in_features = self.weight_shape[1]
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, qweight: QuantizedWeight, kernel: str = "auto"):
+        return cls(qweight, linear.bias, kernel)
+
+    def select_path(self, rows: int, device: torch.device) -> KernelPath:
+        if self.kernel == "reference":
+            return KernelPath.DEQUANT
+        n, k = self.out_features, self.in_features
+        if device.type == "cuda":
+            if self._is_native_int8() and n % 8 == 0 and k % 8 == 0:
+                return KernelPath.CUDA_INT8_INTMM
+            if self._int4pack_ok() and hasattr(torch.ops.aten, "_weight_int4pack_mm"):
+                return KernelPath.CUDA_INT4PACK_BF16
+            return KernelPath.DEQUANT
+        if device.type == "cpu":
+            if self._is_native_int8():
+                if K.onednn_available() and rows >= K.ONEDNN_MIN_ROWS and n >= k:
+                    return KernelPath.ONEDNN_INT8_DYNAMIC
+                if K.fbgemm_available():
+                    return KernelPath.FBGEMM_INT8_DYNAMIC
+                if K.onednn_available():
+                    return KernelPath.ONEDNN_INT8_DYNAMIC
+            if (self._int4pack_ok() and K.int4pack_cpu_available()
+                    and rows <= K.INT4PACK_MAX_ROWS_CPU):
+                return KernelPath.INT4PACK_BF16
+        return KernelPath.DEQUANT
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        path = self.select_path(x2d.shape[0], x.device)
+        y = self.run_path(path, x2d)
+        self._record(path)
+        return y.reshape(*lead, self.out_features)
+
+    def run_path(self, path: KernelPath, x2d: torch.Tensor) -> torch.Tensor:
+        """Runs one named path on a 2-D input (used by forward, tests and the profiler)."""
+        dev, bias = x2d.device, self.bias
+        if path is KernelPath.FBGEMM_INT8_DYNAMIC:
+            packed = self._prepare(path, dev, lambda: K.prepare_fbgemm_linear(
+                self.int8_weight(), self.scales[:, 0], bias))
+            return K.fbgemm_linear(x2d, packed).to(x2d.dtype)
+        if path is KernelPath.ONEDNN_INT8_DYNAMIC:
+            prep = self._prepare(path, dev, lambda: K.prepare_onednn_linear(
+                self.int8_weight(), self.scales[:, 0]))
+            return K.onednn_linear(x2d, prep, bias).to(x2d.dtype)
+        if path is KernelPath.INT4PACK_BF16:
+            prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cpu(
+                self.quantized_weight().codes(), self.scales, self.zeros))
+            return K.int4pack_linear_cpu(x2d, prep, self.scheme.group_size, bias)
+        if path is KernelPath.CUDA_INT8_INTMM:
+            w_t = self._prepare(path, dev, lambda: self.int8_weight().t().contiguous().t())
+            return K.int8_intmm_linear_cuda(x2d, w_t, self.scales[:, 0], bias)
+        if path is KernelPath.CUDA_INT4PACK_BF16:
+            prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cuda(
+                self.quantized_weight().codes(), self.scales, self.zeros))
+            return K.int4pack_linear_cuda(x2d, prep, self.scheme.group_size, bias)
+        if path is KernelPath.DEQUANT:
+            return F.linear(x2d, self.dequantized_weight(x2d.dtype), bias)
+        raise KernelUnavailableError(f"kernel path {path.value!r} does not run linear layers.")
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.scheme.label}"
+
+
+class QuantConv2d(QuantizedLayer):
+    """Drop-in replacement of `nn.Conv2d` (incl. depthwise) with a packed 2..8-bit weight.
+
+    8-bit symmetric per-channel convs run fbgemm's static int8 conv (channels-last) once
+    their activation ranges are calibrated (`engine.apply(..., calibration=...)`), and
+    oneDNN's int8 conv with per-call activation ranges before that. Other widths: dequant.
+    """
+
+    def __init__(
+        self,
+        qweight: QuantizedWeight,
+        bias: torch.Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+        kernel: str = "auto",
+    ):
+        super().__init__(qweight, bias, kernel)
+        self.stride, self.padding = tuple(stride), tuple(padding)
+        self.dilation, self.groups = tuple(dilation), int(groups)
+        self.register_buffer("input_range", torch.full((2,), math.nan))
+        self.register_buffer("output_range", torch.full((2,), math.nan))
+        self.calibrating = False
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, qweight: QuantizedWeight, kernel: str = "auto"):
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise KernelUnavailableError(
+                f"conv padding {conv.padding!r} / mode {conv.padding_mode!r} is not supported; "
+                "use numeric zero padding.")
+        return cls(qweight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                   kernel)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(torch.isfinite(self.input_range).all() and torch.isfinite(self.output_range).all())
+
+    def select_path(self, device: torch.device) -> KernelPath:
+        if self.kernel == "reference" or device.type != "cpu" or not self._is_native_int8():
+            return KernelPath.DEQUANT
+        if self.calibrated and K.fbgemm_available():
+            return KernelPath.FBGEMM_INT8_STATIC_CONV
+        if K.onednn_available():
+            return KernelPath.ONEDNN_INT8_DYNAMIC
+        return KernelPath.DEQUANT
+
+    def _geometry(self):
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def _dequant_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.dequantized_weight(x.dtype), self.bias, *self._geometry())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            y = self._dequant_conv(x)
+            self._observe(x, y)
+            return y
+        path = self.select_path(x.device)
+        y = self.run_path(path, x)
+        self._record(path)
+        return y
+
+    def run_path(self, path: KernelPath, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device
+        if path is KernelPath.FBGEMM_INT8_STATIC_CONV:
+            packed = self._prepare(path, dev, lambda: K.prepare_fbgemm_conv(
+                self.int8_weight().reshape(self.weight_shape), self.scales[:, 0], self.bias,
+                *self._geometry()))
+            in_q = K.uint8_affine_params(*self.input_range.tolist())
+            out_q = K.uint8_affine_params(*self.output_range.tolist())
+            return K.fbgemm_conv_static(x, packed, in_q, out_q).to(x.dtype)
+        if path is KernelPath.ONEDNN_INT8_DYNAMIC:
+            prep = self._prepare(path, dev, lambda: K.prepare_onednn_conv(
+                self.int8_weight().reshape(self.weight_shape), self.scales[:, 0],
+                *self._geometry()))
+            return K.onednn_conv_dynamic(x, prep, self.bias, *self._geometry()).to(x.dtype)
+        if path is KernelPath.DEQUANT:
+            return self._dequant_conv(x)
+        raise KernelUnavailableError(f"kernel path {path.value!r} does not run conv layers.")
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        for buf, t in ((self.input_range, x), (self.output_range, y)):
+            lo, hi = torch.aminmax(t.detach().float())
+            if torch.isnan(buf).any():
+                buf.copy_(torch.stack([lo, hi]))
+            else:
+                buf[0] = torch.minimum(buf[0], lo)
+                buf[1] = torch.maximum(buf[1], hi)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight_shape}, stride={self.stride}, padding={self.padding}, "
+                f"groups={self.groups}, {self.scheme.label}")

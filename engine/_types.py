@@ -1,0 +1,233 @@
+"""Core value types shared by every package: `LayerSpec` and `BitConfig`.
+
+Both are frozen and round-trip through JSON (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from engine._errors import InvalidSpecError, UnsupportedBitWidthError
+
+MIN_BITS = 2
+MAX_BITS = 8
+SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
+BITCONFIG_FORMAT = "allocator.bitconfig/1"
+LAYER_KINDS = ("linear", "conv2d")
+STATUSES = ("optimal", "feasible", "infeasible")
+
+
+def check_bits(bits: Any, *, where: str = "bits") -> int:
+    """Returns `bits` as int, or raises `UnsupportedBitWidthError` naming `where`."""
+    if isinstance(bits, bool) or not isinstance(bits, int | float) or int(bits) != bits:
+        raise UnsupportedBitWidthError(f"`{where}` must be an integer, got {bits!r}.")
+    if not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise UnsupportedBitWidthError(
+            f"`{where}` must be between {MIN_BITS} and {MAX_BITS}, got {bits!r}."
+        )
+    return int(bits)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One quantizable layer, as discovered by a traced forward pass.
+
+    Attributes:
+        name: Fully qualified module name from `named_modules()`; the layer's identity
+            everywhere (sensitivity tables, latency tables, bit configs, storage).
+        kind: `"linear"` or `"conv2d"`.
+        weight_shape: Shape of the weight tensor.
+        params: Number of weight elements (the bias stays in float and is not counted).
+        macs: Multiply-accumulates of the layer for the traced input, summed over its calls.
+        input_shape: Shape of the layer's input in the traced forward (first call).
+        output_shape: Shape of the layer's output in the traced forward (first call).
+        groups: Convolution groups (1 for linear); `groups == in_channels` is depthwise.
+        stride, padding, dilation: Convolution geometry ((1, 1), (0, 0), (1, 1) for linear).
+        calls: How many times the module ran in the traced forward.
+    """
+
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    params: int
+    macs: int
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    groups: int = 1
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    calls: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise InvalidSpecError("`name` of a layer must be a non-empty string.")
+        if self.kind not in LAYER_KINDS:
+            raise InvalidSpecError(f"`kind` must be one of {LAYER_KINDS}, got {self.kind!r}.")
+        if self.params < 0 or self.macs < 0:
+            raise InvalidSpecError(
+                f"`params` and `macs` of layer {self.name!r} must be >= 0, "
+                f"got {self.params} and {self.macs}."
+            )
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_shape[0]
+
+    @property
+    def in_features(self) -> int:
+        """Reduction length K of the layer's matmul (in_channels/groups * kh * kw for convs)."""
+        return math.prod(self.weight_shape[1:])
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.kind == "conv2d" and self.groups > 1 and self.weight_shape[1] == 1
+
+    @property
+    def shape_signature(self) -> str:
+        """Key that identifies the layer's compute shape independently of its name."""
+        geo = ""
+        if self.kind == "conv2d":
+            geo = f"/g{self.groups}/s{self.stride[0]}x{self.stride[1]}"
+            geo += f"/p{self.padding[0]}x{self.padding[1]}/d{self.dilation[0]}x{self.dilation[1]}"
+        w = "x".join(map(str, self.weight_shape))
+        x = "x".join(map(str, self.input_shape))
+        return f"{self.kind}/w{w}/in{x}{geo}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidSpecError(f"unknown LayerSpec field(s): {sorted(unknown)}.")
+        try:
+            kwargs = {
+                k: tuple(int(x) for x in v) if isinstance(v, list) else v for k, v in data.items()
+            }
+            return cls(**kwargs)
+        except TypeError as e:
+            raise InvalidSpecError(f"invalid LayerSpec {dict(data)!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class BitConfig:
+    """Per-layer weight bit-widths: the solver's output and `engine.apply`'s input.
+
+    Serialized as `allocator.bitconfig/1` JSON. Layers that are not listed stay in float.
+
+    Attributes:
+        bits: Layer name -> weight bits (2..8).
+        activation_bits: Bits of activations where a kernel quantizes them (int8 kernels
+            always use 8); used for BOPs. None means float activations.
+        group_size: Group size of the per-group scales for layers below 8 bits (32, 64,
+            128 or 256); None means one scale per output channel. 8-bit layers always use
+            symmetric per-channel scales, the native format of the int8 kernels.
+        symmetric: Symmetric (no zero point) scales for layers below 8 bits.
+        rounding: How integers are chosen: `"rtn"` (round to nearest) or a calibrated method.
+        bias_correction: Whether the mean output shift of the rounding error is removed.
+        clip_search: Whether scales come from an MSE clipping search rather than min/max.
+        model: Name of the model the config was made for, if known.
+        solver: Name of the solver that produced it, if any.
+        status: `"optimal"`, `"feasible"` or `"infeasible"`, if it came from a solver.
+        objective: Solver objective (predicted loss increase), if any.
+        budgets: Budget texts the solve was asked to meet.
+        cost: Cost summary (`avg_bits`, `size_bytes`, `bops`, `latency_us`, ...).
+        extra: Free-form JSON-safe record (measurements, reproducibility data).
+    """
+
+    bits: Mapping[str, int]
+    activation_bits: int | None = None
+    group_size: int | None = 128
+    symmetric: bool = False
+    rounding: str = "rtn"
+    bias_correction: bool = False
+    clip_search: bool = False
+    model: str | None = None
+    solver: str | None = None
+    status: str | None = None
+    objective: float | None = None
+    budgets: tuple[str, ...] = ()
+    cost: Mapping[str, float] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, Mapping):
+            raise InvalidSpecError(f"`bits` must map layer names to ints, got {self.bits!r}.")
+        checked = {}
+        for name, b in self.bits.items():
+            if not isinstance(name, str) or not name:
+                raise InvalidSpecError(f"`bits` keys must be layer names, got {name!r}.")
+            checked[name] = check_bits(b, where=f"bits[{name!r}]")
+        object.__setattr__(self, "bits", dict(checked))
+        if self.activation_bits is not None:
+            check_bits(self.activation_bits, where="activation_bits")
+        if self.group_size is not None and self.group_size not in SUPPORTED_GROUP_SIZES:
+            raise InvalidSpecError(
+                f"`group_size` must be one of {SUPPORTED_GROUP_SIZES} or null, "
+                f"got {self.group_size!r}."
+            )
+        if self.status is not None and self.status not in STATUSES:
+            raise InvalidSpecError(f"`status` must be one of {STATUSES}, got {self.status!r}.")
+        object.__setattr__(self, "budgets", tuple(self.budgets))
+        object.__setattr__(self, "cost", dict(self.cost))
+        object.__setattr__(self, "extra", dict(self.extra))
+
+    @classmethod
+    def uniform(cls, layers: list[LayerSpec] | list[str], bits: int, **kwargs: Any) -> BitConfig:
+        """Every layer at the same bit-width."""
+        names = [x.name if isinstance(x, LayerSpec) else x for x in layers]
+        return cls(bits={n: bits for n in names}, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": BITCONFIG_FORMAT}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BitConfig:
+        if not isinstance(data, Mapping):
+            raise InvalidSpecError(f"a bit config must be a JSON object, got {type(data).__name__}.")
+        fmt = data.get("format")
+        if fmt != BITCONFIG_FORMAT:
+            raise InvalidSpecError(f"`format` must be {BITCONFIG_FORMAT!r}, got {fmt!r}.")
+        if "bits" not in data:
+            raise InvalidSpecError("`bits` is missing from the bit config.")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"format"}
+        if unknown:
+            raise InvalidSpecError(f"unknown bit config field(s): {sorted(unknown)}.")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "budgets" in kwargs:
+            kwargs["budgets"] = tuple(kwargs["budgets"] or ())
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise InvalidSpecError(f"invalid bit config: {e}") from e
+
+    @classmethod
+    def from_json(cls, text: str) -> BitConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidSpecError(f"bit config is not valid JSON: {e}") from e
+        return cls.from_dict(data)

@@ -1,0 +1,1 @@
+"""Measured per-layer latency tables for hardware targets."""

@@ -1,0 +1,1 @@
+"""Sensitivity estimators (Hutchinson Hessian trace, FracBits, measured loss change)."""
