@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        result = app(args=args, prog_name="allocator", standalone_mode=False)
     except AllocatorError as err:
         if debug:
             raise
@@ -90,14 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except Exception as e:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return EXIT_BAD_INPUT if isinstance(e, click.UsageError) else EXIT_RUNTIME
+    except Exception as e:
+        # click's usage/parameter errors (typer vendors click; matched by shape, not class)
+        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
+            typer.echo(f"error: {e.format_message()}", err=True)
+            return e.exit_code
         raise
-    return EXIT_OK
+    return result if isinstance(result, int) else EXIT_OK
 
 
 def run() -> None:

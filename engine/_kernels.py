@@ -166,7 +166,9 @@ def prepare_int4pack_cuda(codes: torch.Tensor, scales: torch.Tensor, zeros: torc
     # tinygemm wants (N, K/2) uint8 with the even column in the high nibble.
     c = codes.to(torch.uint8)
     w = (c[:, ::2] << 4 | c[:, 1::2]).contiguous()
-    packed = torch.ops.aten._convert_weight_to_int4pack(w, 8)
+    k = codes.shape[1]
+    inner_k_tiles = next(t for t in (8, 4, 2) if k % (16 * t) == 0)
+    packed = torch.ops.aten._convert_weight_to_int4pack(w, inner_k_tiles)
     return packed, int4_scales_and_zeros(scales.float(), zeros)
 
 
@@ -182,7 +184,7 @@ def int8_intmm_linear_cuda(x2d, w_int8_t: torch.Tensor, scales: torch.Tensor, bi
     m = x2d.shape[0]
     xs = x2d.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
     qx = torch.round(x2d.float() / xs).clamp_(-127, 127).to(torch.int8)
-    pad = max(0, 17 - m)  # _int_mm needs more than 16 rows
+    pad = max(0, 32 - m)  # _int_mm needs more than 16 rows
     if pad:
         qx = F.pad(qx, (0, 0, 0, pad))
     acc = torch._int_mm(qx, w_int8_t)[:m]

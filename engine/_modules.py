@@ -171,7 +171,7 @@ class QuantLinear(QuantizedLayer):
                 self.quantized_weight().codes(), self.scales, self.zeros))
             return K.int4pack_linear_cpu(x2d, prep, self.scheme.group_size, bias)
         if path is KernelPath.CUDA_INT8_INTMM:
-            w_t = self._prepare(path, dev, lambda: self.int8_weight().t().contiguous().t())
+            w_t = self._prepare(path, dev, lambda: self.int8_weight().contiguous().t())
             return K.int8_intmm_linear_cuda(x2d, w_t, self.scales[:, 0], bias)
         if path is KernelPath.CUDA_INT4PACK_BF16:
             prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cuda(

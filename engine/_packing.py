@@ -1,20 +1,41 @@
 """Dense bit-packing of unsigned integer codes (2..8 bits) into bytes.
 
-Codes are packed little-endian into a continuous bit stream: eight `b`-bit codes fill
-exactly `b` bytes, so 4-bit codes are two per byte, 3-bit codes take 3 bytes per 8 codes,
-and so on. The stream is padded with zero codes to a multiple of eight.
+A `b`-bit code is split into bit planes of widths 4, 2 and 1 (e.g. 3 = 2 + 1, 5 = 4 + 1,
+6 = 4 + 2, 7 = 4 + 2 + 1); each plane is packed densely, 8 // width values per byte, low
+bits first. The total is exactly `b` bits per code (4-bit codes: two per byte), and
+unpacking needs only byte-wide shifts, which keeps the dequant path fast. The code stream
+is padded with zeros to a multiple of eight codes.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from engine._types import check_bits
 
 
+@functools.cache
+def _planes(bits: int) -> tuple[tuple[int, int], ...]:
+    """(width, bit offset) of each plane, low bits first: widths 4, 2, 1, each at most once."""
+    planes, offset = [], 0
+    for width in (4, 2, 1):
+        if bits - offset >= width:
+            planes.append((width, offset))
+            offset += width
+    return tuple(planes)
+
+
 def packed_nbytes(numel: int, bits: int) -> int:
     """Bytes that `pack_codes` uses for `numel` codes of `bits` bits."""
+    if bits == 8:
+        return numel
     return -(-numel // 8) * bits
+
+
+def _shifts(width: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, 8, width, dtype=torch.uint8, device=device)
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -28,32 +49,34 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         A 1-D uint8 tensor of `packed_nbytes(codes.numel(), bits)` bytes.
     """
     bits = check_bits(bits)
-    flat = codes.reshape(-1)
+    flat = codes.reshape(-1).to(torch.uint8)
     if bits == 8:
-        return flat.to(torch.uint8).clone()
+        return flat.clone()
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    groups = flat.to(torch.int64).reshape(-1, 8)
-    shifts = torch.arange(8, dtype=torch.int64, device=codes.device) * bits
-    words = (groups << shifts).sum(dim=1)  # <= 56 bits, fits int64
-    byte_shifts = torch.arange(bits, dtype=torch.int64, device=codes.device) * 8
-    out = (words[:, None] >> byte_shifts) & 0xFF
-    return out.to(torch.uint8).reshape(-1)
+    out = []
+    for width, offset in _planes(bits):
+        vals = (flat >> offset) & ((1 << width) - 1)
+        per_byte = vals.reshape(-1, 8 // width) << _shifts(width, flat.device)
+        out.append(per_byte.sum(dim=1, dtype=torch.uint8))
+    return torch.cat(out)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of `pack_codes`: returns the first `numel` codes as a flat uint8 tensor."""
     bits = check_bits(bits)
+    packed = packed.reshape(-1)
     if bits == 8:
-        return packed.reshape(-1)[:numel]
-    if bits == 4:  # the hot case of the dequant path: two nibbles per byte
-        p = packed.reshape(-1)
-        out = torch.stack([p & 0x0F, p >> 4], dim=1).reshape(-1)
-        return out[:numel]
-    groups = packed.reshape(-1, bits).to(torch.int64)
-    byte_shifts = torch.arange(bits, dtype=torch.int64, device=packed.device) * 8
-    words = (groups << byte_shifts).sum(dim=1)
-    shifts = torch.arange(8, dtype=torch.int64, device=packed.device) * bits
-    codes = (words[:, None] >> shifts) & ((1 << bits) - 1)
-    return codes.to(torch.uint8).reshape(-1)[:numel]
+        return packed[:numel]
+    padded = -(-numel // 8) * 8
+    codes = None
+    start = 0
+    for width, offset in _planes(bits):
+        nbytes = padded * width // 8
+        plane = packed[start : start + nbytes]
+        start += nbytes
+        vals = (plane[:, None] >> _shifts(width, plane.device)) & ((1 << width) - 1)
+        vals = vals.reshape(-1)
+        codes = vals if codes is None else codes | (vals << offset)
+    return codes[:numel]

@@ -1,0 +1,160 @@
+"""Engine benchmark: FP32 vs every quantized kernel path on the same shapes.
+
+Weights are cycled through a working set of distinct layers whose FP32 copies take at
+least 256 MB, so every call reads its weights from DRAM as in a real model (hot-cache
+numbers overstate int8 about 2x). Speed-up = FP32 median time / quantized median time,
+measured in this process on this machine. The last line printed is one JSON object.
+
+    python benchmarks/engine.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from pathlib import Path
+
+# This file is named like the `engine` package; keep its folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import engine  # noqa: E402
+from engine import (  # noqa: E402
+    KernelPath,
+    QuantConv2d,
+    QuantLinear,
+    QuantScheme,
+    quantize,
+    time_call,
+)
+
+WORKING_SET_BYTES = 256 << 20
+
+
+def _layers_for(fp32_bytes_per_layer: int) -> int:
+    return max(2, math.ceil(WORKING_SET_BYTES / fp32_bytes_per_layer))
+
+
+def _prime(modules, x, path=None) -> None:
+    """Runs every module once so kernel layouts are prepared before timing starts."""
+    with torch.inference_mode():
+        for mod in modules:
+            mod(x) if path is None else mod.run_path(path, x)
+
+
+def bench_linear(k: int, n: int, rows: list[int], repeats: int, log) -> dict:
+    count = _layers_for(k * n * 4)
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n, k, generator=gen) / k**0.5 for _ in range(count)]
+    int8 = [QuantLinear(quantize(w, QuantScheme(8, True, None)), None) for w in weights]
+    int4 = [QuantLinear(quantize(w, QuantScheme(4, False, 128)), None) for w in weights]
+    out: dict = {"layers_cycled": count, "rows": {}}
+    for m in rows:
+        x = torch.randn(m, k, generator=gen)
+        _prime(int8 + int4, x)
+        _prime(int8, x, KernelPath.FBGEMM_INT8_DYNAMIC)
+        _prime(int8, x, KernelPath.ONEDNN_INT8_DYNAMIC)
+        fp = time_call(lambda i: F.linear(x, weights[i % count]), repeats=repeats).p50_us
+        res = {"fp32_us": fp}
+        for label, mods in (("int8", int8), ("int4", int4)):
+            t = time_call(lambda i, ms=mods: ms[i % count](x), repeats=repeats).p50_us
+            res[f"{label}_auto_us"] = t
+            res[f"{label}_auto_path"] = mods[0].last_kernel
+            res[f"{label}_speedup"] = fp / t
+        for path in (KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_DYNAMIC):
+            t = time_call(lambda i, p=path: int8[i % count].run_path(p, x), repeats=repeats)
+            res[f"{path.value}_speedup"] = fp / t.p50_us
+        with torch.inference_mode():
+            ref = F.linear(x, weights[0])
+            res["int8_sqnr_db"] = engine.sqnr_db(ref, int8[0](x))
+            res["int4_sqnr_db"] = engine.sqnr_db(ref, int4[0](x))
+        out["rows"][m] = res
+        log(f"linear {k}x{n} M={m}: fp32 {fp:,.0f} us, int8 {res['int8_speedup']:.2f}x "
+            f"({res['int8_auto_path']}), int4 {res['int4_speedup']:.2f}x ({res['int4_auto_path']})")
+    q4 = int4[0].quantized_weight()
+    out["int4_bytes_per_weight"] = q4.nbytes / (k * n)
+    out["int8_bytes_per_weight"] = int8[0].quantized_weight().nbytes / (k * n)
+    return out
+
+
+def bench_conv(batch: int, channels: int, size: int, repeats: int, log) -> dict:
+    c = channels
+    count = _layers_for(c * c * 9 * 4)
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(c, c, 3, 3, generator=gen) / (c * 9) ** 0.5 for _ in range(count)]
+    biases = [torch.randn(c, generator=gen) * 0.1 for _ in range(count)]
+    x = torch.randn(batch, c, size, size, generator=gen).relu()
+    x = x.contiguous(memory_format=torch.channels_last)
+    w_cl = [w.contiguous(memory_format=torch.channels_last) for w in weights]
+    convs = []
+    for w, b in zip(weights, biases, strict=True):
+        layer = QuantConv2d(quantize(w, QuantScheme(8, True, None)), b, (1, 1), (1, 1), (1, 1), 1)
+        layer.calibrating = True
+        layer(x)
+        layer.calibrating = False
+        convs.append(layer)
+    _prime(convs, x)
+    _prime(convs, x, KernelPath.ONEDNN_INT8_DYNAMIC)
+    fp = time_call(lambda i: F.conv2d(x, w_cl[i % count], biases[i % count], padding=1),
+                   repeats=repeats).p50_us
+    static = time_call(lambda i: convs[i % count](x), repeats=repeats).p50_us
+    dyn = time_call(lambda i: convs[i % count].run_path(KernelPath.ONEDNN_INT8_DYNAMIC, x),
+                    repeats=repeats).p50_us
+    with torch.inference_mode():
+        sqnr = engine.sqnr_db(F.conv2d(x, weights[0], biases[0], padding=1), convs[0](x))
+    log(f"conv3x3 {c}ch {size}x{size} b{batch}: fp32 {fp:,.0f} us, int8 static "
+        f"{fp / static:.2f}x, int8 dynamic {fp / dyn:.2f}x, {sqnr:.1f} dB")
+    return {"layers_cycled": count, "fp32_us": fp, "static_speedup": fp / static,
+            "dynamic_speedup": fp / dyn, "path": convs[0].last_kernel, "sqnr_db": sqnr}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (< 3 minutes)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 15 if args.quick else 50
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    lin = bench_linear(4096, 4096, [1, 32, 128], repeats, log)
+    conv = bench_conv(1, 128, 28, repeats, log)
+    r = lin["rows"]
+    summary = {
+        "int8_linear_speedup_m1": r[1]["int8_speedup"],
+        "int8_linear_speedup_m32": r[32]["int8_speedup"],
+        "int8_linear_speedup_m128": r[128]["int8_speedup"],
+        "int8_conv_speedup": conv["static_speedup"],
+        "int8_conv_dynamic_speedup": conv["dynamic_speedup"],
+        "int4_linear_speedup_m1": r[1]["int4_speedup"],
+        "int4_bytes_per_weight": lin["int4_bytes_per_weight"],
+        "int8_sqnr_db": r[32]["int8_sqnr_db"],
+        "int4_sqnr_db": r[1]["int4_sqnr_db"],
+        "int8_conv_sqnr_db": conv["sqnr_db"],
+        "paths": {f"linear_m{m}": {"int8": r[m]["int8_auto_path"], "int4": r[m]["int4_auto_path"]}
+                  for m in r} | {"conv": conv["path"]},
+        "per_path_int8_speedup": {f"m{m}": {p: r[m][f"{p}_speedup"]
+                                            for p in ("fbgemm-int8", "onednn-int8")} for m in r},
+        "shapes": {"linear": [4096, 4096], "linear_rows": [1, 32, 128],
+                   "conv": {"batch": 1, "channels": 128, "hw": 28, "kernel": 3},
+                   "working_set_fp32_mb": WORKING_SET_BYTES >> 20},
+        "threads": args.threads,
+        "torch_version": torch.__version__,
+        "cpu": engine._platform.cpu_model(),
+        "seconds": time.perf_counter() - start,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Every kernel path against the float reference (SQNR), on Gaussian weights and inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import KernelPath, QuantConv2d, QuantLinear, QuantScheme, quantize, sqnr_db
+from engine import _kernels as K
+
+GEN = torch.Generator().manual_seed(2)
+W = torch.randn(256, 512, generator=GEN) * 0.05
+X = torch.randn(48, 512, generator=GEN)
+B = torch.randn(256, generator=GEN)
+REF = F.linear(X, W, B)
+
+
+def _linear(bits, symmetric, group):
+    return QuantLinear(quantize(W, QuantScheme(bits, symmetric, group)), B)
+
+
+cpu_int8 = pytest.mark.skipif(not (K.fbgemm_available() and K.onednn_available()),
+                              reason="needs torch's x86 int8 kernels")
+
+
+@cpu_int8
+@pytest.mark.parametrize("path", [KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_DYNAMIC])
+def test_int8_linear_paths(path):
+    layer = _linear(8, True, None)
+    assert sqnr_db(REF, layer.run_path(path, X)) >= 30.0
+
+
+@pytest.mark.skipif(not K.int4pack_cpu_available(), reason="no int4pack CPU kernel")
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4pack_linear_matches_dequant(group):
+    layer = _linear(4, False, group)
+    fast = layer.run_path(KernelPath.INT4PACK_BF16, X)
+    slow = layer.run_path(KernelPath.DEQUANT, X)
+    assert sqnr_db(REF, fast) >= 18.0
+    assert sqnr_db(slow, fast) >= 35.0  # only bf16 activations differ
+
+
+def test_symmetric_int4_runs_on_int4pack():
+    layer = _linear(4, True, 128)
+    if not K.int4pack_cpu_available():
+        pytest.skip("no int4pack CPU kernel")
+    assert sqnr_db(layer.run_path(KernelPath.DEQUANT, X),
+                   layer.run_path(KernelPath.INT4PACK_BF16, X)) >= 35.0
+
+
+@pytest.mark.parametrize("bits, floor_db", [(2, 4.0), (3, 10.0), (5, 22.0), (6, 28.0)])
+def test_dequant_path_low_bits(bits, floor_db):
+    layer = _linear(bits, False, 128)
+    y = layer(X)
+    assert layer.last_kernel == KernelPath.DEQUANT.value
+    assert torch.isfinite(y).all()
+    assert sqnr_db(REF, y) >= floor_db
+
+
+def test_dispatch_by_bits_and_rows():
+    int8 = _linear(8, True, None)
+    int8(X[:1])
+    assert int8.last_kernel in {KernelPath.FBGEMM_INT8_DYNAMIC.value, KernelPath.DEQUANT.value}
+    int4 = _linear(4, False, 128)
+    int4(X[:1])
+    small = int4.last_kernel
+    int4(torch.randn(K.INT4PACK_MAX_ROWS_CPU + 1, 512))
+    assert int4.last_kernel == KernelPath.DEQUANT.value
+    if K.int4pack_cpu_available():
+        assert small == KernelPath.INT4PACK_BF16.value
+    ref = QuantLinear(quantize(W, QuantScheme(8, True, None)), B, kernel="reference")
+    ref(X)
+    assert ref.last_kernel == KernelPath.DEQUANT.value
+
+
+def _conv(groups=1):
+    cin = 16
+    w = torch.randn(32 if groups == 1 else cin, cin // groups, 3, 3, generator=GEN) * 0.1
+    b = torch.randn(w.shape[0], generator=GEN)
+    x = torch.randn(2, cin, 12, 12, generator=GEN).relu()
+    layer = QuantConv2d(quantize(w, QuantScheme(8, True, None)), b, (1, 1), (1, 1), (1, 1),
+                        groups)
+    return layer, x, F.conv2d(x, w, b, padding=1, groups=groups)
+
+
+@cpu_int8
+@pytest.mark.parametrize("groups", [1, 16])
+def test_int8_conv_dynamic_then_static(groups):
+    layer, x, ref = _conv(groups)
+    y_dyn = layer(x)
+    assert layer.last_kernel == KernelPath.ONEDNN_INT8_DYNAMIC.value
+    layer.calibrating = True
+    layer(x)
+    layer.calibrating = False
+    y_static = layer(x)
+    assert layer.last_kernel == KernelPath.FBGEMM_INT8_STATIC_CONV.value
+    assert sqnr_db(ref, y_dyn) >= 30.0
+    assert sqnr_db(ref, y_static) >= 30.0
+
+
+def test_int4_conv_runs_dequant():
+    w = torch.randn(8, 4, 3, 3, generator=GEN)
+    layer = QuantConv2d(quantize(w, QuantScheme(4, False, 32)), None, (2, 2), (1, 1), (1, 1), 1)
+    x = torch.randn(1, 4, 9, 9, generator=GEN)
+    y = layer(x)
+    assert layer.last_kernel == "dequant"
+    assert y.shape == F.conv2d(x, w, stride=2, padding=1).shape
+    assert sqnr_db(F.conv2d(x, w, stride=2, padding=1), y) > 14
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits, path, floor_db", [
+    (8, KernelPath.CUDA_INT8_INTMM, 30.0), (4, KernelPath.CUDA_INT4PACK_BF16, 18.0)])
+def test_cuda_paths(bits, path, floor_db):
+    layer = _linear(bits, bits == 8, None if bits == 8 else 128).cuda()
+    x = X.cuda()
+    for rows in (1, 48):
+        y = layer(x[:rows])
+        assert layer.last_kernel == path.value
+        assert sqnr_db(REF[:rows], y.cpu()) >= floor_db
