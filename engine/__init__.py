@@ -21,6 +21,7 @@ from engine._apply import (  # noqa: E402
     read_config,
     save_quantized,
     scheme_for,
+    smoothing_factors,
 )
 from engine._errors import (  # noqa: E402
     AllocatorError,
@@ -55,6 +56,8 @@ from engine._quantizer import (  # noqa: E402
     quantize_codes,
     sqnr_db,
 )
+from engine._paths import atomic_write_bytes, content_hash, data_dir  # noqa: E402
+from engine._registry import Registry  # noqa: E402
 from engine._timing import Timing, time_call  # noqa: E402
 from engine._types import (  # noqa: E402
     BITCONFIG_FORMAT,
@@ -71,10 +74,10 @@ __all__ = [
     "AllocatorError", "BitConfig", "CLIUsageError", "DuplicateJobError", "FinishedJobError",
     "InvalidSpecError", "JobNotFoundError", "KernelPath", "KernelUnavailableError", "LayerSpec",
     "MissingDependencyError", "QuantConv2d", "QuantLinear", "QuantScheme", "QuantizedLayer",
-    "QuantizedWeight", "StoreError", "Timing", "time_call", "UnknownComponentError", "UnknownLayerError",
+    "QuantizedWeight", "Registry", "atomic_write_bytes", "content_hash", "data_dir", "StoreError", "Timing", "time_call", "UnknownComponentError", "UnknownLayerError",
     "UnsupportedBitWidthError", "apply", "calibrate", "call_model", "compute_qparams",
     "dequantize_codes", "discover_layers", "kernel_report", "load_quantized", "mean_bits",
-    "model_size_bytes", "pack_codes", "packed_nbytes", "quantizable_modules", "quantize",
+    "model_size_bytes", "pack_codes", "smoothing_factors", "packed_nbytes", "quantizable_modules", "quantize",
     "quantize_codes", "quantized_layers", "read_config", "save_quantized", "scheme_for",
     "sqnr_db", "total_params", "unpack_codes",
 ]

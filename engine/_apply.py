@@ -87,20 +87,85 @@ def apply(
     if config.rounding not in ROUNDINGS:
         raise InvalidSpecError(
             f"`rounding` {config.rounding!r} is not available; choose one of {ROUNDINGS}.")
+    if config.activation_bits not in (None, 8):
+        raise InvalidSpecError(
+            f"`activation_bits` must be 8 (W8A8 kernels) or null (float activations) to run "
+            f"on the engine, got {config.activation_bits!r}.")
     _check_names(model, config)
+    act_quant = config.activation_bits == 8
+    batches = None if calibration is None else list(calibration)
     target = model if inplace else copy.deepcopy(model)
     modules = quantizable_modules(target)
+    smoothing = {}
+    if batches and act_quant and config.smoothing_alpha is not None:
+        int8_linears = [n for n, b in config.bits.items()
+                        if b == 8 and isinstance(modules[n], nn.Linear)]
+        smoothing = smoothing_factors(target, int8_linears, batches, config.smoothing_alpha)
     for name, bits in config.bits.items():
         float_module = modules[name]
-        qweight = quantize(float_module.weight.detach(), scheme_for(config, bits))
-        cls = QuantConv2d if isinstance(float_module, nn.Conv2d) else QuantLinear
-        q = cls.from_float(float_module, qweight, kernel=kernel)
+        weight = float_module.weight.detach()
+        if isinstance(float_module, nn.Conv2d):
+            qweight = quantize(weight, scheme_for(config, bits))
+            q = QuantConv2d.from_float(float_module, qweight, kernel=kernel,
+                                       quantize_activations=act_quant)
+        else:
+            factors = smoothing.get(name)
+            if factors is not None:
+                weight = weight * factors[None, :]
+            qweight = quantize(weight, scheme_for(config, bits))
+            act = None if factors is None else 1.0 / factors
+            q = QuantLinear.from_float(float_module, qweight, kernel=kernel, act_smoothing=act,
+                                       quantize_activations=act_quant)
         q.to(float_module.weight.device)
         _set_submodule(target, name, q)
     target.eval()
-    if calibration is not None:
-        calibrate(target, calibration)
+    if batches:
+        calibrate(target, batches)
     return target
+
+
+@torch.no_grad()
+def smoothing_factors(
+    model: nn.Module, names: list[str], batches: list[Any], alpha: float
+) -> dict[str, torch.Tensor]:
+    """SmoothQuant factors s_j = max|x_j|^alpha / max|w_j|^(1-alpha) per input channel.
+
+    The weight's column j is multiplied by s_j and the input divided by it, which moves
+    activation outliers into the (per-channel quantized) weight. Statistics come from the
+    float model on the calibration batches.
+    """
+    if not names:
+        return {}
+    modules = quantizable_modules(model)
+    absmax: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_m: nn.Module, args: tuple, _out: Any) -> None:
+            x = args[0].detach()
+            cur = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+            absmax[name] = cur if name not in absmax else torch.maximum(absmax[name], cur)
+        return hook
+
+    hooks = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            call_model(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    out = {}
+    for name in names:
+        if name not in absmax:
+            continue  # never ran on the calibration data: nothing to balance
+        w_max = modules[name].weight.detach().abs().amax(dim=0).float()
+        x_max = absmax[name].to(w_max.device)
+        factors = x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
+        factors = torch.where((x_max > 0) & (w_max > 0), factors, torch.ones_like(factors))
+        out[name] = factors.clamp(min=1e-5)
+    return out
 
 
 @torch.no_grad()

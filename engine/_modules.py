@@ -26,13 +26,16 @@ KERNEL_CHOICES = ("auto", "reference")
 class QuantizedLayer(nn.Module):
     """Common state of the quantized modules: packed weight, scales, zeros, bias."""
 
-    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None, kernel: str = "auto"):
+    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None, kernel: str = "auto",
+                 quantize_activations: bool = True):
         super().__init__()
         if kernel not in KERNEL_CHOICES:
             raise ValueError(f"`kernel` must be one of {KERNEL_CHOICES}, got {kernel!r}.")
         self.scheme: QuantScheme = qweight.scheme
         self.weight_shape: tuple[int, ...] = tuple(qweight.shape)
         self.kernel = kernel
+        # False: activations stay float (weight-only), so 8-bit layers run dequant.
+        self.quantize_activations = quantize_activations
         self.register_buffer("qweight", qweight.packed)
         self.register_buffer("scales", qweight.scales)
         self.register_buffer("zeros", qweight.zeros)
@@ -74,12 +77,14 @@ class QuantizedLayer(nn.Module):
 
     def _is_native_int8(self) -> bool:
         s = self.scheme
-        return s.bits == 8 and s.symmetric and s.group_size is None
+        return (s.bits == 8 and s.symmetric and s.group_size is None
+                and self.quantize_activations)
 
-    def _int4pack_ok(self) -> bool:
+    def _int4pack_ok(self, device_type: str = "cpu") -> bool:
         s, k = self.scheme, self.reduction_size
+        n_multiple = 16 if device_type == "cpu" else 8  # the kernels' tile widths
         return (s.bits == 4 and s.group_size in K.INT4PACK_GROUP_SIZES
-                and k % s.group_size == 0 and self.out_features % 8 == 0)
+                and k % s.group_size == 0 and self.out_features % n_multiple == 0)
 
     # -- lazily prepared kernel layouts ------------------------------------------------------
 
@@ -110,19 +115,36 @@ class QuantizedLayer(nn.Module):
 class QuantLinear(QuantizedLayer):
     """Drop-in replacement of `nn.Linear` with a packed 2..8-bit weight.
 
-    Kernel choice per call (CPU): 8-bit symmetric per-channel runs fbgemm or oneDNN int8
-    (oneDNN for >= 16 rows when N >= K, as measured faster); 4-bit group-wise runs the
+    Kernel choice per call (CPU): 8-bit symmetric per-channel runs oneDNN int8 with per-row
+    activation scales (fbgemm for a single row, where it is faster); 4-bit group-wise runs the
     int4 weight-packed kernel up to 256 rows and dequant beyond (where it is faster); all
     other widths run dequant. `kernel="reference"` forces dequant everywhere.
     """
 
-    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None, kernel: str = "auto"):
-        super().__init__(qweight, bias, kernel)
+    def __init__(
+        self,
+        qweight: QuantizedWeight,
+        bias: torch.Tensor | None,
+        kernel: str = "auto",
+        act_smoothing: torch.Tensor | None = None,
+        quantize_activations: bool = True,
+    ):
+        super().__init__(qweight, bias, kernel, quantize_activations)
         self.in_features = self.weight_shape[1]
+        # SmoothQuant: inputs are multiplied by this (K,) vector; the stored weight columns
+        # were divided by it, so the product is unchanged but activation outliers shrink.
+        self.register_buffer("act_smoothing", None if act_smoothing is None
+                             else act_smoothing.detach().float().clone())
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, qweight: QuantizedWeight, kernel: str = "auto"):
-        return cls(qweight, linear.bias, kernel)
+    def from_float(cls, linear: nn.Linear, qweight: QuantizedWeight, kernel: str = "auto",
+                   act_smoothing: torch.Tensor | None = None, quantize_activations: bool = True):
+        return cls(qweight, linear.bias, kernel, act_smoothing, quantize_activations)
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight this layer computes with (smoothing undone)."""
+        w = self.dequantized_weight(dtype)
+        return w if self.act_smoothing is None else w * self.act_smoothing.to(dtype)[None, :]
 
     def select_path(self, rows: int, device: torch.device) -> KernelPath:
         if self.kernel == "reference":
@@ -131,12 +153,12 @@ class QuantLinear(QuantizedLayer):
         if device.type == "cuda":
             if self._is_native_int8() and n % 8 == 0 and k % 8 == 0:
                 return KernelPath.CUDA_INT8_INTMM
-            if self._int4pack_ok() and hasattr(torch.ops.aten, "_weight_int4pack_mm"):
+            if self._int4pack_ok("cuda") and hasattr(torch.ops.aten, "_weight_int4pack_mm"):
                 return KernelPath.CUDA_INT4PACK_BF16
             return KernelPath.DEQUANT
         if device.type == "cpu":
             if self._is_native_int8():
-                if K.onednn_available() and rows >= K.ONEDNN_MIN_ROWS and n >= k:
+                if K.onednn_available() and rows >= K.ONEDNN_MIN_ROWS:
                     return KernelPath.ONEDNN_INT8_DYNAMIC
                 if K.fbgemm_available():
                     return KernelPath.FBGEMM_INT8_DYNAMIC
@@ -157,15 +179,17 @@ class QuantLinear(QuantizedLayer):
 
     def run_path(self, path: KernelPath, x2d: torch.Tensor) -> torch.Tensor:
         """Runs one named path on a 2-D input (used by forward, tests and the profiler)."""
-        dev, bias = x2d.device, self.bias
+        dev, bias, smoothing = x2d.device, self.bias, self.act_smoothing
+        if path is KernelPath.ONEDNN_INT8_DYNAMIC:  # applies the smoothing itself
+            prep = self._prepare(path, dev, lambda: K.prepare_onednn_linear(
+                self.int8_weight(), self.scales[:, 0]))
+            return K.onednn_linear(x2d, prep, bias, smoothing).to(x2d.dtype)
+        if smoothing is not None:
+            x2d = x2d * smoothing
         if path is KernelPath.FBGEMM_INT8_DYNAMIC:
             packed = self._prepare(path, dev, lambda: K.prepare_fbgemm_linear(
                 self.int8_weight(), self.scales[:, 0], bias))
             return K.fbgemm_linear(x2d, packed).to(x2d.dtype)
-        if path is KernelPath.ONEDNN_INT8_DYNAMIC:
-            prep = self._prepare(path, dev, lambda: K.prepare_onednn_linear(
-                self.int8_weight(), self.scales[:, 0]))
-            return K.onednn_linear(x2d, prep, bias).to(x2d.dtype)
         if path is KernelPath.INT4PACK_BF16:
             prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cpu(
                 self.quantized_weight().codes(), self.scales, self.zeros))
@@ -202,8 +226,9 @@ class QuantConv2d(QuantizedLayer):
         dilation: tuple[int, int],
         groups: int,
         kernel: str = "auto",
+        quantize_activations: bool = True,
     ):
-        super().__init__(qweight, bias, kernel)
+        super().__init__(qweight, bias, kernel, quantize_activations)
         self.stride, self.padding = tuple(stride), tuple(padding)
         self.dilation, self.groups = tuple(dilation), int(groups)
         self.register_buffer("input_range", torch.full((2,), math.nan))
@@ -211,13 +236,14 @@ class QuantConv2d(QuantizedLayer):
         self.calibrating = False
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, qweight: QuantizedWeight, kernel: str = "auto"):
+    def from_float(cls, conv: nn.Conv2d, qweight: QuantizedWeight, kernel: str = "auto",
+                   quantize_activations: bool = True):
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             raise KernelUnavailableError(
                 f"conv padding {conv.padding!r} / mode {conv.padding_mode!r} is not supported; "
                 "use numeric zero padding.")
         return cls(qweight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-                   kernel)
+                   kernel, quantize_activations)
 
     @property
     def calibrated(self) -> bool:

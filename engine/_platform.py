@@ -10,7 +10,8 @@ import platform
 import sys
 import warnings
 
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter number
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers
+_M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
@@ -44,16 +45,20 @@ def cpu_model() -> str:
 
 @functools.cache
 def configure_allocator() -> bool:
-    """Raises glibc's mmap threshold to 1 GiB so large temporaries reuse heap memory.
+    """Raises glibc's mmap and trim thresholds to 1 GiB so large temporaries reuse heap memory.
 
     Freshly mmapped 64 MiB blocks are page-faulted on every call; keeping them in the heap
-    made such allocations 8-9x cheaper here. A no-op (False) where glibc is absent.
+    made such allocations 8-9x cheaper here. The trim threshold must rise too, or freed
+    blocks at the top of the heap go back to the OS and fault in again (a 24 MiB
+    temporary: 2.2 ms by default, 1.6 ms with the mmap threshold alone, 0.76 ms with both).
+    A no-op (False) where glibc is absent.
     """
     if not sys.platform.startswith("linux") or os.environ.get("ALLOCATOR_NO_MALLOPT"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30))
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):
         return False
 

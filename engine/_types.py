@@ -128,8 +128,9 @@ class BitConfig:
 
     Attributes:
         bits: Layer name -> weight bits (2..8).
-        activation_bits: Bits of activations where a kernel quantizes them (int8 kernels
-            always use 8); used for BOPs. None means float activations.
+        activation_bits: 8: 8-bit layers run W8A8 integer kernels, which quantize their
+            inputs to 8 bits (per row for linears, per tensor for convs); None: activations
+            stay float (weight-only; 8-bit layers then run dequant). Also used for BOPs.
         group_size: Group size of the per-group scales for layers below 8 bits (32, 64,
             128 or 256); None means one scale per output channel. 8-bit layers always use
             symmetric per-channel scales, the native format of the int8 kernels.
@@ -137,6 +138,9 @@ class BitConfig:
         rounding: How integers are chosen: `"rtn"` (round to nearest) or a calibrated method.
         bias_correction: Whether the mean output shift of the rounding error is removed.
         clip_search: Whether scales come from an MSE clipping search rather than min/max.
+        smoothing_alpha: SmoothQuant migration strength for 8-bit linears when calibration
+            data is given (input channel j is divided by max|x_j|^a / max|w_j|^(1-a) and
+            the weight column multiplied by it); None disables it.
         model: Name of the model the config was made for, if known.
         solver: Name of the solver that produced it, if any.
         status: `"optimal"`, `"feasible"` or `"infeasible"`, if it came from a solver.
@@ -147,12 +151,13 @@ class BitConfig:
     """
 
     bits: Mapping[str, int]
-    activation_bits: int | None = None
+    activation_bits: int | None = 8
     group_size: int | None = 128
     symmetric: bool = False
     rounding: str = "rtn"
     bias_correction: bool = False
     clip_search: bool = False
+    smoothing_alpha: float | None = 0.5
     model: str | None = None
     solver: str | None = None
     status: str | None = None
@@ -177,6 +182,9 @@ class BitConfig:
                 f"`group_size` must be one of {SUPPORTED_GROUP_SIZES} or null, "
                 f"got {self.group_size!r}."
             )
+        if self.smoothing_alpha is not None and not 0.0 <= self.smoothing_alpha <= 1.0:
+            raise InvalidSpecError(
+                f"`smoothing_alpha` must be in [0, 1] or null, got {self.smoothing_alpha!r}.")
         if self.status is not None and self.status not in STATUSES:
             raise InvalidSpecError(f"`status` must be one of {STATUSES}, got {self.status!r}.")
         object.__setattr__(self, "budgets", tuple(self.budgets))

@@ -1,0 +1,140 @@
+"""`ModelSpec`: a model with its calibration data, evaluation data, loss and metrics."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+import engine
+from engine import LayerSpec
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: `inputs` in `engine.call_model` form, and the target the loss needs."""
+
+    inputs: Any
+    target: Any = None
+    size: int = 0
+
+
+class ModelSpec(ABC):
+    """A real model plus everything needed to quantize and judge it, all offline.
+
+    Subclasses say how to build the float model and where its data comes from; this base
+    caches the model, the batches and the FP32 baseline, so the pipeline, the benchmarks
+    and the tests all evaluate with the same code.
+
+    Contract:
+        - `build()` returns the float model in eval mode; the same object on every call.
+        - `calibration_batches()` and `evaluation_batches()` are disjoint, deterministic
+          lists of `Batch`.
+        - `loss(model, batch)` is a differentiable scalar whose Hessian at the FP32
+          weights is what sensitivity estimators measure.
+        - `evaluate(model)` returns metrics; `primary_metric` names the one solvers and
+          reports compare, with `higher_is_better`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    skip_layers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self._model: nn.Module | None = None
+        self._calibration: list[Any] | None = None
+        self._evaluation: list[Any] | None = None
+        self._baseline: dict[str, float] | None = None
+        self._layers: list[LayerSpec] | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    @abstractmethod
+    def _build(self) -> nn.Module: ...
+
+    @abstractmethod
+    def _calibration_batches(self) -> list[Batch]: ...
+
+    @abstractmethod
+    def _evaluation_batches(self) -> list[Batch]: ...
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+    # -- cached accessors --------------------------------------------------------------------
+
+    def build(self) -> nn.Module:
+        if self._model is None:
+            model = self._build().eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._model = model
+        return self._model
+
+    def calibration_batches(self) -> list[Batch]:
+        if self._calibration is None:
+            self._calibration = self._calibration_batches()
+        return self._calibration
+
+    def evaluation_batches(self) -> list[Batch]:
+        if self._evaluation is None:
+            self._evaluation = self._evaluation_batches()
+        return self._evaluation
+
+    def example_inputs(self) -> Any:
+        """Inputs of one evaluation batch: what layer discovery traces (MACs are per batch)."""
+        return self.evaluation_batches()[0].inputs
+
+    def layers(self) -> list[LayerSpec]:
+        if self._layers is None:
+            self._layers = engine.discover_layers(self.build(), self.example_inputs(),
+                                                  skip=self.skip_layers)
+        return self._layers
+
+    def baseline(self) -> dict[str, float]:
+        """FP32 metrics (computed once)."""
+        if self._baseline is None:
+            self._baseline = self.evaluate(self.build())
+        return self._baseline
+
+    def quantize(self, config: engine.BitConfig, *, kernel: str = "auto") -> nn.Module:
+        """The engine's quantized copy of the model, activation ranges calibrated."""
+        return engine.apply(self.build(), config, kernel=kernel,
+                            calibration=[b.inputs for b in self.calibration_batches()])
+
+    def params(self) -> int:
+        return sum(p.numel() for p in self.build().parameters())
+
+    def latency_batch(self) -> Any:
+        """Inputs used to time whole-model latency (the first evaluation batch)."""
+        return self.evaluation_batches()[0].inputs
+
+    def measure_latency_us(self, model: nn.Module, *, repeats: int = 10) -> float:
+        batch = self.latency_batch()
+        timing = engine.time_call(lambda _i: engine.call_model(model, batch), repeats=repeats,
+                                  warmup=2)
+        return timing.p50_us
+
+    def outputs(self, model: nn.Module, batches: Sequence[Batch]) -> list[torch.Tensor]:
+        """Model outputs on `batches`, without autograd."""
+        with torch.inference_mode():
+            return [engine.call_model(model, b.inputs) for b in batches]
+
+    def timed_evaluate(self, model: nn.Module) -> tuple[dict[str, float], float]:
+        start = time.perf_counter()
+        metrics = self.evaluate(model)
+        return metrics, time.perf_counter() - start
+
+
+def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

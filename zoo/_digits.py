@@ -1,0 +1,157 @@
+"""`digits-mlp` and `digits-cnn`: small classifiers trained here on scikit-learn's digits.
+
+Training is seeded and takes seconds on 2 cores; the weights are cached as safetensors in
+the data dir under a hash of (architecture, training recipe, data), so they are trained once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import engine
+from zoo._base import Batch, ModelSpec, batched
+
+log = logging.getLogger(__name__)
+
+RECIPE = {"epochs": 40, "batch": 64, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0,
+          "test_fraction": 0.3, "split_seed": 1234, "version": 1}
+
+
+class DigitsMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 256)
+        self.fc2 = nn.Linear(256, 128)
+        self.fc3 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * 4 * 4, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.conv3(x))
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test); images (N, 1, 8, 8) scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = np.random.default_rng(RECIPE["split_seed"]).permutation(len(y))
+    n_test = int(round(RECIPE["test_fraction"] * len(y)))
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    gen = torch.Generator().manual_seed(RECIPE["seed"])
+    torch.manual_seed(RECIPE["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"],
+                            weight_decay=RECIPE["weight_decay"])
+    steps = RECIPE["epochs"] * (-(-len(y) // RECIPE["batch"]))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=RECIPE["lr"], total_steps=steps)
+    model.train()
+    for _ in range(RECIPE["epochs"]):
+        perm = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), RECIPE["batch"]):
+            idx = perm[i : i + RECIPE["batch"]]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+class _DigitsSpec(ModelSpec):
+    primary_metric = "accuracy"
+    arch: type[nn.Module]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._split = None
+
+    def split(self):
+        if self._split is None:
+            self._split = load_digits_split()
+        return self._split
+
+    def _build(self) -> nn.Module:
+        from safetensors.torch import load_file, save_file
+
+        x_train, y_train, _, _ = self.split()
+        key = engine.content_hash(self.name, json.dumps(RECIPE, sort_keys=True),
+                                  x_train.numpy().tobytes(), y_train.numpy().tobytes())
+        path = engine.data_dir() / "models" / f"{self.name}-{key}.safetensors"
+        model = self.arch()
+        if path.is_file():
+            try:
+                model.load_state_dict(load_file(str(path)))
+                return model.eval()
+            except Exception as e:  # corrupt cache: retrain, never trust a half file
+                warnings.warn(f"cached weights {path} unreadable ({e}); retraining.",
+                              stacklevel=2)
+        log.info("training %s on scikit-learn digits (seeded)...", self.name)
+        model = _train(model, x_train, y_train)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+        return model
+
+    def _calibration_batches(self) -> list[Batch]:
+        x, y, _, _ = self.split()
+        n = min(512, len(y))
+        return [Batch(x[i : i + 128], y[i : i + 128], len(y[i : i + 128]))
+                for i in range(0, n, 128)]
+
+    def _evaluation_batches(self) -> list[Batch]:
+        _, _, x, y = self.split()
+        return [Batch(xb, yb, len(yb)) for xb, yb in zip(batched(x, 256), batched(y, 256),
+                                                         strict=True)]
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(model(batch.inputs), batch.target)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        batches = self.evaluation_batches()
+        logits = self.outputs(model, batches)
+        correct = sum(int((lg.argmax(1) == b.target).sum()) for lg, b in zip(logits, batches,
+                                                                              strict=True))
+        total = sum(b.size for b in batches)
+        nll = sum(float(F.cross_entropy(lg, b.target, reduction="sum"))
+                  for lg, b in zip(logits, batches, strict=True))
+        return {"accuracy": correct / total, "nll": nll / total}
+
+
+class DigitsMLPSpec(_DigitsSpec):
+    name = "digits-mlp"
+    description = "3-layer MLP trained here on scikit-learn's 8x8 digits; top-1 accuracy."
+    arch = DigitsMLP
+
+
+class DigitsCNNSpec(_DigitsSpec):
+    name = "digits-cnn"
+    description = "3-conv CNN trained here on scikit-learn's 8x8 digits; top-1 accuracy."
+    arch = DigitsCNN
