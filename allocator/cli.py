@@ -65,6 +65,119 @@ def demo(
     console.print(table)
 
 
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _print_json(data: object) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """List the registered models with parameters and quantizable layer counts."""
+    import zoo
+
+    rows = []
+    console = _console()
+    for entry in zoo.MODELS:
+        row = {"name": entry.name, "available": entry.available(), "description": entry.description}
+        if row["available"]:
+            with console.status(f"loading {entry.name}..."):
+                spec = zoo.get_model(entry.name)
+                layers = spec.layers()
+            row |= {"params": spec.params(), "quantizable_layers": len(layers),
+                    "quantizable_params": sum(x.params for x in layers),
+                    "metric": spec.primary_metric}
+        else:
+            row["missing"] = f"install the `{entry.extra}` extra"
+        rows.append(row)
+    if as_json:
+        _print_json({"models": rows})
+        return
+    from rich.table import Table
+
+    table = Table(title="models")
+    for col in ("name", "params", "layers", "metric", "description"):
+        table.add_column(col, justify="right" if col in ("params", "layers") else "left")
+    for r in rows:
+        table.add_row(r["name"], f"{r.get('params', 0):,}" if r["available"] else "-",
+                      str(r.get("quantizable_layers", "-")), r.get("metric", r.get("missing", "")),
+                      r["description"])
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def _parse_bits(text: str) -> int:
+    from engine._types import check_bits
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidSpecError(f"`--bits` must be an integer 2..8, got {text!r}.") from None
+    return check_bits(value, where="--bits")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="Registered model, or module:factory.")],
+    bits: Annotated[str | None, typer.Option(help="Uniform weight bits for every layer.")] = None,
+    config: Annotated[str | None, typer.Option(help="allocator.bitconfig/1 JSON file.")] = None,
+    group_size: Annotated[int | None, typer.Option(help="Group size below 8 bits (0: per-channel).")] = None,
+    weight_only: Annotated[bool, typer.Option(help="Keep activations float (no W8A8 kernels).")] = False,
+    data: Annotated[str | None, typer.Option(help="User model inputs (.pt or .npy).")] = None,
+    weights: Annotated[str | None, typer.Option(help="User model weights (.safetensors).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Apply a bit config (or uniform bits) on the engine; print metrics, size, latency vs FP32."""
+    import zoo
+    from allocator._evaluate import evaluate_config
+    from engine import BitConfig, read_config
+
+    if (bits is None) == (config is None):
+        raise CLIUsageError("give exactly one of `--bits` and `--config`.")
+    spec = zoo.get_model(model, data=data, weights=weights)
+    console = _console()
+    with console.status(f"loading {model}..."):
+        layers = spec.layers()
+    if config is not None:
+        cfg = read_config(config)
+    else:
+        kwargs = {}
+        if group_size is not None:
+            kwargs["group_size"] = group_size or None
+        if weight_only:
+            kwargs["activation_bits"] = None
+        cfg = BitConfig.uniform(layers, _parse_bits(bits), model=spec.name, **kwargs)
+    with console.status(f"evaluating {spec.name} at FP32 and quantized..."):
+        result = evaluate_config(spec, cfg)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name}: {result.avg_bits:.2f} average weight bits, measured here")
+    table.add_column("")
+    table.add_column("FP32", justify="right")
+    table.add_column("quantized", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{result.fp32_metrics[key]:.4f}", f"{value:.4f}")
+    table.add_row("size", f"{result.fp32_size_bytes / 2**20:.2f} MiB",
+                  f"{result.size_bytes / 2**20:.2f} MiB")
+    table.add_row("latency (1 batch)", f"{result.fp32_latency_us / 1e3:.1f} ms",
+                  f"{result.latency_us / 1e3:.1f} ms ({result.speedup:.2f}x)")
+    table.add_row("kernels", "float", ", ".join(sorted(result.kernels)))
+    Console().print(table)
+
+
 def _exit_code(err: AllocatorError) -> int:
     if isinstance(err, InvalidSpecError | UnknownComponentError | CLIUsageError):
         return EXIT_BAD_INPUT

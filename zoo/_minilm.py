@@ -97,8 +97,13 @@ class MiniLMSpec(ModelSpec):
 
     def _build(self) -> nn.Module:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import transformers
         from transformers import AutoModel
 
+        # The package ships the pooler too; mean pooling does not use it. Keep the loader's
+        # report of that and its progress bar off the user's terminal.
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         bert = AutoModel.from_pretrained(str(minilm_path()), add_pooling_layer=False)
         return SentenceEncoder(bert)
 
