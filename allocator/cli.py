@@ -132,6 +132,9 @@ def evaluate(
     config: Annotated[str | None, typer.Option(help="allocator.bitconfig/1 JSON file.")] = None,
     group_size: Annotated[int | None, typer.Option(help="Group size below 8 bits (0: per-channel).")] = None,
     weight_only: Annotated[bool, typer.Option(help="Keep activations float (no W8A8 kernels).")] = False,
+    rounding: Annotated[str, typer.Option(help="rtn or gptq (calibrated).")] = "gptq",
+    bias_correction: Annotated[bool, typer.Option(help="Remove the mean output shift.")] = True,
+    clip_search: Annotated[bool, typer.Option(help="MSE-optimal clipping of scales.")] = True,
     data: Annotated[str | None, typer.Option(help="User model inputs (.pt or .npy).")] = None,
     weights: Annotated[str | None, typer.Option(help="User model weights (.safetensors).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
@@ -150,7 +153,8 @@ def evaluate(
     if config is not None:
         cfg = read_config(config)
     else:
-        kwargs = {}
+        kwargs = {"rounding": rounding, "bias_correction": bias_correction,
+                  "clip_search": clip_search}
         if group_size is not None:
             kwargs["group_size"] = group_size or None
         if weight_only:

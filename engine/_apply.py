@@ -7,6 +7,7 @@ of quantized models as safetensors + JSON (no pickle anywhere).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,12 +17,20 @@ import torch
 from torch import nn
 
 from engine._errors import InvalidSpecError, UnknownLayerError
+from engine._gptq import bias_correction, group_qparams, gptq
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
 from engine._quantizer import QuantScheme, quantize
+from engine._stats import ConvGeometry, InputStats, collect_input_stats
 from engine._types import BitConfig
 
-ROUNDINGS = ("rtn",)
+# Where calibrated rounding takes each layer's inputs from: "sequential" (the model with
+# every earlier layer already quantized, so each layer corrects what precedes it) or "fp32"
+# (the float model, one pass for all layers).
+# Measured on MobileNetV2 (64 crops, 2 cores, GPTQ + act order + bias correction + clip
+# search): sequential 30 s vs 12 s, KL to FP32 0.00070 vs 0.00074 at int8 and 0.161 vs
+# 0.168 at int4 (top-1 agreement 0.984 vs 0.977 and 0.805 both): sequential is kept.
+CALIBRATION_INPUTS = "sequential"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "bitconfig.json"
 
@@ -39,6 +48,12 @@ def scheme_for(config: BitConfig, bits: int) -> QuantScheme:
 
 def _check_names(model: nn.Module, config: BitConfig) -> dict[str, nn.Module]:
     modules = quantizable_modules(model)
+    for name in config.bits:
+        m = modules.get(name)
+        if isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros"):
+            raise UnknownLayerError(
+                f"layer {name!r}: conv padding {m.padding!r} / mode {m.padding_mode!r} is not "
+                "supported by the engine; use numeric zero padding.")
     unknown = [n for n in config.bits if n not in modules]
     if unknown:
         known = ", ".join(list(modules)[:8]) + (", ..." if len(modules) > 8 else "")
@@ -67,10 +82,11 @@ def apply(
 
     Args:
         model: Float model; left untouched unless `inplace`.
-        config: Layer name -> bits, plus the weight scheme.
-        calibration: Batches (as `call_model` takes them) used to fix int8 convs' activation
-            ranges, which lets them run the static int8 kernel; without it they quantize
-            activations per call.
+        config: Layer name -> bits, the weight scheme and the rounding method.
+        calibration: Batches (as `call_model` takes them). Needed for calibrated rounding
+            (`gptq`, bias correction); also fixes int8 convs' activation ranges, which lets
+            them run the static int8 kernel, and gives 8-bit linears their SmoothQuant
+            factors.
         kernel: `"auto"` (fastest available per shape) or `"reference"` (dequant everywhere).
         inplace: Modify `model` itself instead of a copy.
 
@@ -79,21 +95,21 @@ def apply(
 
     Raises:
         UnknownLayerError: A name in `config.bits` is not a quantizable layer of `model`.
-        InvalidSpecError: The config asks for something the engine cannot do.
+        InvalidSpecError: The config asks for something the engine cannot do, or for
+            calibrated rounding without calibration data.
 
     Example:
         >>> qmodel = apply(model, BitConfig(bits={"fc1": 8, "fc2": 4}))
     """
-    if config.rounding not in ROUNDINGS:
-        raise InvalidSpecError(
-            f"`rounding` {config.rounding!r} is not available; choose one of {ROUNDINGS}.")
-    if config.activation_bits not in (None, 8):
-        raise InvalidSpecError(
-            f"`activation_bits` must be 8 (W8A8 kernels) or null (float activations) to run "
-            f"on the engine, got {config.activation_bits!r}.")
+    _validate(config)
     _check_names(model, config)
     act_quant = config.activation_bits == 8
     batches = None if calibration is None else list(calibration)
+    calibrated = config.rounding != "rtn" or config.bias_correction
+    if calibrated and not batches:
+        raise InvalidSpecError(
+            f"`rounding` {config.rounding!r} / `bias_correction` need calibration data; "
+            "pass `calibration=` batches (or use rounding 'rtn' without bias correction).")
     target = model if inplace else copy.deepcopy(model)
     modules = quantizable_modules(target)
     smoothing = {}
@@ -101,27 +117,70 @@ def apply(
         int8_linears = [n for n, b in config.bits.items()
                         if b == 8 and isinstance(modules[n], nn.Linear)]
         smoothing = smoothing_factors(target, int8_linears, batches, config.smoothing_alpha)
-    for name, bits in config.bits.items():
-        float_module = modules[name]
-        weight = float_module.weight.detach()
-        if isinstance(float_module, nn.Conv2d):
-            qweight = quantize(weight, scheme_for(config, bits))
-            q = QuantConv2d.from_float(float_module, qweight, kernel=kernel,
-                                       quantize_activations=act_quant)
-        else:
-            factors = smoothing.get(name)
-            if factors is not None:
-                weight = weight * factors[None, :]
-            qweight = quantize(weight, scheme_for(config, bits))
-            act = None if factors is None else 1.0 / factors
-            q = QuantLinear.from_float(float_module, qweight, kernel=kernel, act_smoothing=act,
-                                       quantize_activations=act_quant)
-        q.to(float_module.weight.device)
+    order = [n for n in modules if n in config.bits]  # model order
+    stats: dict[str, InputStats] = {}
+    if calibrated and CALIBRATION_INPUTS == "fp32":
+        stats = collect_input_stats(target, {n: modules[n] for n in order}, batches)
+    for name in order:
+        if calibrated and CALIBRATION_INPUTS == "sequential":
+            # inputs as the partly quantized model produces them
+            stats = collect_input_stats(target, {name: modules[name]}, batches, stop_early=True)
+        q = _quantize_module(modules[name], config, config.bits[name], smoothing.get(name),
+                             stats.get(name), kernel, act_quant)
+        q.to(modules[name].weight.device)
         _set_submodule(target, name, q)
     target.eval()
     if batches:
         calibrate(target, batches)
     return target
+
+
+def _validate(config: BitConfig) -> None:
+    if config.activation_bits not in (None, 8):
+        raise InvalidSpecError(
+            f"`activation_bits` must be 8 (W8A8 kernels) or null (float activations) to run "
+            f"on the engine, got {config.activation_bits!r}.")
+
+
+def _quantize_module(
+    module: nn.Module, config: BitConfig, bits: int, factors: torch.Tensor | None,
+    stats: InputStats | None, kernel: str, act_quant: bool,
+) -> QuantizedLayer:
+    """One float layer -> its quantized module, with the config's rounding method."""
+    scheme = scheme_for(config, bits)
+    weight = module.weight.detach().float()
+    conv = ConvGeometry.of(module)
+    if factors is not None:  # SmoothQuant: work in the smoothed domain x' = x / s, W' = W s
+        weight = weight * factors[None, :]
+    n_groups = 1 if conv is None else conv.groups
+    w3 = weight.reshape(n_groups, weight.shape[0] // n_groups, -1)
+    hessian = mean = None
+    if stats is not None:
+        hessian, mean = stats.hessian, stats.mean
+        if factors is not None:
+            inv = (1.0 / factors).double()
+            hessian = hessian * inv[None, :, None] * inv[None, None, :]
+            mean = mean * inv[None, :]
+    scales = zeros = codes = None
+    if config.rounding == "gptq":
+        codes, scales, zeros = gptq(w3, hessian, scheme, clip_search=config.clip_search)
+    elif config.clip_search:
+        col_weight = None if hessian is None else hessian.diagonal(dim1=1, dim2=2).mean(0)
+        if n_groups > 1:
+            col_weight = None  # per-group Hessians differ; plain MSE
+        scales, zeros = group_qparams(weight.reshape(weight.shape[0], -1), scheme,
+                                      clip_search=True, col_weight=col_weight)
+    qweight = quantize(weight, scheme, scales=scales, zeros=zeros, codes=codes)
+    bias = module.bias.detach().float() if module.bias is not None else None
+    if config.bias_correction:
+        delta = (qweight.dequantize() - weight).reshape(w3.shape)
+        shift = bias_correction(delta, mean).float()
+        bias = -shift if bias is None else bias - shift
+    if conv is not None:
+        return QuantConv2d(qweight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                           kernel, act_quant)
+    act = None if factors is None else 1.0 / factors
+    return QuantLinear(qweight, bias, kernel, act, act_quant)
 
 
 @torch.no_grad()
@@ -256,7 +315,16 @@ def load_quantized(
         state = load_file(str(src / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
         raise InvalidSpecError(f"`{src / WEIGHTS_FILE}` is not a valid safetensors file: {e}") from e
-    qmodel = apply(model, config, kernel=kernel)
+    # The structure only: the stored tensors replace every quantized value below.
+    structure = dataclasses.replace(config, rounding="rtn", bias_correction=False,
+                                    clip_search=False)
+    qmodel = apply(model, structure, kernel=kernel)
+    for name, layer in quantized_layers(qmodel).items():
+        prefix = f"{name}." if name else ""
+        for buf in ("bias", "act_smoothing", "zeros"):  # optional tensors of a layer
+            key = prefix + buf
+            if key in state and getattr(layer, buf, None) is None:
+                layer.register_buffer(buf, torch.empty_like(state[key]))
     try:
         qmodel.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -136,11 +136,6 @@ class QuantLinear(QuantizedLayer):
         self.register_buffer("act_smoothing", None if act_smoothing is None
                              else act_smoothing.detach().float().clone())
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, qweight: QuantizedWeight, kernel: str = "auto",
-                   act_smoothing: torch.Tensor | None = None, quantize_activations: bool = True):
-        return cls(qweight, linear.bias, kernel, act_smoothing, quantize_activations)
-
     def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight this layer computes with (smoothing undone)."""
         w = self.dequantized_weight(dtype)
@@ -234,16 +229,6 @@ class QuantConv2d(QuantizedLayer):
         self.register_buffer("input_range", torch.full((2,), math.nan))
         self.register_buffer("output_range", torch.full((2,), math.nan))
         self.calibrating = False
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, qweight: QuantizedWeight, kernel: str = "auto",
-                   quantize_activations: bool = True):
-        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            raise KernelUnavailableError(
-                f"conv padding {conv.padding!r} / mode {conv.padding_mode!r} is not supported; "
-                "use numeric zero padding.")
-        return cls(qweight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-                   kernel, quantize_activations)
 
     @property
     def calibrated(self) -> bool:

@@ -19,6 +19,7 @@ SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
 BITCONFIG_FORMAT = "allocator.bitconfig/1"
 LAYER_KINDS = ("linear", "conv2d")
 STATUSES = ("optimal", "feasible", "infeasible")
+ROUNDINGS = ("rtn", "gptq")
 
 
 def check_bits(bits: Any, *, where: str = "bits") -> int:
@@ -135,7 +136,8 @@ class BitConfig:
             128 or 256); None means one scale per output channel. 8-bit layers always use
             symmetric per-channel scales, the native format of the int8 kernels.
         symmetric: Symmetric (no zero point) scales for layers below 8 bits.
-        rounding: How integers are chosen: `"rtn"` (round to nearest) or a calibrated method.
+        rounding: How integers are chosen: `"rtn"` (round to nearest) or `"gptq"` (error
+            feedback through the layer's input Hessian; needs calibration data).
         bias_correction: Whether the mean output shift of the rounding error is removed.
         clip_search: Whether scales come from an MSE clipping search rather than min/max.
         smoothing_alpha: SmoothQuant migration strength for 8-bit linears when calibration
@@ -182,6 +184,8 @@ class BitConfig:
                 f"`group_size` must be one of {SUPPORTED_GROUP_SIZES} or null, "
                 f"got {self.group_size!r}."
             )
+        if self.rounding not in ROUNDINGS:
+            raise InvalidSpecError(f"`rounding` must be one of {ROUNDINGS}, got {self.rounding!r}.")
         if self.smoothing_alpha is not None and not 0.0 <= self.smoothing_alpha <= 1.0:
             raise InvalidSpecError(
                 f"`smoothing_alpha` must be in [0, 1] or null, got {self.smoothing_alpha!r}.")
@@ -190,6 +194,13 @@ class BitConfig:
         object.__setattr__(self, "budgets", tuple(self.budgets))
         object.__setattr__(self, "cost", dict(self.cost))
         object.__setattr__(self, "extra", dict(self.extra))
+
+    @classmethod
+    def calibrated(cls, bits: Mapping[str, int], **kwargs: Any) -> BitConfig:
+        """A config with the calibrated rounding the product uses where data exists:
+        GPTQ with bias correction and the clipping search."""
+        kwargs = {"rounding": "gptq", "bias_correction": True, "clip_search": True} | kwargs
+        return cls(bits=bits, **kwargs)
 
     @classmethod
     def uniform(cls, layers: list[LayerSpec] | list[str], bits: int, **kwargs: Any) -> BitConfig:

@@ -1,0 +1,143 @@
+"""Calibration statistics of layer inputs, streamed through forward hooks.
+
+For each layer: the sum of x xᵀ (the GPTQ / Hessian proxy H = 2 XᵀX / N) and the sum of x
+(for bias correction), in float64, grouped like the layer's weight: a Linear is one
+problem over its K input features; a Conv2d is one problem per convolution group over its
+unfolded patches (in_channels/groups * kh * kw), so a depthwise conv is one small problem
+per channel. Only these sums are kept, never the inputs themselves. Padding tokens are
+left out when a batch is a mapping with an `attention_mask` matching the layer's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine._layers import call_model
+
+
+@dataclass
+class InputStats:
+    """Sums over the rows (tokens, samples, patches) a layer saw.
+
+    Attributes:
+        xtx: (G, Kg, Kg) float64 sum of x xᵀ per group.
+        x_sum: (G, Kg) float64 sum of x per group.
+        rows: Number of rows summed.
+    """
+
+    xtx: torch.Tensor
+    x_sum: torch.Tensor
+    rows: int = 0
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """H = 2 XᵀX / N per group (G, Kg, Kg), float64."""
+        return self.xtx * (2.0 / max(self.rows, 1))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[x] per group (G, Kg), float64."""
+        return self.x_sum / max(self.rows, 1)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What unfolding a conv's input needs; read from nn.Conv2d or QuantConv2d alike."""
+
+    kernel_size: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ConvGeometry | None:
+        if isinstance(module, nn.Conv2d):
+            return cls(tuple(module.kernel_size), tuple(module.dilation), tuple(module.padding),
+                       tuple(module.stride), module.groups)
+        shape = getattr(module, "weight_shape", ())
+        if len(shape) == 4:  # a quantized conv
+            return cls((shape[2], shape[3]), tuple(module.dilation), tuple(module.padding),
+                       tuple(module.stride), module.groups)
+        return None
+
+
+def layer_rows(x: torch.Tensor, conv: ConvGeometry | None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A layer's input as rows grouped like its weight: (G, rows, Kg)."""
+    if conv is not None and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
+        if conv.stride != (1, 1):
+            x = x[:, :, :: conv.stride[0], :: conv.stride[1]]
+        return x.permute(0, 2, 3, 1).reshape(1, -1, x.shape[1])  # pointwise: no unfold copy
+    if conv is not None:
+        patches = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        b, k, length = patches.shape
+        g = conv.groups
+        return patches.view(b, g, k // g, length).permute(1, 0, 3, 2).reshape(g, b * length, k // g)
+    k = x.shape[-1]
+    if mask is not None and x.dim() == mask.dim() + 1 and x.shape[:-1] == mask.shape:
+        x = x[mask.bool()]
+    return x.reshape(1, -1, k)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the only layer of interest has seen its input."""
+
+
+@torch.no_grad()
+def collect_input_stats(
+    model: nn.Module, modules: Mapping[str, nn.Module], batches: Iterable[Any], *,
+    stop_early: bool = False,
+) -> dict[str, InputStats]:
+    """Runs `batches` through `model` and returns the input sums of each named module.
+
+    Args:
+        model: The model to run (float, or partly quantized for sequential calibration).
+        modules: Name -> module inside `model` (nn.Linear / nn.Conv2d or their quantized
+            versions) whose inputs are summed.
+        batches: Inputs in `call_model` form.
+        stop_early: With a single module, end each forward pass right after its input was
+            seen (the rest of the model is not needed); only for modules called once.
+    """
+    stop_early = stop_early and len(modules) == 1
+    stats: dict[str, InputStats] = {}
+    state: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook_for(name: str, module: nn.Module):
+        geometry = ConvGeometry.of(module)
+
+        def hook(_m: nn.Module, args: tuple) -> None:
+            rows = layer_rows(args[0].detach().float(), geometry, state["mask"])
+            # float32 products per batch, float64 sums across batches
+            xtx = torch.bmm(rows.transpose(1, 2), rows).double()
+            x_sum = rows.sum(1, dtype=torch.float64)
+            s = stats.get(name)
+            if s is None:
+                stats[name] = InputStats(xtx, x_sum, rows.shape[1])
+            else:
+                s.xtx += xtx
+                s.x_sum += x_sum
+                s.rows += rows.shape[1]
+            if stop_early:
+                raise _StopForward
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n, m)) for n, m in modules.items()]
+    try:
+        for batch in batches:
+            mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+            state["mask"] = mask
+            try:
+                call_model(model, batch)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return stats

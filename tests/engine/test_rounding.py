@@ -1,0 +1,144 @@
+"""Calibrated rounding: GPTQ, bias correction, clipping search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from allocator.testing import TinyCNN
+from engine import BitConfig, InvalidSpecError, QuantScheme, apply, load_quantized, quantize
+from engine._gptq import gptq, group_qparams
+from engine._stats import ConvGeometry, collect_input_stats, layer_rows
+
+
+def _correlated_inputs(n: int, k: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=gen) / k**0.5 + torch.eye(k)
+    return torch.randn(n, k, generator=gen) @ mix + 0.5
+
+
+def _output_error(w: torch.Tensor, wq: torch.Tensor, x: torch.Tensor) -> float:
+    return float(((x @ (wq - w).T) ** 2).sum())
+
+
+def _gptq_weight(w, x, scheme, **kw):
+    h = (2.0 / len(x)) * (x.double().T @ x.double())
+    codes, scales, zeros = gptq(w[None], h[None], scheme, **kw)
+    return quantize(w, scheme, scales=scales, zeros=zeros, codes=codes).dequantize()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("scheme", [QuantScheme(4, False, None), QuantScheme(3, False, 32),
+                                    QuantScheme(4, True, 64), QuantScheme(8, True, None)])
+def test_gptq_output_error_never_above_rtn(seed, scheme):
+    gen = torch.Generator().manual_seed(100 + seed)
+    w = torch.randn(48, 128, generator=gen)
+    x = _correlated_inputs(512, 128, seed)
+    rtn = quantize(w, scheme).dequantize()
+    for act_order in (False, True):
+        err_gptq = _output_error(w, _gptq_weight(w, x, scheme, act_order=act_order), x)
+        assert err_gptq <= _output_error(w, rtn, x) * 1.0001
+
+
+def test_one_column_gptq_is_rtn():
+    w = torch.randn(16, 1)
+    x = torch.randn(64, 1)
+    scheme = QuantScheme(4, False, None)
+    assert torch.equal(_gptq_weight(w, x, scheme), quantize(w, scheme).dequantize())
+
+
+def test_gptq_is_deterministic():
+    w = torch.randn(32, 64)
+    x = _correlated_inputs(256, 64, 3)
+    scheme = QuantScheme(3, False, 32)
+    assert torch.equal(_gptq_weight(w, x, scheme), _gptq_weight(w, x, scheme))
+
+
+def test_conv_via_unfold_matches_linear_on_patches():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1, stride=2)
+    x = torch.randn(6, 4, 9, 9)
+    stats = collect_input_stats(conv, {"": conv}, [x])[""]
+    patches = layer_rows(x, ConvGeometry.of(conv))[0]  # (rows, 36)
+    exact = 2 * patches.double().T @ patches.double() / len(patches)
+    assert torch.allclose(stats.hessian[0], exact, rtol=1e-4, atol=1e-6)
+    linear = torch.nn.Linear(36, 8, bias=False)
+    lin_stats = collect_input_stats(linear, {"": linear}, [patches])[""]
+    assert torch.allclose(stats.hessian, lin_stats.hessian, rtol=1e-5, atol=1e-7)
+    scheme = QuantScheme(4, False, 32)
+    w2d = conv.weight.detach().reshape(8, -1)
+    assert torch.equal(gptq(w2d[None], stats.hessian, scheme)[0],
+                       gptq(w2d[None], lin_stats.hessian, scheme)[0])
+    y = F.conv2d(x, conv.weight, stride=2, padding=1)  # same outputs as the patch matmul
+    assert torch.allclose(y.permute(0, 2, 3, 1).reshape(-1, 8), patches @ w2d.T, atol=1e-4)
+
+
+def test_depthwise_conv_is_one_problem_per_channel():
+    conv = torch.nn.Conv2d(5, 5, 3, padding=1, groups=5)
+    stats = collect_input_stats(conv, {"": conv}, [torch.randn(2, 5, 6, 6)])[""]
+    assert stats.hessian.shape == (5, 9, 9)
+
+
+def _mean_output_error(model, qmodel, name, batches):
+    errs = []
+    for x in batches:
+        ref, got = {}, {}
+        h1 = dict(model.named_modules())[name].register_forward_hook(
+            lambda m, a, o: ref.setdefault("y", o))
+        h2 = dict(qmodel.named_modules())[name].register_forward_hook(
+            lambda m, a, o: got.setdefault("y", o))
+        with torch.no_grad():
+            model(x)
+            qmodel(x)
+        h1.remove()
+        h2.remove()
+        errs.append((got["y"] - ref["y"]).mean(dim=(0, 2, 3) if got["y"].dim() == 4 else 0))
+    return torch.stack(errs).mean(0)
+
+
+def test_bias_correction_removes_the_mean_output_shift():
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    batches = [torch.randn(8, 3, 8, 8).abs() + 1.0 for _ in range(4)]  # positive inputs
+    cfg = dict(bits={"stem": 3}, activation_bits=None)
+    plain = apply(model, BitConfig(**cfg), calibration=batches)
+    corrected = apply(model, BitConfig(**cfg, bias_correction=True), calibration=batches)
+    before = _mean_output_error(model, plain, "stem", batches).abs().max()
+    after = _mean_output_error(model, corrected, "stem", batches).abs().max()
+    assert after < 1e-4 < before
+
+
+def test_clip_search_never_increases_weighted_error():
+    w = torch.randn(16, 128) * torch.rand(16, 128) ** 4  # heavy-tailed rows
+    scheme = QuantScheme(3, False, 32)
+    s0, z0 = group_qparams(w, scheme, clip_search=False)
+    s1, z1 = group_qparams(w, scheme, clip_search=True)
+    e0 = (quantize(w, scheme, scales=s0, zeros=z0).dequantize() - w).pow(2).sum()
+    e1 = (quantize(w, scheme, scales=s1, zeros=z1).dequantize() - w).pow(2).sum()
+    assert e1 <= e0
+
+
+def test_gptq_config_round_trips_through_save_load(tmp_path):
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(3)]
+    cfg = BitConfig.calibrated({"stem": 4, "dw": 8, "pw": 3, "fc1": 4, "fc2": 8})
+    q = apply(model, cfg, calibration=batches)
+    from engine import save_quantized
+
+    save_quantized(q, cfg, tmp_path)
+    loaded, cfg2 = load_quantized(TinyCNN().eval(), tmp_path)
+    assert cfg2.rounding == "gptq" and cfg2.bias_correction and cfg2.clip_search
+    with torch.no_grad():
+        assert torch.equal(q(batches[0]), loaded(batches[0]))
+    # the same config and data rebuild the same integers
+    again = apply(model, cfg, calibration=batches)
+    assert torch.equal(again.fc1.qweight, q.fc1.qweight)
+
+
+def test_calibrated_rounding_needs_data():
+    with pytest.raises(InvalidSpecError, match="calibration data"):
+        apply(TinyCNN(), BitConfig(bits={"fc1": 4}, rounding="gptq"))
+    with pytest.raises(InvalidSpecError, match="`rounding`"):
+        BitConfig(bits={"fc1": 4}, rounding="awq")
