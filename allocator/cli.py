@@ -182,6 +182,154 @@ def evaluate(
     Console().print(table)
 
 
+def _parse_bit_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    from engine._types import check_bits
+
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InvalidSpecError(f"`--bits` must be a comma-separated list such as 4,8; got {text!r}.") from None
+    if not values:
+        raise InvalidSpecError(f"`--bits` must name at least one bit-width; got {text!r}.")
+    return [check_bits(v, where="--bits") for v in values]
+
+
+def _write_json(path: str, data: object) -> None:
+    import json
+    from pathlib import Path
+
+    from engine import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+
+
+@app.command()
+def solve(
+    budget: Annotated[list[str], typer.Option("--budget", help="e.g. 4.5bits, 12MB, 1.2GBOPs, 2.5ms; repeatable.")],
+    problem: Annotated[str | None, typer.Option(help="allocator.problem/1 JSON file.")] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model (runs the pipeline).")] = None,
+    solver: Annotated[str, typer.Option(help="ilp, greedy, uniform, dp, brute, ddpg, ...")] = "ilp",
+    bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 4,8.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    out: Annotated[str | None, typer.Option(help="Write the BitConfig JSON here.")] = None,
+) -> None:
+    """Choose per-layer bit-widths under the budgets (exit 3 when they cannot be met)."""
+    from allocator._budget import parse_budgets
+    from allocator._problem import Problem
+    from allocator.solvers import solve as run_solver
+
+    if (problem is None) == (model is None):
+        raise CLIUsageError("give exactly one of `--problem` and `--model`.")
+    budgets = parse_budgets(budget)
+    if model is not None:
+        raise CLIUsageError("`--model` runs the end-to-end pipeline, which is not part of this "
+                            "build yet; pass `--problem` with precomputed tables.")
+    prob = Problem.load(problem)
+    candidate = _parse_bit_list(bits)
+    if candidate is not None:
+        prob = prob.with_bits(candidate)
+    solution = run_solver(prob, budgets, solver, seed=seed, time_limit_s=time_limit)
+    config = solution.to_bitconfig(prob, budgets)
+    if out is not None:
+        _write_json(out, config.to_dict())
+    if as_json:
+        _print_json(config.to_dict())
+    else:
+        _print_solution(config)
+    if solution.status == "infeasible":
+        need = ", ".join(f"{k} -> at least {v}" for k, v in solution.diagnosis.items())
+        typer.echo(f"infeasible: the budgets cannot all be met ({need}).", err=True)
+        raise typer.Exit(EXIT_INFEASIBLE)
+
+
+def _print_solution(config) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cost = config.cost
+    summary = (f"[bold]{config.status}[/bold] ({config.solver}, {config.solve_seconds or 0:.3f} s) "
+               f"objective {config.objective:.6g}; avg {cost.get('avg_bits', 0):.3f} bits, "
+               f"{cost.get('size_bytes', 0) / 1e6:.3f} MB, {cost.get('bops', 0) / 1e9:.4g} GBOPs"
+               + (f", {cost['latency_us'] / 1e3:.3f} ms" if "latency_us" in cost else ""))
+    console.print(summary)
+    if len(config.bits) <= 80:
+        table = Table(show_header=True)
+        table.add_column("layer")
+        table.add_column("bits", justify="right")
+        for name, b in config.bits.items():
+            table.add_row(name, str(b))
+        console.print(table)
+
+
+@app.command()
+def pareto(
+    problem: Annotated[str, typer.Option(help="allocator.problem/1 JSON file.")],
+    axis: Annotated[str, typer.Option(help="Cost axis: bits, size, bops or latency.")] = "bits",
+    points: Annotated[int, typer.Option(help="Budget values swept.")] = 20,
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")] = None,
+    bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 2,4,8.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    out: Annotated[str | None, typer.Option(help="Write the allocator.pareto/1 JSON here.")] = None,
+) -> None:
+    """The accuracy/cost Pareto front of a problem along one cost axis."""
+    from allocator._budget import parse_budgets
+    from allocator._pareto import AXES, pareto_front
+    from allocator._problem import Problem
+
+    prob = Problem.load(problem)
+    candidate = _parse_bit_list(bits)
+    if candidate is not None:
+        prob = prob.with_bits(candidate)
+    front = pareto_front(prob, axis, points, budgets=parse_budgets(budget or []))
+    data = front.to_dict()
+    if out is not None:
+        _write_json(out, data)
+    if as_json:
+        _print_json(data)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front along {axis} ({len(front.points)} points)")
+    table.add_column(AXES[axis], justify="right")
+    table.add_column("objective", justify="right")
+    table.add_column("bits used", justify="left")
+    for p in front.points:
+        used = sorted(set(p.bits.values()))
+        table.add_row(f"{p.cost[AXES[axis]]:.6g}", f"{p.objective:.6g}", ",".join(map(str, used)))
+    Console().print(table)
+
+
+@app.command()
+def solvers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """List the solvers and which are installed (ILP backends included)."""
+    from allocator.solvers import SOLVERS, available_backends
+
+    rows = [{"name": e.name, "available": e.available(), "description": e.description,
+             "extra": e.extra} for e in SOLVERS]
+    data = {"solvers": rows, "ilp_backends": available_backends()}
+    if as_json:
+        _print_json(data)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"solvers (ILP backends: {', '.join(data['ilp_backends']) or 'none'})")
+    for col in ("name", "available", "description"):
+        table.add_column(col)
+    for r in rows:
+        avail = "yes" if r["available"] else f"no (install `{r['extra']}`)"
+        table.add_row(r["name"], avail, r["description"])
+    Console().print(table)
+
+
 def _exit_code(err: AllocatorError) -> int:
     if isinstance(err, InvalidSpecError | UnknownComponentError | CLIUsageError):
         return EXIT_BAD_INPUT

@@ -147,6 +147,7 @@ class BitConfig:
         solver: Name of the solver that produced it, if any.
         status: `"optimal"`, `"feasible"` or `"infeasible"`, if it came from a solver.
         objective: Solver objective (predicted loss increase), if any.
+        solve_seconds: Wall time of the solve, if any.
         budgets: Budget texts the solve was asked to meet.
         cost: Cost summary (`avg_bits`, `size_bytes`, `bops`, `latency_us`, ...).
         extra: Free-form JSON-safe record (measurements, reproducibility data).
@@ -164,6 +165,7 @@ class BitConfig:
     solver: str | None = None
     status: str | None = None
     objective: float | None = None
+    solve_seconds: float | None = None
     budgets: tuple[str, ...] = ()
     cost: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)

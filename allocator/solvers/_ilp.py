@@ -1,0 +1,117 @@
+"""`ilp`: the exact allocation as an integer linear program (HAWQ-V3), solved with PuLP.
+
+One binary per layer (unit) and bit-width, one-hot per unit; each budget is a linear
+constraint. Objective and constraints are normalized (coefficients of order 1): with raw Ω
+in the 1e-6..1e2 range, backends were measured to stop "Optimal" up to 17% above the optimum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from allocator._budget import Budget
+from allocator._problem import Unit
+from allocator.solvers._base import BaseSolver
+from engine import InvalidSpecError, MissingDependencyError
+
+BACKENDS = ("HiGHS", "PULP_CBC_CMD", "COIN_CMD")
+
+
+def pulp_available() -> bool:
+    return importlib.util.find_spec("pulp") is not None
+
+
+def available_backends() -> list[str]:
+    if not pulp_available():
+        return []
+    import pulp
+
+    return [b for b in BACKENDS if b in pulp.listSolvers(onlyAvailable=True)]
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Backends print banners from C code straight to fd 1; `--json` output must stay one
+    JSON document, so fd 1 points at /dev/null while they run."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _backend(name: str, time_limit_s: float):
+    import pulp
+
+    available = available_backends()
+    if name == "auto":
+        if not available:
+            raise MissingDependencyError(
+                "no ILP backend: install the `solvers` extra (highspy) or CBC.")
+        name = available[0]
+    elif name not in available:
+        raise InvalidSpecError(f"ILP `backend` {name!r} is not available here; "
+                               f"available: {available or 'none'}.")
+    return name, pulp.getSolver(name, msg=False, timeLimit=time_limit_s, gapRel=1e-9)
+
+
+def solve_ilp(units: list[Unit], rhs: list[tuple[Budget, float]],
+              objective: list[Mapping[int, float]], *, time_limit_s: float,
+              backend: str = "auto") -> tuple[list[int] | None, str, dict[str, Any]]:
+    """Minimizes sum objective[u][b] x[u,b] under the budgets; returns picks, status, facts."""
+    import pulp
+
+    name, solver = _backend(backend, time_limit_s)
+    scale = max((abs(v) for o in objective for v in o.values()), default=1.0) or 1.0
+    prob = pulp.LpProblem("bit_allocation", pulp.LpMinimize)
+    x = [{b: pulp.LpVariable(f"x_{i}_{b}", cat="Binary") for b in u.choices}
+         for i, u in enumerate(units)]
+    prob += pulp.lpSum(objective[i][b] / scale * v for i, xs in enumerate(x)
+                       for b, v in xs.items())
+    for i, xs in enumerate(x):
+        prob += pulp.lpSum(xs.values()) == 1, f"one_{i}"
+    for j, (budget, limit) in enumerate(rhs):
+        if limit <= 0:
+            return None, "infeasible", {"backend": name}
+        prob += (pulp.lpSum(u.costs[budget.kind][b] / limit * x[i][b]
+                            for i, u in enumerate(units) for b in u.choices) <= 1.0,
+                 f"budget_{j}")
+    with _stdout_silenced():
+        prob.solve(solver)
+    sol_status = prob.sol_status
+    facts = {"backend": name}
+    if sol_status == pulp.LpSolutionInfeasible or prob.status == pulp.LpStatusInfeasible:
+        return None, "infeasible", facts
+    if sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        return None, "infeasible", facts
+    picks = [max(xs, key=lambda b, xs=xs: xs[b].value() or 0.0) for xs in x]
+    status = "optimal" if sol_status == pulp.LpSolutionOptimal else "feasible"
+    return picks, status, facts
+
+
+class IlpSolver(BaseSolver):
+    """Exact: integer linear program over one-hot bit choices (PuLP; HiGHS or CBC).
+
+    Args:
+        backend: PuLP solver name, or "auto" for the first available of HiGHS, CBC.
+    """
+
+    name = "ilp"
+    exact = True
+
+    def __init__(self, backend: str = "auto") -> None:
+        self.backend = backend
+
+    def solve_units(self, units, rhs, *, seed, time_limit_s):
+        return solve_ilp(units, rhs, [u.omega for u in units], time_limit_s=time_limit_s,
+                         backend=self.backend)
