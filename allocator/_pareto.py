@@ -50,7 +50,7 @@ def non_dominated(points: Sequence[tuple[float, float]]) -> list[int]:
     order = sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0], i))
     keep, best = [], float("inf")
     for i in order:
-        if points[i][0] < best - 1e-15:
+        if points[i][0] < best:
             keep.append(i)
             best = points[i][0]
     return keep

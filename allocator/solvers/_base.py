@@ -64,6 +64,7 @@ class BaseSolver(ABC):
 
     name: ClassVar[str]
     exact: ClassVar[bool] = False
+    max_budgets: ClassVar[int | None] = None  # None: any number of budgets
 
     @abstractmethod
     def solve_units(self, units: list[Unit], rhs: list[tuple[Budget, float]], *, seed: int,

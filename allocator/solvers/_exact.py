@@ -38,6 +38,7 @@ class DynamicProgrammingSolver(BaseSolver):
 
     name = "dp"
     exact = True
+    max_budgets = 1
 
     def solve_units(self, units, rhs, *, seed, time_limit_s):
         if len(rhs) != 1:

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from allocator._budget import parse_budget, parse_budgets
+from engine import InvalidSpecError
+
+
+@pytest.mark.parametrize("text, kind, value", [
+    ("4.5bits", "bits", 4.5), ("4 bits", "bits", 4.0), ("12MB", "size", 12e6),
+    ("3.5MiB", "size", 3.5 * 2**20), ("800KB", "size", 8e5), ("123456B", "size", 123456),
+    ("1.2GBOPs", "bops", 1.2e9), ("950MBOPs", "bops", 9.5e8), ("10BOPs", "bops", 10),
+    ("2.5ms", "latency", 2500), ("800us", "latency", 800), (".5ms", "latency", 500),
+    ("1e3us", "latency", 1000),
+])
+def test_grammar(text, kind, value):
+    b = parse_budget(text)
+    assert b.kind == kind and b.value == pytest.approx(value) and b.text == text
+
+
+@pytest.mark.parametrize("text", ["", "4.5", "bits", "4.5bats", "-3bits", "0MB", "12 M B", "abc"])
+def test_bad_budgets_name_the_text(text):
+    with pytest.raises(InvalidSpecError, match="budget"):
+        parse_budget(text)
+
+
+def test_one_budget_per_kind():
+    assert [b.kind for b in parse_budgets(["4bits", "2ms"])] == ["bits", "latency"]
+    with pytest.raises(InvalidSpecError, match="more than one bits"):
+        parse_budgets(["4bits", "5bits"])
+
+
+def test_holds_is_inclusive():
+    b = parse_budget("4bits")
+    assert b.holds(4.0) and not b.holds(4.01)
