@@ -36,7 +36,7 @@ def test_round_trip():
 @pytest.mark.parametrize("changes, message", [
     ({"layers.0.omega": {"2": float("nan"), "4": 0.1, "8": 0.0}}, r"layers\['a'\].omega\[2\]"),
     ({"layers.0.omega": {"2": -1, "4": 0.1, "8": 0.0}}, r"layers\['a'\].omega\[2\]"),
-    ({"layers.1.omega": {"3": 1.0}}, r"layers\['b'\] has no usable bit-width"),
+    ({"layers.1.omega": {"3": 1.0}}, r"layers\['b'\]` has no usable bit-width"),
     ({"ties": [["a", "zz"]]}, "unknown layer 'zz'"),
     ({"bits": []}, "`bits`"),
     ({"format": "allocator.problem/9"}, "format"),
