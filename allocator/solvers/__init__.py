@@ -28,12 +28,10 @@ SOLVERS.register("uniform", UniformSolver, description="best feasible single bit
 SOLVERS.register("brute", BruteForceSolver, description="exhaustive oracle (small problems)")
 SOLVERS.register("dp", DynamicProgrammingSolver,
                  description="knapsack DP oracle (one budget, integer costs)")
+from allocator.solvers._ddpg import DdpgSolver  # noqa: E402  (imports SB3 only when solving)
 
-
-def _ddpg():
-    from allocator.solvers._ddpg import DdpgSolver
-
-    return DdpgSolver
+SOLVERS.register("ddpg", DdpgSolver, available=_rl_available, extra="rl",
+                 description="HAQ-style DDPG agent (stable-baselines3), Ω proxy reward")
 
 
 __all__ = ["SOLVERS", "BaseSolver", "Solution", "available_backends", "diagnose", "get_solver",

@@ -20,6 +20,7 @@ from allocator.solvers._base import BaseSolver
 from engine import InvalidSpecError, MissingDependencyError
 
 BACKENDS = ("HiGHS", "PULP_CBC_CMD", "COIN_CMD")
+GAP_REL, GAP_ABS = 1e-7, 1e-9
 
 
 def pulp_available() -> bool:
@@ -62,10 +63,11 @@ def _backend(name: str, time_limit_s: float):
     elif name not in available:
         raise InvalidSpecError(f"ILP `backend` {name!r} is not available here; "
                                f"available: {available or 'none'}.")
-    # Both gaps near zero: Ω spans orders of magnitude, and HiGHS' default absolute gap
-    # (1e-6) alone let solutions 1e-4 above the optimum through as "optimal".
-    return name, pulp.getSolver(name, msg=False, timeLimit=time_limit_s, gapRel=1e-10,
-                                gapAbs=1e-13)
+    # Gaps far below the default: Ω spans orders of magnitude, and HiGHS' default absolute
+    # gap (1e-6 of the scaled objective) let solutions 1e-4 above the optimum through as
+    # "optimal". With the objective rescaled to the optimum (solve_ilp), these are relative.
+    return name, pulp.getSolver(name, msg=False, timeLimit=time_limit_s, gapRel=GAP_REL,
+                                gapAbs=GAP_ABS)
 
 
 def solve_ilp(units: list[Unit], rhs: list[tuple[Budget, float]],
@@ -74,20 +76,36 @@ def solve_ilp(units: list[Unit], rhs: list[tuple[Budget, float]],
     """Minimizes sum objective[u][b] x[u,b] under the budgets; returns picks, status, facts.
 
     The objective is divided by a scale close to the optimum, so that the backend's gap and
-    feasibility tolerances act on numbers of order 1: first by the largest coefficient,
-    then, when the optimum found is far smaller, once more by that optimum.
+    feasibility tolerances act on numbers of order 1: the best feasible uniform assignment's
+    objective (an upper bound), else the largest coefficient; when the optimum found is
+    still far below the scale, the problem is solved once more scaled by that optimum.
     """
-    scale = max((abs(v) for o in objective for v in o.values()), default=1.0) or 1.0
+    scale = _uniform_objective(units, rhs, objective)
+    if not scale > 0:
+        scale = max((abs(v) for o in objective for v in o.values()), default=1.0) or 1.0
     picks, status, facts = _solve_scaled(units, rhs, objective, scale, time_limit_s, backend)
     if picks is not None:
         found = sum(objective[i][b] for i, b in enumerate(picks))
-        if 0 < found < 1e-2 * scale:
+        if 0 < found < 1e-3 * scale:
             again = _solve_scaled(units, rhs, objective, found, time_limit_s, backend)
             if again[0] is not None:
                 refound = sum(objective[i][b] for i, b in enumerate(again[0]))
                 if refound <= found:
                     picks, status, facts = again
     return picks, status, facts
+
+
+def _uniform_objective(units, rhs, objective) -> float:
+    """Objective of the best feasible uniform assignment (0 if none is feasible)."""
+    from allocator.solvers._base import feasible
+
+    best = 0.0
+    for target in sorted({c for u in units for c in u.choices}):
+        picks = [max([c for c in u.choices if c <= target] or [min(u.choices)]) for u in units]
+        if feasible(units, rhs, picks):
+            value = sum(objective[i][c] for i, c in enumerate(picks))
+            best = value if best == 0.0 else min(best, value)
+    return best
 
 
 def _solve_scaled(units, rhs, objective, scale, time_limit_s, backend):

@@ -1,0 +1,226 @@
+"""`ddpg`: a HAQ-style agent (stable-baselines3 DDPG) that walks the layers choosing bits.
+
+Each episode visits the layers in model order; the observation describes the current layer
+(position, size, MACs, sensitivity at the lowest and highest bits) and the budget spent so
+far; a continuous action in [0, 1] picks one of the layer's allowed bit-widths. After the
+last layer the assignment is repaired to meet the budgets by lowering the bits of the
+layers that lose the least Ω per unit of cost saved (not HAQ's last-layers-first rule), and
+the episode's reward is minus the repaired objective (the Problem's Ω as a proxy; the
+pipeline can substitute a measured metric). The best repaired assignment seen is returned,
+with its gap to the ILP where one is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from allocator._problem import Unit
+from allocator.solvers._base import BaseSolver, feasible
+from engine import InvalidSpecError, MissingDependencyError
+
+N_FEATURES = 9
+
+
+def _totals(units: list[Unit], rhs, picks: list[int]) -> list[float]:
+    return [sum(u.costs[b.kind][c] for u, c in zip(units, picks, strict=True)) / max(lim, 1e-12)
+            for b, lim in rhs]
+
+
+def _delta(u: Unit, rhs, old: int, new: int) -> list[float]:
+    return [(u.costs[b.kind][new] - u.costs[b.kind][old]) / max(lim, 1e-12) for b, lim in rhs]
+
+
+_TOL = 1e-6
+
+
+def repair(units: list[Unit], rhs, picks: list[int]) -> list[int] | None:
+    """Meets the budgets, then spends what is left of them.
+
+    First lowers bits, the layer losing the least Ω per unit of over-spent budget saved
+    first, until every budget holds; then raises bits, the most Ω saved per unit of budget
+    used first, while every budget still holds. Budget totals are kept incrementally
+    (normalized to 1 = the limit).
+    """
+    picks = list(picks)
+    totals = _totals(units, rhs, picks)
+    while any(t > 1 + _TOL for t in totals):
+        best, best_score = None, math.inf
+        for i, u in enumerate(units):
+            lower = [c for c in u.choices if c < picks[i]]
+            if not lower:
+                continue
+            nxt = max(lower)
+            d = _delta(u, rhs, picks[i], nxt)
+            saved = -sum(di for di, t in zip(d, totals, strict=True) if t > 1 + _TOL)
+            if saved > 0:
+                score = (u.omega[nxt] - u.omega[picks[i]]) / saved
+                if score < best_score:
+                    best, best_score = (i, nxt, d), score
+        if best is None:
+            return None
+        i, nxt, d = best
+        picks[i] = nxt
+        totals = [t + di for t, di in zip(totals, d, strict=True)]
+    while True:
+        best, best_score = None, 0.0
+        for i, u in enumerate(units):
+            higher = [c for c in u.choices if c > picks[i]]
+            if not higher:
+                continue
+            nxt = min(higher)
+            gain = u.omega[picks[i]] - u.omega[nxt]
+            if gain <= 0:
+                continue
+            d = _delta(u, rhs, picks[i], nxt)
+            if any(t + di > 1 + _TOL for t, di in zip(totals, d, strict=True)):
+                continue
+            score = gain / max(sum(d), 1e-12)
+            if score > best_score:
+                best, best_score = (i, nxt, d), score
+        if best is None:
+            return picks if feasible(units, rhs, picks) else None
+        i, nxt, d = best
+        picks[i] = nxt
+        totals = [t + di for t, di in zip(totals, d, strict=True)]
+
+
+class _AllocationEnv:
+    """A gymnasium environment over the units of one problem (built lazily: gymnasium is
+    an optional dependency)."""
+
+    def __new__(cls, units: list[Unit], rhs):
+        import gymnasium as gym
+
+        class Env(gym.Env):
+            metadata: dict[str, Any] = {}
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.units, self.rhs = units, rhs
+                self.observation_space = gym.spaces.Box(-10.0, 10.0, (N_FEATURES,), np.float32)
+                self.action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+                n = len(units)
+                log_p = np.log1p([u.params for u in units])
+                self._size = log_p / max(log_p.max(), 1e-9)
+                all_om = [max(v, 1e-30) for u in units for v in u.omega.values()]
+                lo, hi = math.log10(min(all_om)), math.log10(max(all_om))
+                span = max(hi - lo, 1e-9)
+                self._om_lo = np.array([(math.log10(max(u.omega[min(u.choices)], 1e-30)) - lo) / span
+                                        for u in units])
+                self._om_hi = np.array([(math.log10(max(u.omega[max(u.choices)], 1e-30)) - lo) / span
+                                        for u in units])
+                self._n = n
+                self.best: tuple[float, list[int]] | None = None
+
+            def _obs(self) -> np.ndarray:
+                i = min(self.i, self._n - 1)
+                spent = [sum(u.costs[b.kind][c] for u, c in zip(self.units, self.picks, strict=False))
+                         / max(lim, 1e-12) for b, lim in self.rhs] or [0.0]
+                floor = [sum(min(u.costs[b.kind].values()) for u in self.units[i:]) / max(lim, 1e-12)
+                         for b, lim in self.rhs] or [0.0]
+                return np.array([i / self._n, self._size[i], self._om_lo[i], self._om_hi[i],
+                                 max(spent), max(floor), 1.0 - max(spent) - max(floor),
+                                 len(self.units[i].choices) / 8.0, self.last_action],
+                                dtype=np.float32)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.i, self.picks, self.last_action = 0, [], 0.0
+                return self._obs(), {}
+
+            def step(self, action):
+                a = float(np.clip(action[0], 0.0, 1.0))
+                choices = self.units[self.i].choices
+                self.picks.append(choices[min(len(choices) - 1, int(a * len(choices)))])
+                self.last_action = a
+                self.i += 1
+                if self.i < self._n:
+                    return self._obs(), 0.0, False, False, {}
+                repaired = repair(self.units, self.rhs, self.picks)
+                if repaired is None:
+                    return self._obs(), -10.0, True, False, {}
+                objective = sum(u.omega[c] for u, c in zip(self.units, repaired, strict=True))
+                if self.best is None or objective < self.best[0]:
+                    self.best = (objective, repaired)
+                return self._obs(), float(-objective / self.reward_scale), True, False, {}
+
+        env = Env()
+        env.reward_scale = max(sum(u.omega[min(u.choices)] for u in units), 1e-12)
+        return env
+
+
+class DdpgSolver(BaseSolver):
+    """HAQ-style DDPG agent (stable-baselines3).
+
+    Args:
+        episodes: Training episodes (one episode = one pass over the layers).
+        sigma: Standard deviation of the exploration noise on actions in [0, 1].
+        report_gap: Also solve the ILP to report the optimality gap (when available).
+    """
+
+    name = "ddpg"
+
+    def __init__(self, episodes: int = 300, sigma: float = 0.3, report_gap: bool = True) -> None:
+        if episodes < 1:
+            raise InvalidSpecError(f"`episodes` must be >= 1, got {episodes}.")
+        self.episodes, self.sigma, self.report_gap = episodes, sigma, report_gap
+
+    def solve_units(self, units, rhs, *, seed, time_limit_s):
+        try:
+            import torch
+            from stable_baselines3 import DDPG
+            from stable_baselines3.common.callbacks import BaseCallback
+            from stable_baselines3.common.noise import NormalActionNoise
+        except ImportError as e:
+            raise MissingDependencyError(
+                "solver 'ddpg' needs the `rl` extra (stable-baselines3, gymnasium).") from e
+        if repair(units, rhs, [min(u.choices) for u in units]) is None:
+            return None, "infeasible", {}
+        torch.manual_seed(seed)
+        env = _AllocationEnv(units, rhs)
+        steps = self.episodes * len(units)
+        deadline = time.monotonic() + time_limit_s
+
+        class _Deadline(BaseCallback):
+            def _on_step(self) -> bool:
+                return time.monotonic() < deadline
+
+        # One update per four layer steps, at episode ends: the cost of training is in the
+        # gradient steps, not in the environment.
+        model = DDPG("MlpPolicy", env, seed=seed, verbose=0, learning_starts=min(steps // 4, 1000),
+                     action_noise=NormalActionNoise(np.zeros(1), self.sigma * np.ones(1)),
+                     train_freq=(1, "episode"), gradient_steps=max(1, len(units) // 4),
+                     batch_size=128, policy_kwargs={"net_arch": [64, 64]}, device="cpu")
+        start = time.perf_counter()
+        model.learn(total_timesteps=steps, callback=_Deadline())
+        # one greedy (noise-free) episode of the trained policy
+        obs, _ = env.reset(seed=seed)
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, _, done, _, _ = env.step(action)
+        if env.best is None:
+            return None, "infeasible", {}
+        extra: dict[str, Any] = {"episodes": self.episodes, "train_seconds": time.perf_counter() - start,
+                                 "best_objective": env.best[0]}
+        if self.report_gap:
+            extra |= _gap_to_ilp(units, rhs, env.best[0])
+        return env.best[1], "feasible", extra
+
+
+def _gap_to_ilp(units, rhs, objective: float) -> dict[str, Any]:
+    try:
+        from allocator.solvers._ilp import available_backends, solve_ilp
+    except ImportError:
+        return {}
+    if not available_backends():
+        return {}
+    picks, status, _ = solve_ilp(units, rhs, [u.omega for u in units], time_limit_s=60.0)
+    if picks is None:
+        return {}
+    best = sum(u.omega[c] for u, c in zip(units, picks, strict=True))
+    return {"ilp_objective": best, "gap_to_ilp": (objective - best) / best if best > 0 else 0.0}

@@ -1,0 +1,70 @@
+"""Solver benchmark: ILP speed on large problems, Pareto sweep, heuristics' gap to the ILP.
+
+    python benchmarks/solvers.py [--ddpg-episodes 300]
+
+Problems are seeded random ones shaped like real tables (allocator.testing_problems). The
+last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+from allocator._budget import parse_budgets  # noqa: E402
+from allocator._pareto import pareto_front  # noqa: E402
+from allocator.solvers import solve  # noqa: E402
+from allocator.testing_problems import random_problem  # noqa: E402
+
+BITS6 = (2, 3, 4, 5, 6, 8)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ddpg-episodes", type=int, default=300)
+    parser.add_argument("--ddpg-time-limit", type=float, default=240.0)
+    args = parser.parse_args()
+    out: dict = {}
+
+    big = random_problem(1000, BITS6, seed=1, integer_params=False)
+    lat_lo = sum(min(x.latency_us.values()) for x in big.layers)
+    lat_hi = sum(max(x.latency_us.values()) for x in big.layers)
+    budgets = parse_budgets(["4.5bits", f"{lat_lo + 0.5 * (lat_hi - lat_lo):.1f}us"])
+    sol, sec = timed(lambda: solve(big, budgets, "ilp"))
+    out["ilp_1000x6_2budgets_seconds"], out["ilp_1000x6_status"] = sec, sol.status
+
+    mid = random_problem(200, BITS6, seed=2, integer_params=False)
+    sol, sec = timed(lambda: solve(mid, parse_budgets(["4.5bits"]), "ilp"))
+    out["ilp_200x6_seconds"], out["ilp_200x6_status"] = sec, sol.status
+    front, sec = timed(lambda: pareto_front(mid, "bits", 20))
+    out["pareto_200x6_20pts_seconds"], out["pareto_200x6_points"] = sec, len(front.points)
+
+    p50 = random_problem(50, (2, 3, 4, 6, 8), seed=7, integer_params=False)
+    b50 = parse_budgets(["4bits"])
+    ilp = solve(p50, b50, "ilp").objective
+    greedy = solve(p50, b50, "greedy").objective
+    out["greedy_gap_to_ilp_50_layers"] = (greedy - ilp) / ilp
+    print(f"ILP 50 layers: {ilp:.6g}; greedy gap {out['greedy_gap_to_ilp_50_layers']:.2%}",
+          file=sys.stderr, flush=True)
+    ddpg, sec = timed(lambda: solve(p50, b50, "ddpg", episodes=args.ddpg_episodes, seed=0,
+                                    time_limit_s=args.ddpg_time_limit))
+    out["ddpg_gap_to_ilp_50_layers"] = (ddpg.objective - ilp) / ilp
+    out["ddpg_seconds"], out["ddpg_episodes"] = sec, args.ddpg_episodes
+    print(f"DDPG: gap {out['ddpg_gap_to_ilp_50_layers']:.2%} in {sec:.0f} s", file=sys.stderr)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
