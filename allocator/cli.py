@@ -330,6 +330,65 @@ def solvers(
     Console().print(table)
 
 
+@app.command()
+def sensitivity(
+    model: Annotated[str, typer.Option(help="Registered model, or module:factory.")],
+    estimator: Annotated[str, typer.Option(help="hutchinson or measured.")] = "hutchinson",
+    seed: Annotated[int, typer.Option(help="Seed of the random probes.")] = 0,
+    out: Annotated[str | None, typer.Option(help="Write the allocator.sensitivity/1 JSON here.")] = None,
+    bits: Annotated[str, typer.Option(help="Candidate bit-widths.")] = "2,3,4,5,6,8",
+    rounding: Annotated[str, typer.Option(help="Rounding scored by Ω: gptq or rtn.")] = "gptq",
+    max_probes: Annotated[int | None, typer.Option(help="Hutchinson: probes per layer at most.")] = None,
+    rel_tol: Annotated[float | None, typer.Option(help="Hutchinson: stop at this relative std-error.")] = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", help="Hutchinson: seconds.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute even if cached.")] = False,
+    data: Annotated[str | None, typer.Option(help="User model inputs (.pt or .npy).")] = None,
+    weights: Annotated[str | None, typer.Option(help="User model weights (.safetensors).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Estimate every layer's sensitivity Ω per bit-width (cached per model/data/config/seed)."""
+    import sensitivity as sens
+    import zoo
+
+    spec = zoo.get_model(model, data=data, weights=weights)
+    options: dict = {"rounding": rounding}
+    for key, value in (("max_probes", max_probes), ("rel_tol", rel_tol),
+                       ("time_limit_s", time_limit)):
+        if value is not None:
+            if estimator != "hutchinson":
+                raise CLIUsageError(f"`--{key.replace('_s', '').replace('_', '-')}` applies to "
+                                    "the hutchinson estimator only.")
+            options[key] = value
+    if estimator == "hutchinson" and max_probes is not None and max_probes < 16:
+        options["min_probes"] = max_probes
+    with _console().status(f"loading {model}..."):
+        spec.layers()
+    table = sens.estimate(spec, estimator, bits=_parse_bit_list(bits), seed=seed,
+                          options=options, use_cache=not no_cache, progress=True)
+    if out is not None:
+        table.save(out)
+    if as_json:
+        _print_json(table.to_dict())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=f"{estimator} sensitivity of {spec.name} ({table.seconds:.1f} s)")
+    view.add_column("layer")
+    view.add_column("trace", justify="right")
+    view.add_column("rel. std-err", justify="right")
+    view.add_column("probes", justify="right")
+    for b in table.bits:
+        view.add_column(f"Ω@{b}", justify="right")
+    for name, row in table.layers.items():
+        rel = (f"{row.std_error / abs(row.trace):.1%}" if row.std_error is not None and row.trace
+               else "-")
+        view.add_row(name + (" [" + ",".join(row.flags) + "]" if row.flags else ""),
+                     "-" if row.trace is None else f"{row.trace:.4g}", rel, str(row.probes),
+                     *(f"{row.omega[b]:.3g}" for b in table.bits))
+    Console().print(view)
+
+
 def _exit_code(err: AllocatorError) -> int:
     if isinstance(err, InvalidSpecError | UnknownComponentError | CLIUsageError):
         return EXIT_BAD_INPUT

@@ -1,1 +1,12 @@
-"""Sensitivity estimators (Hutchinson Hessian trace, FracBits, measured loss change)."""
+"""Sensitivity estimators: how much each layer's quantization to b bits costs (Ω)."""
+
+from __future__ import annotations
+
+from sensitivity._estimate import DEFAULT_BITS, ESTIMATORS, estimate, load_table, make_config
+from sensitivity._hutchinson import HutchinsonConfig, exact_traces, hessian_traces
+from sensitivity._measured import MeasuredConfig
+from sensitivity._table import SENSITIVITY_FORMAT, LayerSensitivity, SensitivityTable
+
+__all__ = ["DEFAULT_BITS", "ESTIMATORS", "SENSITIVITY_FORMAT", "HutchinsonConfig",
+           "LayerSensitivity", "MeasuredConfig", "SensitivityTable", "estimate",
+           "exact_traces", "hessian_traces", "load_table", "make_config"]

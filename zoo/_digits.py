@@ -121,10 +121,19 @@ class _DigitsSpec(ModelSpec):
         return model
 
     def _calibration_batches(self) -> list[Batch]:
-        x, y, _, _ = self.split()
-        n = min(512, len(y))
-        return [Batch(x[i : i + 128], y[i : i + 128], len(y[i : i + 128]))
-                for i in range(0, n, 128)]
+        # Targets are the FP32 model's logits: the loss is label-free (KL to FP32), so at
+        # the FP32 weights its gradient is 0 and its Hessian is the Gauss-Newton matrix,
+        # the second-order picture Ω rests on. Cross-entropy to the labels of this
+        # (memorized) training split is ~0 with a noisy first-order part instead.
+        x, _, _, _ = self.split()
+        model = self.build()
+        out = []
+        for i in range(0, min(512, len(x)), 128):
+            xb = x[i : i + 128]
+            with torch.inference_mode():
+                logits = model(xb)
+            out.append(Batch(xb, logits, len(xb)))
+        return out
 
     def _evaluation_batches(self) -> list[Batch]:
         _, _, x, y = self.split()
@@ -132,7 +141,10 @@ class _DigitsSpec(ModelSpec):
                                                          strict=True)]
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(model(batch.inputs), batch.target)
+        if batch.target.dtype == torch.long:  # labelled batch (evaluation split)
+            return F.cross_entropy(model(batch.inputs), batch.target)
+        return F.kl_div(F.log_softmax(model(batch.inputs), -1),
+                        F.log_softmax(batch.target, -1), log_target=True, reduction="batchmean")
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         batches = self.evaluation_batches()

@@ -1,0 +1,78 @@
+"""The weight-error factor of Ω: how far the engine's rounding moves each layer's weight.
+
+HAWQ-V3 scores a layer at b bits as Tr(H)/n · ||Q_b(W) - W||², which assumes the rounding
+is round-to-nearest. With calibrated rounding (GPTQ), ||Q(W) - W||² can even grow while the
+layer's output error shrinks, since GPTQ trades weight error for output error. For that
+rounding the factor is the output-aware error tr(ΔW Σ ΔWᵀ) / mean(diag Σ), Σ = E[x xᵀ] the
+layer's input second moment: it equals ||ΔW||² when the inputs are white (Σ ∝ I), keeping
+the HAWQ scale, and measures what the rounding actually changes in the layer's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import engine
+from engine._gptq import gptq
+from engine._stats import ConvGeometry, InputStats, collect_input_stats
+
+ROUNDINGS = ("rtn", "gptq")
+
+
+def scheme(bits: int, group_size: int | None) -> engine.QuantScheme:
+    return engine.scheme_for(engine.BitConfig(bits={}, group_size=group_size), bits)
+
+
+def _grouped(module: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    geo = ConvGeometry.of(module)
+    g = 1 if geo is None else geo.groups
+    return w.reshape(g, w.shape[0] // g, -1)
+
+
+@torch.no_grad()
+def layer_weight_errors(
+    module: nn.Module, bits: Sequence[int], *, rounding: str, group_size: int | None,
+    stats: InputStats | None = None,
+) -> dict[int, float]:
+    """Bits -> weight-error factor of one layer under the given rounding."""
+    w = module.weight.detach().float()
+    out = {}
+    for b in bits:
+        sch = scheme(b, group_size)
+        if rounding == "rtn":
+            wq = engine.quantize(w, sch).dequantize()
+            out[b] = float(((wq - w) ** 2).sum())
+            continue
+        w3 = _grouped(module, w)
+        codes, scales, zeros = gptq(w3, stats.hessian, sch, clip_search=True)
+        wq = engine.quantize(w, sch, scales=scales, zeros=zeros, codes=codes).dequantize()
+        delta = (wq - w).reshape(w3.shape).double()
+        sigma = stats.xtx / max(stats.rows, 1)  # (G, Kg, Kg)
+        energy = torch.einsum("grk,gkm,grm->", delta, sigma, delta)
+        white = sigma.diagonal(dim1=1, dim2=2).mean().clamp(min=1e-30)
+        out[b] = float(energy / white)
+    return out
+
+
+def weight_errors(
+    model: nn.Module, names: Sequence[str], inputs: Iterable[Any], bits: Sequence[int], *,
+    rounding: str = "gptq", group_size: int | None = 128, progress=None,
+) -> dict[str, dict[int, float]]:
+    """Layer -> bits -> weight-error factor for every named layer."""
+    if rounding not in ROUNDINGS:
+        raise engine.InvalidSpecError(f"`rounding` must be one of {ROUNDINGS}, got {rounding!r}.")
+    modules = engine.quantizable_modules(model)
+    stats = {}
+    if rounding == "gptq":
+        stats = collect_input_stats(model, {n: modules[n] for n in names}, list(inputs))
+    out = {}
+    for name in names:
+        out[name] = layer_weight_errors(modules[name], bits, rounding=rounding,
+                                        group_size=group_size, stats=stats.get(name))
+        if progress is not None:
+            progress()
+    return out
