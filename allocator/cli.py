@@ -214,6 +214,8 @@ def solve(
     bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 4,8.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
     time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")] = 60.0,
+    estimator: Annotated[str, typer.Option(help="With --model: hutchinson or measured.")] = "hutchinson",
+    rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     out: Annotated[str | None, typer.Option(help="Write the BitConfig JSON here.")] = None,
 ) -> None:
@@ -226,8 +228,9 @@ def solve(
         raise CLIUsageError("give exactly one of `--problem` and `--model`.")
     budgets = parse_budgets(budget)
     if model is not None:
-        raise CLIUsageError("`--model` runs the end-to-end pipeline, which is not part of this "
-                            "build yet; pass `--problem` with precomputed tables.")
+        _solve_model(model, budget, solver, bits, seed, time_limit, estimator, rounding,
+                     as_json, out)
+        return
     prob = Problem.load(problem)
     candidate = _parse_bit_list(bits)
     if candidate is not None:
@@ -246,13 +249,72 @@ def solve(
         raise typer.Exit(EXIT_INFEASIBLE)
 
 
+def _solve_model(model, budget, solver, bits, seed, time_limit, estimator, rounding, as_json,
+                 out) -> None:
+    from allocator._pipeline import DEFAULT_BITS
+    from allocator._pipeline import solve as run_pipeline
+
+    console = _console()
+    candidate = _parse_bit_list(bits) or list(DEFAULT_BITS)
+    with console.status(f"{model}: sensitivity, solve, apply, measure..."):
+        result = run_pipeline(model, budget, solver=solver, bits=candidate, seed=seed,
+                              estimator=estimator, rounding=rounding, time_limit_s=time_limit,
+                              progress=not as_json, log=lambda m: console.log(m))
+    config = result.config
+    if out is not None:
+        _write_json(out, config.to_dict())
+    if as_json:
+        _print_json(result.report())
+    else:
+        _print_pipeline(result)
+    if config.status == "infeasible":
+        need = ", ".join(f"{k} -> at least {v}" for k, v in config.extra["infeasible_budgets"].items())
+        typer.echo(f"infeasible: the budgets cannot all be met ({need}).", err=True)
+        raise typer.Exit(EXIT_INFEASIBLE)
+
+
+def _print_pipeline(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    config, m, u = result.config, result.measured, result.uniform
+    console = Console()
+    _print_solution(config)
+    if not m:
+        return
+    metric_names = list(m["metrics"])
+    table = Table(title="measured on the engine")
+    table.add_column("")
+    table.add_column("FP32", justify="right")
+    table.add_column(f"mixed ({config.cost['avg_bits']:.2f} bits)", justify="right")
+    if u:
+        table.add_column(f"uniform {u['bits']} bits", justify="right")
+    for k in metric_names:
+        row = [k, f"{m['fp32_metrics'][k]:.4f}", f"{m['metrics'][k]:.4f}"]
+        if u:
+            row.append(f"{u['metrics'][k]:.4f}")
+        table.add_row(*row)
+    row = ["size", f"{m['fp32_size_bytes'] / 2**20:.2f} MiB", f"{m['size_bytes'] / 2**20:.2f} MiB"]
+    if u:
+        row.append(f"{u['size_bytes'] / 2**20:.2f} MiB")
+    table.add_row(*row)
+    if "latency_us" in m:
+        row = ["latency (1 batch)", f"{m['fp32_latency_us'] / 1e3:.1f} ms",
+               f"{m['latency_us'] / 1e3:.1f} ms ({m['speedup_vs_fp32']:.2f}x)"]
+        if u and "uniform" in m and m["uniform"]:
+            row.append(f"{m['uniform']['latency_us'] / 1e3:.1f} ms")
+        table.add_row(*row)
+    console.print(table)
+    console.print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
+
+
 def _print_solution(config) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     cost = config.cost
-    summary = (f"[bold]{config.status}[/bold] ({config.solver}, {config.solve_seconds or 0:.3f} s) "
+    summary = (f"[bold]{config.status}[/bold] ({config.solver}) "
                f"objective {config.objective:.6g}; avg {cost.get('avg_bits', 0):.3f} bits, "
                f"{cost.get('size_bytes', 0) / 1e6:.3f} MB, {cost.get('bops', 0) / 1e9:.4g} GBOPs"
                + (f", {cost['latency_us'] / 1e3:.3f} ms" if "latency_us" in cost else ""))
@@ -268,7 +330,10 @@ def _print_solution(config) -> None:
 
 @app.command()
 def pareto(
-    problem: Annotated[str, typer.Option(help="allocator.problem/1 JSON file.")],
+    problem: Annotated[str | None, typer.Option(help="allocator.problem/1 JSON file.")] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model (front measured on the engine).")] = None,
+    measure: Annotated[int | None, typer.Option(help="With --model: measure the first N points (default all).")] = None,
+    png: Annotated[str | None, typer.Option(help="With --model: plot the front to this PNG.")] = None,
     axis: Annotated[str, typer.Option(help="Cost axis: bits, size, bops or latency.")] = "bits",
     points: Annotated[int, typer.Option(help="Budget values swept.")] = 20,
     budget: Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")] = None,
@@ -276,17 +341,36 @@ def pareto(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     out: Annotated[str | None, typer.Option(help="Write the allocator.pareto/1 JSON here.")] = None,
 ) -> None:
-    """The accuracy/cost Pareto front of a problem along one cost axis."""
+    """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
     from allocator._budget import parse_budgets
     from allocator._pareto import AXES, pareto_front
     from allocator._problem import Problem
 
-    prob = Problem.load(problem)
+    if (problem is None) == (model is None):
+        raise CLIUsageError("give exactly one of `--problem` and `--model`.")
     candidate = _parse_bit_list(bits)
-    if candidate is not None:
-        prob = prob.with_bits(candidate)
-    front = pareto_front(prob, axis, points, budgets=parse_budgets(budget or []))
+    measured: list = []
+    if model is not None:
+        import zoo
+        from allocator._pipeline import DEFAULT_BITS, plot_front
+        from allocator._pipeline import pareto as model_pareto
+
+        spec = zoo.get_model(model)
+        with _console().status(f"{model}: sensitivity, front, measuring points..."):
+            front, measured = model_pareto(spec, axis=axis, points=points, measure_points=measure,
+                                           budgets=budget or [], bits=candidate or DEFAULT_BITS,
+                                           progress=not as_json)
+        png = png or (str(out).removesuffix(".json") + ".png" if out else None)
+        if png:
+            plot_front(front, measured, spec.primary_metric, png)
+    else:
+        prob = Problem.load(problem)
+        if candidate is not None:
+            prob = prob.with_bits(candidate)
+        front = pareto_front(prob, axis, points, budgets=parse_budgets(budget or []))
     data = front.to_dict()
+    for point, metrics in zip(data["points"], measured, strict=False):
+        point["measured"] = metrics
     if out is not None:
         _write_json(out, data)
     if as_json:
@@ -299,10 +383,36 @@ def pareto(
     table.add_column(AXES[axis], justify="right")
     table.add_column("objective", justify="right")
     table.add_column("bits used", justify="left")
-    for p in front.points:
+    if measured:
+        table.add_column("measured", justify="right")
+    for i, p in enumerate(front.points):
         used = sorted(set(p.bits.values()))
-        table.add_row(f"{p.cost[AXES[axis]]:.6g}", f"{p.objective:.6g}", ",".join(map(str, used)))
+        row = [f"{p.cost[AXES[axis]]:.6g}", f"{p.objective:.6g}", ",".join(map(str, used))]
+        if measured:
+            row.append(", ".join(f"{k}={v:.4f}" for k, v in list(measured[i].items())[:2])
+                       if i < len(measured) else "-")
+        table.add_row(*row)
     Console().print(table)
+
+
+@app.command("apply")
+def apply_command(
+    model: Annotated[str, typer.Option(help="Registered model, or module:factory.")],
+    config: Annotated[str, typer.Option(help="allocator.bitconfig/1 JSON file.")],
+    out: Annotated[str, typer.Option(help="Folder for model.safetensors + bitconfig.json.")],
+    data: Annotated[str | None, typer.Option(help="User model inputs (.pt or .npy).")] = None,
+    weights: Annotated[str | None, typer.Option(help="User model weights (.safetensors).")] = None,
+) -> None:
+    """Quantize a model with a bit config on the engine and save it (safetensors + JSON)."""
+    import zoo
+    from engine import model_size_bytes, read_config, save_quantized
+
+    spec = zoo.get_model(model, data=data, weights=weights)
+    cfg = read_config(config)
+    with _console().status(f"quantizing {spec.name}..."):
+        qmodel = spec.quantize(cfg)
+        path = save_quantized(qmodel, cfg, out)
+    typer.echo(f"saved {spec.name} ({model_size_bytes(qmodel) / 2**20:.2f} MiB in memory) to {path}")
 
 
 @app.command()

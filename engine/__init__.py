@@ -52,6 +52,7 @@ from engine._quantizer import (  # noqa: E402
     QuantScheme,
     compute_qparams,
     dequantize_codes,
+    packed_weight_bytes,
     quantize,
     quantize_codes,
     sqnr_db,
@@ -77,7 +78,7 @@ __all__ = [
     "QuantizedWeight", "Registry", "atomic_write_bytes", "content_hash", "data_dir", "StoreError", "Timing", "time_call", "UnknownComponentError", "UnknownLayerError",
     "UnsupportedBitWidthError", "apply", "calibrate", "call_model", "compute_qparams",
     "dequantize_codes", "discover_layers", "kernel_report", "load_quantized", "mean_bits",
-    "model_size_bytes", "pack_codes", "smoothing_factors", "packed_nbytes", "quantizable_modules", "quantize",
+    "model_size_bytes", "pack_codes", "packed_weight_bytes", "smoothing_factors", "packed_nbytes", "quantizable_modules", "quantize",
     "quantize_codes", "quantized_layers", "read_config", "save_quantized", "scheme_for",
     "sqnr_db", "total_params", "unpack_codes",
 ]

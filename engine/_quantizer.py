@@ -211,6 +211,16 @@ def quantize(
                            tuple(weight.shape), scheme)
 
 
+def packed_weight_bytes(weight_shape: tuple[int, ...], scheme: QuantScheme) -> int:
+    """Bytes `quantize` stores for a weight of this shape: codes + scales (+ zero points)."""
+    from engine._packing import packed_nbytes
+
+    n = weight_shape[0]
+    k = math.prod(weight_shape[1:])
+    groups = n * scheme.n_groups(k)
+    return packed_nbytes(n * k, scheme.bits) + groups * 4 + (0 if scheme.symmetric else groups)
+
+
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio 20*log10(||x|| / ||x - y||) in dB."""
     ref = reference.detach().double()

@@ -1,1 +1,40 @@
-"""Measured per-layer latency tables for hardware targets."""
+"""Measured per-layer latency tables for hardware targets.
+
+`profile_layers` times every layer shape of a model on this device at each bit-width (the
+engine's real kernel paths) and at FP32, into a `LatencyTable` (`allocator.latency/1`
+JSON, keyed by shape so one table serves every model with the same shapes).
+`predict_latency` turns a table into a whole-model latency for a bit config, and
+`additivity` checks that prediction against the measured quantized model. Stored tables
+live under `engine.data_dir() / "hwprofiles"` (`list_profiles`, `load_profile`).
+"""
+
+from __future__ import annotations
+
+from hwprofiles._additivity import AdditivityRow, Prediction, additivity, predict_latency
+from hwprofiles._fingerprint import DeviceFingerprint, FingerprintMismatchWarning
+from hwprofiles._profiler import DEFAULT_BITS, batch_size, profile_layers
+from hwprofiles._registry import (
+    ProfileInfo,
+    import_profile,
+    list_profiles,
+    load_profile,
+    profile_name,
+    profiles_dir,
+    save_profile,
+)
+from hwprofiles._table import (
+    LATENCY_FORMAT,
+    Gap,
+    LatencyLookup,
+    LatencyTable,
+    Measurement,
+    TableEntry,
+)
+
+__all__ = [
+    "DEFAULT_BITS", "LATENCY_FORMAT", "AdditivityRow", "DeviceFingerprint",
+    "FingerprintMismatchWarning", "Gap", "LatencyLookup", "LatencyTable", "Measurement",
+    "Prediction", "ProfileInfo", "TableEntry", "additivity", "batch_size", "import_profile",
+    "list_profiles", "load_profile", "predict_latency", "profile_layers", "profile_name",
+    "profiles_dir", "save_profile",
+]

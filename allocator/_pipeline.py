@@ -1,0 +1,278 @@
+"""The main job: model -> sensitivity -> (latency) -> solve -> apply -> measure.
+
+`solve(model, budgets)` runs every stage on a model from the zoo and returns the BitConfig
+with what was measured on the engine, next to the best uniform configuration that fits the
+same budgets. Sensitivity tables come from the cache when the same model, data, estimator
+config and seed were seen. The BitConfig it returns is deterministic for a seed (timings go
+to the report, not into the config), so the same seed writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import engine
+from allocator._budget import Budget, parse_budgets
+from allocator._problem import Problem
+from allocator.solvers import get_solver
+from engine import BitConfig, InvalidSpecError
+
+DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
+
+
+@dataclass
+class PipelineResult:
+    """The chosen configuration, what was predicted and what was measured."""
+
+    config: BitConfig
+    problem: Problem
+    measured: dict[str, Any] = field(default_factory=dict)
+    uniform: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "measured": self.measured,
+                "uniform": self.uniform, "timings_s": self.timings_s}
+
+
+def problem_for(spec, table, bits: Sequence[int], *, group_size: int | None,
+                latency_us: dict[str, dict[int, float]] | None = None) -> Problem:
+    """The allocation problem of a model: Ω from `table`, real packed sizes per bit-width."""
+    layers = spec.layers()
+    sizes = {x.name: {b: float(engine.packed_weight_bytes(
+        x.weight_shape, engine.scheme_for(BitConfig(bits={}, group_size=group_size), b)))
+        for b in bits} for x in layers}
+    costs: dict[str, dict] = {"size_bytes": sizes}
+    if latency_us:
+        costs["latency_us"] = latency_us
+    return Problem.from_tables(layers, table.omega(), bits, costs=costs, model=spec.name)
+
+
+def _measure(spec, config: BitConfig, fp32_latency_us: float | None) -> tuple[dict, dict]:
+    """Deterministic measurements (metrics, bytes) and timings of one config."""
+    qmodel = spec.quantize(config)
+    metrics = spec.evaluate(qmodel)
+    det = {"metrics": metrics, "size_bytes": engine.model_size_bytes(qmodel)}
+    timing: dict[str, Any] = {}
+    if fp32_latency_us is not None:
+        lat = spec.measure_latency_us(qmodel)
+        timing = {"latency_us": lat, "speedup_vs_fp32": fp32_latency_us / lat}
+    kernels: dict[str, int] = {}
+    for rec in engine.kernel_report(qmodel).values():
+        for path, calls in rec["kernel_calls"].items():
+            kernels[path] = kernels.get(path, 0) + calls
+    det["kernels"] = sorted(kernels)
+    return det, timing
+
+
+def _digest(spec) -> dict[str, str]:
+    h_model, h_data = hashlib.sha256(), hashlib.sha256()
+    from sensitivity._estimate import _hash_tensors
+
+    _hash_tensors(h_model, dict(spec.build().state_dict()))
+    _hash_tensors(h_data, [b.inputs for b in spec.calibration_batches()])
+    return {"model_sha256": h_model.hexdigest()[:16], "calibration_sha256": h_data.hexdigest()[:16]}
+
+
+def solve(
+    model: str | Any,
+    budgets: Sequence[str | Budget],
+    *,
+    solver: str = "ilp",
+    bits: Sequence[int] = DEFAULT_BITS,
+    estimator: str = "hutchinson",
+    seed: int = 0,
+    rounding: str = "gptq",
+    group_size: int | None = 128,
+    measure: bool = True,
+    latency: bool = True,
+    time_limit_s: float = 60.0,
+    solver_options: dict[str, Any] | None = None,
+    estimator_options: dict[str, Any] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Finds, applies and measures the per-layer bit-widths of a model under budgets.
+
+    Args:
+        model: A registered model name or a `ModelSpec`.
+        budgets: Budget texts ("5bits", "12MB", "1.2GBOPs", "4ms") or `Budget`s.
+        solver: Registered solver name ("ilp", "ddpg", "greedy", "uniform", ...).
+        bits: Candidate bit-widths.
+        estimator: Sensitivity estimator ("hutchinson", "measured").
+        seed: Seed of every stochastic step.
+        rounding: "gptq" (calibrated: GPTQ + bias correction + clipping search) or "rtn".
+        group_size: Scale group size below 8 bits (None: per channel).
+        measure: Apply the result on the engine and measure it (and the best uniform).
+        latency: Also time the quantized models against FP32 (reported, not in the config).
+
+    Returns:
+        A `PipelineResult`; `result.config.status` is "infeasible" when the budgets cannot
+        be met, with the smallest feasible value of each in `config.extra`.
+
+    Example:
+        >>> from allocator import solve
+        >>> result = solve("digits-cnn", ["4bits"])
+        >>> result.config.bits
+    """
+    import sensitivity
+    import zoo
+
+    say = log or (lambda _msg: None)
+    parsed = [b if isinstance(b, Budget) else parse_budgets([b])[0] for b in budgets]
+    parse_budgets([b.text for b in parsed])  # one budget per kind
+    if any(b.kind == "latency" for b in parsed):
+        raise InvalidSpecError(
+            "latency budgets need a hardware profile of this machine; this build measures "
+            "latency after the solve but cannot budget it yet (use bits, size or BOPs).")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    spec = zoo.get_model(model) if isinstance(model, str) else model
+    layers = spec.layers()
+    spec.calibration_batches()
+    timings["load_s"] = time.perf_counter() - t0
+    say(f"{spec.name}: {len(layers)} quantizable layers")
+
+    t0 = time.perf_counter()
+    options = {"rounding": rounding, "group_size": group_size} | dict(estimator_options or {})
+    table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed, options=options,
+                                 progress=progress)
+    timings["sensitivity_s"] = time.perf_counter() - t0
+
+    problem = problem_for(spec, table, bits, group_size=group_size)
+    t0 = time.perf_counter()
+    solution = get_solver(solver, **dict(solver_options or {})).solve(
+        problem, parsed, seed=seed, time_limit_s=time_limit_s)
+    timings["solve_s"] = time.perf_counter() - t0
+    calibrated = rounding == "gptq"
+    repro = {"seed": seed, "estimator": estimator, "estimator_config": dict(table.config),
+             "solver": solver, "bits": list(bits), **_digest(spec),
+             "versions": _versions()}
+    extra: dict[str, Any] = {"reproducibility": repro}
+    if solution.diagnosis:
+        extra["infeasible_budgets"] = solution.diagnosis
+    config = BitConfig(bits=solution.bits, activation_bits=8, group_size=group_size,
+                       rounding=rounding, bias_correction=calibrated, clip_search=calibrated,
+                       model=spec.name, solver=solver, status=solution.status,
+                       objective=solution.objective, budgets=tuple(b.text for b in parsed),
+                       cost=solution.cost, extra=extra)
+    result = PipelineResult(config, problem, timings_s=timings)
+    if not measure or solution.status == "infeasible":
+        return result
+
+    say("applying on the engine and measuring...")
+    t0 = time.perf_counter()
+    fp32_latency = spec.measure_latency_us(spec.build()) if latency else None
+    det, timing = _measure(spec, config, fp32_latency)
+    det["fp32_metrics"] = spec.baseline()
+    det["fp32_size_bytes"] = engine.model_size_bytes(spec.build())
+    uniform_sol = get_solver("uniform").solve(problem, parsed)
+    uniform = {}
+    if uniform_sol.status != "infeasible":
+        ucfg = BitConfig(bits=uniform_sol.bits, activation_bits=8, group_size=group_size,
+                         rounding=rounding, bias_correction=calibrated, clip_search=calibrated)
+        udet, utiming = _measure(spec, ucfg, fp32_latency)
+        uniform = {"bits": uniform_sol.extra.get("uniform_bits"), "objective": uniform_sol.objective,
+                   "cost": uniform_sol.cost, **udet}
+        timing["uniform"] = utiming
+    extra = dict(config.extra) | {"measured": det, "uniform_baseline": uniform}
+    result.config = BitConfig(**{**_fields(config), "extra": extra})
+    result.measured = det | timing | ({"fp32_latency_us": fp32_latency} if fp32_latency else {})
+    result.uniform = uniform
+    timings["measure_s"] = time.perf_counter() - t0
+    return result
+
+
+def _fields(config: BitConfig) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from allocator import __version__
+
+    out = {"allocator": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "engine": engine.ENGINE_VERSION}
+    try:
+        import pulp
+
+        out["pulp"] = pulp.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def pareto(
+    model: str | Any,
+    *,
+    axis: str = "bits",
+    points: int = 8,
+    measure_points: int | None = None,
+    budgets: Sequence[str] = (),
+    bits: Sequence[int] = DEFAULT_BITS,
+    estimator: str = "hutchinson",
+    seed: int = 0,
+    rounding: str = "gptq",
+    group_size: int | None = 128,
+    progress: bool = False,
+):
+    """The Pareto front of a model along one cost axis, with the first `measure_points`
+    points (all by default) applied on the engine and measured.
+
+    Returns:
+        (ParetoFront, list of measured metrics dicts aligned with the front's points).
+    """
+    import sensitivity
+    import zoo
+    from allocator._pareto import pareto_front
+
+    spec = zoo.get_model(model) if isinstance(model, str) else model
+    options = {"rounding": rounding, "group_size": group_size}
+    table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed, options=options,
+                                 progress=progress)
+    problem = problem_for(spec, table, bits, group_size=group_size)
+    front = pareto_front(problem, axis, points, budgets=parse_budgets(list(budgets)))
+    calibrated = rounding == "gptq"
+    limit = len(front.points) if measure_points is None else measure_points
+    measured = []
+    for p in front.points[:limit]:
+        cfg = BitConfig(bits=p.bits, group_size=group_size, rounding=rounding,
+                        bias_correction=calibrated, clip_search=calibrated)
+        measured.append(spec.evaluate(spec.quantize(cfg)))
+    return front, measured
+
+
+def plot_front(front, measured: list[dict], metric: str, path: str) -> None:
+    """A PNG of the front: predicted Ω and the measured metric against cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from allocator._pareto import AXES
+
+    key = AXES[front.axis]
+    xs = [p.cost[key] for p in front.points]
+    fig, ax1 = plt.subplots(figsize=(7, 4.5))
+    ax1.plot(xs, [p.objective for p in front.points], "o-", color="tab:blue",
+             label="predicted Ω (sum)")
+    ax1.set_yscale("symlog", linthresh=1e-6)
+    ax1.set_xlabel(key)
+    ax1.set_ylabel("predicted Ω", color="tab:blue")
+    if measured:
+        ax2 = ax1.twinx()
+        ax2.plot(xs[: len(measured)], [m[metric] for m in measured], "s--", color="tab:red",
+                 label=f"measured {metric}")
+        ax2.set_ylabel(f"measured {metric}", color="tab:red")
+    ax1.set_title(f"{front.model}: Pareto front along {front.axis}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

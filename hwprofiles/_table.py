@@ -1,0 +1,498 @@
+"""`LatencyTable`: measured per-layer kernel times, keyed by a layer's compute shape.
+
+Serialized as `allocator.latency/1` JSON:
+
+    {"format": "allocator.latency/1", "created": "...", "model": "minilm", "batch": 32,
+     "repeats": 20, "device": {"cpu_model": ..., "isa_flags": [...], ...},
+     "overhead_us": 1234.5,
+     "entries": {"<shape signature>": {"kind": "linear", "macs": ..., "depthwise": false,
+                 "layers": ["..."], "times": {"fp32": {"kernel": "fp32", "p50_us": ...,
+                 "p90_us": ..., "samples": 20, "timestamp": "..."}, "8": {...}, ...}}}}
+
+Entries are keyed by `LayerSpec.shape_signature` (weight shape, input shape, conv
+geometry), not by layer name, so one table serves every model with the same shapes. Times
+are per call of the layer; `lookup` multiplies by the layer's calls per forward pass.
+A shape the table lacks is interpolated from measured shapes of the same kind by MACs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from engine import MAX_BITS, MIN_BITS, InvalidSpecError, LayerSpec, atomic_write_bytes
+from hwprofiles._fingerprint import DeviceFingerprint, FingerprintMismatchWarning
+
+LATENCY_FORMAT = "allocator.latency/1"
+FP32 = "fp32"
+LAYER_KINDS = ("linear", "conv2d")
+
+
+def now_iso() -> str:
+    """UTC time, ISO 8601 with seconds, as every timestamp in a table is written."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def bits_key(bits: int | str | None) -> str:
+    """`8` -> `"8"`, `None`/`"fp32"` -> `"fp32"`; raises on anything else."""
+    if bits is None or bits == FP32:
+        return FP32
+    if isinstance(bits, bool) or not isinstance(bits, int | str):
+        raise InvalidSpecError(f"`bits` must be an integer {MIN_BITS}..{MAX_BITS} or 'fp32', "
+                               f"got {bits!r}.")
+    try:
+        value = int(bits)
+    except ValueError:
+        raise InvalidSpecError(f"`bits` must be an integer {MIN_BITS}..{MAX_BITS} or 'fp32', "
+                               f"got {bits!r}.") from None
+    if not MIN_BITS <= value <= MAX_BITS or str(value) != str(bits).strip():
+        raise InvalidSpecError(f"`bits` must be an integer {MIN_BITS}..{MAX_BITS} or 'fp32', "
+                               f"got {bits!r}.")
+    return str(value)
+
+
+def call_macs(layer: LayerSpec) -> int:
+    """MACs of one call of the layer (its traced MACs divided by its calls)."""
+    return layer.macs // layer.calls if layer.calls else 0
+
+
+def _number(value: Any, where: str, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidSpecError(f"`{where}` must be a finite number, got {value!r}.")
+    if value < minimum:
+        raise InvalidSpecError(f"`{where}` must be >= {minimum:g}, got {value!r}.")
+    return float(value)
+
+
+def _integer(value: Any, where: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidSpecError(f"`{where}` must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def _require(data: Mapping[str, Any], names: Iterable[str], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise InvalidSpecError(f"`{where}` must be a JSON object, got {data!r}.")
+    for name in names:
+        if name not in data:
+            raise InvalidSpecError(f"`{where}.{name}` is missing from the latency table."
+                                   if where else f"`{name}` is missing from the latency table.")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Timed calls of one layer shape at one bit-width (or fp32), in microseconds.
+
+    Attributes:
+        kernel: Kernel path the calls ran (`module.last_kernel`, `"fp32"` for float).
+        p50_us, p90_us: Median and 90th percentile of the per-call times.
+        samples: Timed calls.
+        timestamp: When it was measured (ISO 8601, UTC).
+        where: Field path used in error messages (not stored).
+    """
+
+    kernel: str
+    p50_us: float
+    p90_us: float
+    samples: int
+    timestamp: str = field(default_factory=now_iso)
+    where: str = field(default="measurement", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        w = self.where
+        if not isinstance(self.kernel, str) or not self.kernel:
+            raise InvalidSpecError(
+                f"`{w}.kernel` must be a non-empty string, got {self.kernel!r}.")
+        object.__setattr__(self, "p50_us", _number(self.p50_us, f"{w}.p50_us"))
+        object.__setattr__(self, "p90_us", _number(self.p90_us, f"{w}.p90_us"))
+        _integer(self.samples, f"{w}.samples", minimum=1)
+        if not isinstance(self.timestamp, str) or not self.timestamp:
+            raise InvalidSpecError(
+                f"`{w}.timestamp` must be an ISO 8601 string, got {self.timestamp!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "p50_us": self.p50_us, "p90_us": self.p90_us,
+                "samples": self.samples, "timestamp": self.timestamp}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> Measurement:
+        _require(data, ("kernel", "p50_us", "p90_us", "samples", "timestamp"), where)
+        unknown = set(data) - {"kernel", "p50_us", "p90_us", "samples", "timestamp"}
+        if unknown:
+            raise InvalidSpecError(f"unknown `{where}` field(s): {sorted(unknown)}.")
+        return cls(data["kernel"], data["p50_us"], data["p90_us"], data["samples"],
+                   data["timestamp"], where=where)
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """The measurements of one layer shape.
+
+    Attributes:
+        signature: `LayerSpec.shape_signature` of the shape.
+        kind: `"linear"` or `"conv2d"`.
+        macs: MACs of one call at this shape (the interpolation coordinate).
+        depthwise: Whether the shape is a depthwise conv (interpolated separately).
+        layers: Names of the layers profiled with this shape (informational).
+        times: `"fp32"` and `"2"`..`"8"` -> `Measurement` with the input as the float
+            model passes it.
+        transition: `"fp32"`/bits -> `Measurement` of the same call when the input comes in
+            the layout an int8 conv leaves behind (channels-last), for convs only; see
+            `hwprofiles._additivity` for why it matters.
+    """
+
+    signature: str
+    kind: str
+    macs: int
+    times: Mapping[str, Measurement]
+    depthwise: bool = False
+    layers: tuple[str, ...] = ()
+    transition: Mapping[str, Measurement] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"entries[{self.signature!r}]"
+        if not isinstance(self.signature, str) or not self.signature:
+            raise InvalidSpecError(f"entry `signature` must be a non-empty string, "
+                                   f"got {self.signature!r}.")
+        if self.kind not in LAYER_KINDS:
+            raise InvalidSpecError(f"`{where}.kind` must be one of {LAYER_KINDS}, "
+                                   f"got {self.kind!r}.")
+        _integer(self.macs, f"{where}.macs")
+        if not isinstance(self.depthwise, bool):
+            raise InvalidSpecError(f"`{where}.depthwise` must be true or false, "
+                                   f"got {self.depthwise!r}.")
+        for attr in ("times", "transition"):
+            value = getattr(self, attr)
+            if not isinstance(value, Mapping):
+                raise InvalidSpecError(f"`{where}.{attr}` must be a JSON object, got {value!r}.")
+            checked = {}
+            for key, m in value.items():
+                k = _checked_key(key, f"{where}.{attr}")
+                if not isinstance(m, Measurement):
+                    raise InvalidSpecError(f"`{where}.{attr}[{key!r}]` must be a Measurement.")
+                checked[k] = m
+            object.__setattr__(self, attr, dict(sorted(checked.items(), key=_key_order)))
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "macs": self.macs, "depthwise": self.depthwise,
+                               "layers": list(self.layers),
+                               "times": {k: m.to_dict() for k, m in self.times.items()}}
+        if self.transition:
+            out["transition"] = {k: m.to_dict() for k, m in self.transition.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, signature: str, data: Mapping[str, Any]) -> TableEntry:
+        where = f"entries[{signature!r}]"
+        _require(data, ("kind", "macs", "times"), where)
+        unknown = set(data) - {"kind", "macs", "depthwise", "layers", "times", "transition"}
+        if unknown:
+            raise InvalidSpecError(f"unknown `{where}` field(s): {sorted(unknown)}.")
+        maps = {}
+        for attr in ("times", "transition"):
+            raw = data.get(attr, {})
+            if not isinstance(raw, Mapping):
+                raise InvalidSpecError(f"`{where}.{attr}` must be a JSON object, got {raw!r}.")
+            maps[attr] = {_checked_key(k, f"{where}.{attr}"):
+                          Measurement.from_dict(m, f"{where}.{attr}[{k!r}]")
+                          for k, m in raw.items()}
+        layers = data.get("layers", [])
+        if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+            raise InvalidSpecError(f"`{where}.layers` must be a list of names, got {layers!r}.")
+        return cls(signature, data["kind"], data["macs"], maps["times"],
+                   depthwise=data.get("depthwise", False), layers=tuple(layers),
+                   transition=maps["transition"])
+
+
+def _checked_key(key: Any, where: str) -> str:
+    try:
+        return bits_key(key)
+    except InvalidSpecError:
+        raise InvalidSpecError(
+            f"`{where}` keys must be 'fp32' or '2'..'8', got {key!r}.") from None
+
+
+def _key_order(item: tuple[str, Any]) -> tuple[int, int]:
+    return (0, 0) if item[0] == FP32 else (1, int(item[0]))
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Non-layer time after one layer call of a model's forward pass, in microseconds.
+
+    Attributes:
+        layer: Name of the layer whose call the gap follows (calls in execution order).
+        native_us: Median time from that call's end to the next layer call's start (or the
+            end of the forward pass) in the float model, activations as it lays them out.
+        cl_us: The same with the layer's output in channels-last layout, as an int8 conv
+            leaves it (equal to `native_us` after a linear).
+    """
+
+    layer: str
+    native_us: float
+    cl_us: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, str) or not self.layer:
+            raise InvalidSpecError(f"`gaps[].layer` must be a layer name, got {self.layer!r}.")
+        object.__setattr__(self, "native_us", _number(self.native_us, "gaps[].native_us"))
+        object.__setattr__(self, "cl_us", _number(self.cl_us, "gaps[].cl_us"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "native_us": self.native_us, "cl_us": self.cl_us}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> Gap:
+        _require(data, ("layer", "native_us", "cl_us"), where)
+        return cls(data["layer"], _number(data["native_us"], f"{where}.native_us"),
+                   _number(data["cl_us"], f"{where}.cl_us"))
+
+
+class LatencyLookup(NamedTuple):
+    """What `LatencyTable.lookup` returns."""
+
+    latency_us: float
+    kernel: str
+    interpolated: bool
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured per-layer latencies of one device at one batch size.
+
+    Attributes:
+        device: Fingerprint of the device the times were measured on.
+        batch: Batch size (rows of the model input) the shapes were measured at.
+        entries: Shape signature -> `TableEntry`.
+        repeats: Timed calls per measurement.
+        model: Name of the model profiled, if any (the table is keyed by shape and serves
+            any model with the same shapes).
+        overhead_us: Time of everything in `model`'s forward pass that is not a quantizable
+            layer (attention, norms, activations), measured as whole FP32 model time minus
+            the sum of its FP32 layer times; None when unknown.
+        gaps: `model`'s non-layer time split by the layer call it follows, in both
+            activation layouts (see `Gap`); what the layout correction of predictions uses.
+        created: When the table was started (ISO 8601, UTC).
+    """
+
+    device: DeviceFingerprint
+    batch: int
+    entries: Mapping[str, TableEntry] = field(default_factory=dict)
+    repeats: int = 20
+    model: str | None = None
+    overhead_us: float | None = None
+    gaps: tuple[Gap, ...] = ()
+    created: str = field(default_factory=now_iso)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, DeviceFingerprint):
+            raise InvalidSpecError(f"`device` must be a DeviceFingerprint, got {self.device!r}.")
+        _integer(self.batch, "batch", minimum=1)
+        _integer(self.repeats, "repeats", minimum=1)
+        if self.model is not None and not isinstance(self.model, str):
+            raise InvalidSpecError(f"`model` must be a string or null, got {self.model!r}.")
+        if self.overhead_us is not None:
+            object.__setattr__(self, "overhead_us", _number(self.overhead_us, "overhead_us"))
+        if not isinstance(self.entries, Mapping):
+            raise InvalidSpecError(f"`entries` must be a JSON object, got {self.entries!r}.")
+        for sig, entry in self.entries.items():
+            if not isinstance(entry, TableEntry) or entry.signature != sig:
+                raise InvalidSpecError(f"`entries[{sig!r}]` must be a TableEntry of that "
+                                       "signature.")
+        object.__setattr__(self, "entries", dict(self.entries))
+        object.__setattr__(self, "gaps", tuple(self.gaps))
+        if not all(isinstance(g, Gap) for g in self.gaps):
+            raise InvalidSpecError("`gaps` must be a list of Gap records.")
+        object.__setattr__(self, "_checked", [False])  # fingerprint checked on first lookup
+
+    # -- building ------------------------------------------------------------------------
+
+    def with_entry(self, entry: TableEntry) -> LatencyTable:
+        """A copy with `entry` added, merged into an existing entry of its signature."""
+        old = self.entries.get(entry.signature)
+        if old is not None:
+            entry = replace(old, times={**old.times, **entry.times},
+                            transition={**old.transition, **entry.transition},
+                            layers=tuple(dict.fromkeys(old.layers + entry.layers)))
+        return replace(self, entries={**self.entries, entry.signature: entry})
+
+    def has(self, signature: str, bits: int | str | None) -> bool:
+        entry = self.entries.get(signature)
+        return entry is not None and bits_key(bits) in entry.times
+
+    # -- using ---------------------------------------------------------------------------
+
+    def check_fingerprint(self, device: DeviceFingerprint | None = None) -> list[str]:
+        """Warns (`FingerprintMismatchWarning`) when `device` (default: this one) differs
+        from the table's in CPU model, ISA flags, torch version, threads or GPU.
+
+        Returns:
+            The differences (empty when the devices match).
+        """
+        self._checked[0] = True
+        diffs = self.device.differences(device or DeviceFingerprint.current())
+        if diffs:
+            warnings.warn("latency table was measured on another device; its times may not "
+                          "hold here: " + "; ".join(diffs) + ".", FingerprintMismatchWarning,
+                          stacklevel=2)
+        return diffs
+
+    def lookup(self, layer: LayerSpec, bits: int | str | None, *,
+               channels_last: bool = False) -> LatencyLookup:
+        """Latency of `layer` per forward pass (per-call time x calls) at `bits`.
+
+        Args:
+            layer: The layer; its `shape_signature` is the key.
+            bits: 2..8, or `"fp32"`/None for the float layer.
+            channels_last: The conv's input arrives channels-last (after an int8 conv); uses
+                the entry's `transition` time where measured.
+
+        Returns:
+            (latency_us, kernel, interpolated): `interpolated` is True when the shape (or
+            that bit-width of it) was not measured and the time comes from measured shapes
+            of the same kind by MACs (see `interpolate`).
+
+        Raises:
+            InvalidSpecError: Bad `bits`, or no measured shape of the layer's kind has it.
+        """
+        if not self._checked[0]:
+            self.check_fingerprint()
+        key = bits_key(bits)
+        if layer.calls == 0:
+            return LatencyLookup(0.0, "none", False)
+        entry = self.entries.get(layer.shape_signature)
+        if entry is not None and key in entry.times:
+            m = entry.transition.get(key, entry.times[key]) if channels_last else entry.times[key]
+            return LatencyLookup(m.p50_us * layer.calls, m.kernel, False)
+        per_call, kernel = self.interpolate(layer.kind, call_macs(layer), key,
+                                            depthwise=layer.is_depthwise, name=layer.name)
+        return LatencyLookup(per_call * layer.calls, kernel, True)
+
+    def interpolate(self, kind: str, macs: int, bits: int | str | None, *,
+                    depthwise: bool = False, name: str = "?") -> tuple[float, str]:
+        """Per-call time of an unmeasured shape from measured ones of the same kind and bits.
+
+        Measured (MACs, p50) points are made non-decreasing in MACs (pool-adjacent-violators),
+        then read linearly between neighbours and scaled proportionally to MACs beyond the
+        smallest and largest, so the result is monotone in MACs. Depthwise convs use only
+        depthwise entries when there are any (their time per MAC differs many-fold).
+
+        Returns:
+            (latency_us, kernel of the nearest measured shape by MACs).
+        """
+        key = bits_key(bits)
+        same = [e for e in self.entries.values() if e.kind == kind and key in e.times]
+        pool = [e for e in same if e.depthwise == depthwise] or same
+        pool = [e for e in pool if e.macs > 0]
+        if not pool:
+            raise InvalidSpecError(
+                f"latency table has no measured {kind} shape at `bits` {key!r} to estimate "
+                f"layer {name!r} from; profile it on this model first.")
+        xs, ys = _isotonic([(e.macs, e.times[key].p50_us) for e in pool])
+        nearest = min(pool, key=lambda e: abs(math.log(e.macs) - math.log(max(macs, 1))))
+        return _piecewise(xs, ys, macs), nearest.times[key].kernel
+
+    def layer_latency_us(self, layers: Sequence[LayerSpec], bits: Iterable[int | str]
+                         ) -> dict[str, dict[str, float]]:
+        """Layer name -> bits key -> latency per forward pass, for building problems."""
+        return {x.name: {bits_key(b): self.lookup(x, b).latency_us for b in bits}
+                for x in layers}
+
+    # -- JSON ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": LATENCY_FORMAT, "created": self.created, "model": self.model,
+                "batch": self.batch, "repeats": self.repeats, "device": self.device.to_dict(),
+                "overhead_us": self.overhead_us, "gaps": [g.to_dict() for g in self.gaps],
+                "entries": {sig: e.to_dict() for sig, e in self.entries.items()}}
+
+    def to_json(self, *, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
+        if not isinstance(data, Mapping):
+            raise InvalidSpecError(f"a latency table must be a JSON object, "
+                                   f"got {type(data).__name__}.")
+        fmt = data.get("format")
+        if fmt != LATENCY_FORMAT:
+            raise InvalidSpecError(f"`format` must be {LATENCY_FORMAT!r}, got {fmt!r}.")
+        _require(data, ("device", "batch", "entries"), "")
+        known = {"format", "created", "model", "batch", "repeats", "device", "overhead_us",
+                 "gaps", "entries"}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidSpecError(f"unknown latency table field(s): {sorted(unknown)}.")
+        raw = data["entries"]
+        if not isinstance(raw, Mapping):
+            raise InvalidSpecError(f"`entries` must be a JSON object, got {raw!r}.")
+        entries = {sig: TableEntry.from_dict(sig, e) for sig, e in raw.items()}
+        raw_gaps = data.get("gaps") or []
+        if not isinstance(raw_gaps, list):
+            raise InvalidSpecError(f"`gaps` must be a list, got {raw_gaps!r}.")
+        gaps = tuple(Gap.from_dict(g, f"gaps[{i}]") for i, g in enumerate(raw_gaps))
+        created = data.get("created") or now_iso()
+        if not isinstance(created, str):
+            raise InvalidSpecError(f"`created` must be an ISO 8601 string, got {created!r}.")
+        return cls(device=DeviceFingerprint.from_dict(data["device"]), batch=data["batch"],
+                   entries=entries, repeats=data.get("repeats", 1), model=data.get("model"),
+                   overhead_us=data.get("overhead_us"), gaps=gaps, created=created)
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the table atomically (readers never see half a file)."""
+        p = Path(path)
+        atomic_write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Reads and validates an `allocator.latency/1` file; errors name the file."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise InvalidSpecError(f"cannot read latency table `{p}`: {e.strerror}") from e
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidSpecError(f"latency table `{p}` is not valid JSON: {e}") from e
+        try:
+            return cls.from_dict(data)
+        except InvalidSpecError as e:
+            raise InvalidSpecError(f"latency table `{p}`: {e}") from e
+
+
+def _isotonic(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
+    """Non-decreasing least-squares fit of y over sorted x (equal x averaged first)."""
+    merged: dict[int, list[float]] = {}
+    for x, y in points:
+        merged.setdefault(x, []).append(y)
+    xs = sorted(merged)
+    blocks: list[list[float]] = []  # [mean, weight, count of xs]
+    for x in xs:
+        ys = merged[x]
+        blocks.append([sum(ys) / len(ys), float(len(ys)), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    fitted = [b[0] for b in blocks for _ in range(int(b[2]))]
+    return [float(x) for x in xs], fitted
+
+
+def _piecewise(xs: list[float], ys: list[float], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0] * x / xs[0]
+    if x >= xs[-1]:
+        return ys[-1] * x / xs[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+
+import pytest
+
+from engine import InvalidSpecError, LayerSpec, UnknownComponentError
+from hwprofiles import (
+    LATENCY_FORMAT,
+    DeviceFingerprint,
+    FingerprintMismatchWarning,
+    LatencyTable,
+    Measurement,
+    TableEntry,
+    list_profiles,
+    load_profile,
+    save_profile,
+)
+
+
+def linear(n: int, k: int, rows: int, name: str = "fc", calls: int = 1) -> LayerSpec:
+    return LayerSpec(name=name, kind="linear", weight_shape=(n, k), params=n * k,
+                     macs=rows * n * k * calls, input_shape=(rows, k), output_shape=(rows, n),
+                     calls=calls)
+
+
+def entry_for(layer: LayerSpec, times: dict) -> TableEntry:
+    return TableEntry(layer.shape_signature, layer.kind, layer.macs // layer.calls,
+                      {k: Measurement(kernel, us, us * 1.1, 5) for k, (kernel, us) in
+                       times.items()}, layers=(layer.name,))
+
+
+def make_table(device: DeviceFingerprint | None = None) -> LatencyTable:
+    t = LatencyTable(device=device or DeviceFingerprint.current(), batch=8, repeats=5,
+                     model="toy", overhead_us=12.5)
+    t = t.with_entry(entry_for(linear(64, 64, 8), {"fp32": ("fp32", 10.0),
+                                                    "8": ("onednn-int8", 4.0)}))
+    return t.with_entry(entry_for(linear(256, 64, 8), {"fp32": ("fp32", 40.0),
+                                                       "8": ("onednn-int8", 12.0)}))
+
+
+def test_json_round_trip(tmp_path):
+    table = make_table()
+    path = table.save(tmp_path / "t.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == LATENCY_FORMAT
+    assert set(data["device"]) >= {"cpu_model", "cores", "isa_flags", "torch_version",
+                                   "torch_threads", "gpu"}
+    back = LatencyTable.load(path)
+    assert back == table
+    assert LatencyTable.from_dict(table.to_dict()).to_dict() == table.to_dict()
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.update(format="allocator.latency/99"), "format"),
+    (lambda d: d.pop("device"), "device"),
+    (lambda d: d.pop("batch"), "batch"),
+    (lambda d: d["device"].pop("cpu_model"), "device.cpu_model"),
+    (lambda d: next(iter(d["entries"].values()))["times"]["fp32"].pop("p50_us"), "p50_us"),
+    (lambda d: next(iter(d["entries"].values()))["times"]["8"].update(p50_us=-1.0), "p50_us"),
+    (lambda d: next(iter(d["entries"].values()))["times"]["8"].update(p90_us=math.inf),
+     "p90_us"),
+    (lambda d: next(iter(d["entries"].values()))["times"].update(
+        {"9": {"kernel": "x", "p50_us": 1, "p90_us": 1, "samples": 1, "timestamp": "t"}}),
+     "times"),
+    (lambda d: d.update(batch=0), "batch"),
+    (lambda d: d.update(overhead_us=-3.0), "overhead_us"),
+    (lambda d: d.update(surprise=1), "surprise"),
+])
+def test_validation_names_the_field(mutate, field):
+    data = make_table().to_dict()
+    mutate(data)
+    with pytest.raises(InvalidSpecError, match=field.replace(".", r"\.")):
+        LatencyTable.from_dict(data)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InvalidSpecError, match="bad.json"):
+        LatencyTable.load(bad)
+    with pytest.raises(InvalidSpecError, match="missing.json"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_negative_time_is_rejected_when_built():
+    with pytest.raises(InvalidSpecError, match="p50_us"):
+        Measurement("fp32", -1.0, 1.0, 3)
+
+
+def test_lookup_measured_and_calls():
+    table = make_table()
+    assert table.lookup(linear(64, 64, 8), 8) == (4.0, "onednn-int8", False)
+    twice = linear(64, 64, 8, calls=2)
+    assert table.lookup(twice, "fp32").latency_us == pytest.approx(20.0)
+    with pytest.raises(InvalidSpecError, match="bits"):
+        table.lookup(twice, 9)
+
+
+def test_interpolation_is_monotone_in_macs():
+    table = make_table()
+    # A third, non-monotone point (more MACs, less time) must not make time fall with MACs.
+    table = table.with_entry(entry_for(linear(512, 64, 8), {"8": ("onednn-int8", 10.0)}))
+    times = []
+    for n in (16, 32, 100, 160, 255, 257, 300, 511, 513, 1024, 4096):  # unmeasured shapes
+        us, kernel, interpolated = table.lookup(linear(n, 64, 8, name="q"), 8)
+        assert interpolated and kernel == "onednn-int8"
+        times.append(us)
+    assert times == sorted(times)
+    grid = [table.interpolate("linear", m, 8)[0] for m in range(0, 600_000, 997)]
+    assert grid == sorted(grid)
+    # linear between neighbours, proportional beyond the ends (fp32 points: 10 and 40 us)
+    assert table.lookup(linear(160, 64, 8), "fp32").latency_us == pytest.approx(25.0)
+    assert table.lookup(linear(32, 64, 8), "fp32").latency_us == pytest.approx(5.0)
+    assert table.lookup(linear(512, 64, 8), "fp32").latency_us == pytest.approx(80.0)
+
+
+def test_interpolation_needs_a_measured_shape_of_the_kind():
+    conv = LayerSpec(name="c", kind="conv2d", weight_shape=(8, 3, 3, 3), params=216, macs=1000,
+                     input_shape=(1, 3, 8, 8), output_shape=(1, 8, 8, 8))
+    with pytest.raises(InvalidSpecError, match="conv2d"):
+        make_table().lookup(conv, 8)
+
+
+def test_fingerprint_mismatch_warns_once_per_table():
+    other = dataclasses.replace(DeviceFingerprint.current(), cpu_model="Some Other CPU",
+                                torch_version="1.0.0")
+    table = make_table(other)
+    with pytest.warns(FingerprintMismatchWarning, match="cpu_model.*torch_version"):
+        table.lookup(linear(64, 64, 8), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table.lookup(linear(64, 64, 8), 8)  # already warned
+    with pytest.warns(FingerprintMismatchWarning):
+        assert table.check_fingerprint()
+
+
+def test_same_device_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_table().check_fingerprint() == []
+        make_table().lookup(linear(64, 64, 8), 8)
+
+
+def test_registry_save_list_load(tmp_path, _profiles_dir):
+    table = make_table()
+    path = save_profile(table, "toy-b8")
+    (_profiles_dir / "broken.json").write_text("{}")
+    infos = {p.name: p for p in list_profiles()}
+    assert infos["toy-b8"].entries == 2 and infos["toy-b8"].batch == 8
+    assert infos["toy-b8"].model == "toy" and infos["toy-b8"].error is None
+    assert infos["broken"].error
+    assert load_profile("toy-b8") == table
+    assert load_profile(path) == table
+    with pytest.raises(UnknownComponentError, match="toy-b8"):
+        load_profile("nope")
