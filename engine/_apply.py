@@ -130,7 +130,9 @@ def apply(
         q.to(modules[name].weight.device)
         _set_submodule(target, name, q)
     target.eval()
-    if batches:
+    needs_ranges = any(isinstance(m, QuantConv2d) and m._is_native_int8()
+                       for m in target.modules())
+    if batches and needs_ranges:
         calibrate(target, batches)
     return target
 

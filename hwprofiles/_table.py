@@ -401,10 +401,14 @@ class LatencyTable:
         return _piecewise(xs, ys, macs), nearest.times[key].kernel
 
     def layer_latency_us(self, layers: Sequence[LayerSpec], bits: Iterable[int | str]
-                         ) -> dict[str, dict[str, float]]:
-        """Layer name -> bits key -> latency per forward pass, for building problems."""
-        return {x.name: {bits_key(b): self.lookup(x, b).latency_us for b in bits}
-                for x in layers}
+                         ) -> dict[str, dict[int | str, float]]:
+        """Layer name -> bits (as given) -> latency per forward pass: the `latency_us`
+        costs of an `allocator.problem/1` (whose `latency_offset_us` is `overhead_us`).
+
+        The layout correction of `hwprofiles.predict_latency` is left out: it depends on
+        the neighbours' bit-widths, so it has no per-layer value.
+        """
+        return {x.name: {b: self.lookup(x, b).latency_us for b in bits} for x in layers}
 
     # -- JSON ----------------------------------------------------------------------------
 

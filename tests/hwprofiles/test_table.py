@@ -157,3 +157,40 @@ def test_registry_save_list_load(tmp_path, _profiles_dir):
     assert load_profile(path) == table
     with pytest.raises(UnknownComponentError, match="toy-b8"):
         load_profile("nope")
+
+
+def conv(name: str, cin: int, cout: int) -> LayerSpec:
+    return LayerSpec(name=name, kind="conv2d", weight_shape=(cout, cin, 3, 3),
+                     params=cout * cin * 9, macs=cout * cin * 9 * 64,
+                     input_shape=(1, cin, 8, 8), output_shape=(1, cout, 8, 8), padding=(1, 1))
+
+
+def test_prediction_follows_the_layout_an_int8_conv_leaves():
+    from hwprofiles import Gap, predict_latency
+
+    c1, c2, fc = conv("c1", 3, 8), conv("c2", 8, 8), linear(10, 512, 1)
+    m = lambda kernel, us: Measurement(kernel, us, us, 3)  # noqa: E731
+    table = LatencyTable(device=DeviceFingerprint.current(), batch=1, overhead_us=100.0,
+                         gaps=(Gap("c1", 50.0, 10.0), Gap("c2", 30.0, 20.0),
+                               Gap("fc", 5.0, 5.0)))
+    for c in (c1, c2):
+        table = table.with_entry(TableEntry(
+            c.shape_signature, "conv2d", c.macs,
+            {"fp32": m("fp32", 40.0), "4": m("dequant", 45.0), "8": m("fbgemm-int8-static", 30.0)},
+            transition={"fp32": m("fp32", 35.0), "4": m("dequant", 41.0),
+                        "8": m("fbgemm-int8-static", 20.0)}))
+    table = table.with_entry(entry_for(fc, {"fp32": ("fp32", 7.0), "8": ("onednn-int8", 3.0)}))
+    layers = [c1, c2, fc]
+    fp32 = predict_latency(table, layers, {})
+    assert fp32.latency_us == pytest.approx(40 + 40 + 7 + 100)
+    assert fp32.layout_correction_us == 0.0
+    # c1 int8: its output is channels-last, so c2 (fp32) runs on a channels-last input
+    # (35 instead of 40) and keeps it; both gaps after c1 and c2 take their cl times.
+    p = predict_latency(table, layers, {"c1": 8})
+    assert p.additive_us == pytest.approx(30 + 40 + 7 + 100)
+    assert p.layout_correction_us == pytest.approx((35 - 40) + (10 - 50) + (20 - 30))
+    assert p.latency_us == pytest.approx(p.additive_us + p.layout_correction_us)
+    # only c2 int8: c1's output stays contiguous; only the gap after c2 changes
+    q = predict_latency(table, layers, {"c2": 8, "fc": 8})
+    assert q.layout_correction_us == pytest.approx(20 - 30)
+    assert q.kernels == {"fp32": 1, "fbgemm-int8-static": 1, "onednn-int8": 1}

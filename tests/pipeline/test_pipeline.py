@@ -1,0 +1,88 @@
+"""The end-to-end job on digits-cnn: cache reuse, determinism, errors, CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from allocator import solve
+from allocator.cli import main
+from engine import BitConfig, InvalidSpecError, UnknownComponentError
+from tests.zoo.conftest import need
+
+OPTS = {"max_probes": 32, "min_probes": 8}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One sensitivity cache for the module (the trained digits model stays shared)."""
+    path = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALLOCATOR_DATA_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def first(data_dir):
+    spec = need("digits-cnn")
+    return solve(spec, ["4bits"], estimator_options=OPTS, latency=False)
+
+
+def test_pipeline_meets_budget_and_measures(first):
+    cfg = first.config
+    assert cfg.status == "optimal" and cfg.cost["avg_bits"] <= 4.0 + 1e-9
+    assert cfg.rounding == "gptq" and cfg.bias_correction
+    measured = cfg.extra["measured"]
+    assert measured["metrics"]["accuracy"] >= measured["fp32_metrics"]["accuracy"] - 0.02
+    assert measured["size_bytes"] < measured["fp32_size_bytes"]
+    assert cfg.extra["uniform_baseline"]["bits"] == 4
+    repro = cfg.extra["reproducibility"]
+    assert repro["seed"] == 0 and len(repro["model_sha256"]) == 16
+
+
+def test_same_seed_same_bytes_and_cache_reuse(first, data_dir):
+    assert len(list((data_dir / "sensitivity").glob("*.json"))) == 1
+    again = solve(need("digits-cnn"), ["4bits"], estimator_options=OPTS, latency=False)
+    assert again.timings_s["sensitivity_s"] < first.timings_s["sensitivity_s"]
+    assert first.config.to_json() == again.config.to_json()
+
+
+def test_corrupt_cache_is_rebuilt_with_warning(first, data_dir):
+    path = next((data_dir / "sensitivity").glob("*.json"))
+    path.write_text("not json")
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = solve(need("digits-cnn"), ["4bits"], estimator_options=OPTS, measure=False)
+    assert again.config.bits == first.config.bits
+    json.loads(path.read_text())  # rewritten whole
+
+
+def test_infeasible_budget_reports_minimum(first):
+    result = solve(need("digits-cnn"), ["1.5bits"], estimator_options=OPTS)
+    assert result.config.status == "infeasible"
+    assert result.config.extra["infeasible_budgets"] == {"1.5bits": "2bits"}
+
+
+def test_errors():
+    with pytest.raises(UnknownComponentError, match="unknown model"):
+        solve("resnet-9000", ["4bits"])
+    with pytest.raises(InvalidSpecError, match="budget"):
+        solve("digits-cnn", ["4 bytes please"])
+
+
+def test_cli_exit_codes_and_json(first, capsys, tmp_path):
+    out = tmp_path / "cfg.json"
+    code = main(["solve", "--model", "digits-cnn", "--budget", "6bits", "--bits", "4,8",
+                 "--rounding", "rtn", "--json", "--out", str(out)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["format"] == "allocator.bitconfig/1"
+    assert set(report["config"]["bits"].values()) <= {4, 8}
+    assert BitConfig.from_json(out.read_text()).bits == report["config"]["bits"]
+    assert main(["solve", "--model", "digits-cnn", "--budget", "1bits", "--rounding", "rtn"]) == 3
+    assert "at least 2bits" in capsys.readouterr().err
+    assert main(["solve", "--model", "digits-cnn", "--budget", "4bats"]) == 2
+    assert main(["solve", "--model", "nope", "--budget", "4bits"]) == 2
+    qdir = tmp_path / "q"
+    assert main(["apply", "--model", "digits-cnn", "--config", str(out), "--out", str(qdir)]) == 0
+    assert (qdir / "model.safetensors").is_file()
