@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-engine lint clean
+.PHONY: demo test test-all bench-engine lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/allocator demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/allocator solve --model digits-cnn --budget 4bits
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not gpu" -q
 
 bench-engine: $(STAMP)
 	$(PY) benchmarks/engine.py --quick

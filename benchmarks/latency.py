@@ -88,6 +88,7 @@ def main() -> int:
         print(msg, file=sys.stderr, flush=True)
 
     out: dict = {"torch_version": torch.__version__, "threads": args.threads,
+                 "loadavg_before": os.getloadavg(),
                  "device": hwprofiles.DeviceFingerprint.current().to_dict(), "models": {}}
     for name in args.models.split(","):
         res = run_model(name, bits, args.repeats, log)
@@ -96,6 +97,7 @@ def main() -> int:
         out[f"{key}_pred_vs_measured_rel_err"] = res["pred_vs_measured_rel_err"]
         out[f"{key}_additive_rel_err"] = res["additive_rel_err"]
         out[f"{key}_profile_seconds"] = res["profile_seconds"]
+    out["loadavg_after"] = os.getloadavg()  # other work on the machine skews every time
     print(json.dumps(out))
     return 0
 

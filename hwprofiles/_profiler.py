@@ -284,9 +284,11 @@ def measure_overhead(model: nn.Module, layers: Sequence[LayerSpec], example_inpu
                              repeats=repeats, warmup=2).p50_us
     layer_sum = sum(table.lookup(x, FP32).latency_us for x in layers)
     native = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=False)
-    cl = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=True)
-    if [n for n, _ in native] != [n for n, _ in cl]:  # data-dependent control flow
-        cl = native
+    cl = native  # without convs the layout never changes
+    if any(x.kind == "conv2d" for x in layers):
+        cl = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=True)
+        if [n for n, _ in native] != [n for n, _ in cl]:  # data-dependent control flow
+            cl = native
     gaps = tuple(Gap(name, us, cl_us) for (name, us), (_, cl_us) in zip(native, cl, strict=True))
     return max(0.0, whole - layer_sum), gaps
 
