@@ -15,7 +15,6 @@ import json
 import math
 import sys
 import time
-
 from pathlib import Path
 
 # This file is named like the `engine` package; keep its folder off the import path.

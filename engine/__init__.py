@@ -47,6 +47,7 @@ from engine._layers import (  # noqa: E402
 )
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear  # noqa: E402
 from engine._packing import pack_codes, packed_nbytes, unpack_codes  # noqa: E402
+from engine._paths import atomic_write_bytes, content_hash, data_dir  # noqa: E402
 from engine._quantizer import (  # noqa: E402
     QuantizedWeight,
     QuantScheme,
@@ -57,7 +58,6 @@ from engine._quantizer import (  # noqa: E402
     quantize_codes,
     sqnr_db,
 )
-from engine._paths import atomic_write_bytes, content_hash, data_dir  # noqa: E402
 from engine._registry import Registry  # noqa: E402
 from engine._timing import Timing, time_call  # noqa: E402
 from engine._types import (  # noqa: E402

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine._errors import InvalidSpecError, UnknownLayerError
-from engine._gptq import bias_correction, group_qparams, gptq
+from engine._gptq import bias_correction, gptq, group_qparams
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
 from engine._quantizer import QuantScheme, quantize

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
-from engine import InvalidSpecError
 from allocator.solvers._base import BaseSolver, feasible
+from engine import InvalidSpecError
 
 BRUTE_MAX_COMBINATIONS = 2_000_000
 DP_MAX_STATES = 5_000_000
