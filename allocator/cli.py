@@ -499,6 +499,16 @@ def sensitivity(
     Console().print(view)
 
 
+def _register_profile_commands() -> None:
+    from allocator.cli_profile import profile_command, profiles_command
+
+    app.command("profile")(profile_command)
+    app.command("profiles")(profiles_command)
+
+
+_register_profile_commands()
+
+
 def _exit_code(err: AllocatorError) -> int:
     if isinstance(err, InvalidSpecError | UnknownComponentError | CLIUsageError):
         return EXIT_BAD_INPUT

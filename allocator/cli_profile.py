@@ -124,7 +124,7 @@ def _print_table(table: Any, summary: dict) -> None:
     view = Table(title=f"{summary['model']} at batch {table.batch} on "
                        f"{table.device.cpu_model} ({table.device.torch_threads} threads): "
                        "p50 per call")
-    view.add_column("shape")
+    view.add_column("shape", overflow="fold")
     view.add_column("layers", justify="right")
     for k in keys:
         view.add_column(k if k == "fp32" else f"int{k}", justify="right")
@@ -159,12 +159,15 @@ def profiles_command(
 
     view = Table(title=f"latency profiles in {profiles_dir()}")
     view.add_column("name", no_wrap=True)
-    for col in ("model", "batch", "entries", "device", "created"):
-        view.add_column(col, justify="right" if col in ("batch", "entries") else "left")
+    view.add_column("model", no_wrap=True)
+    for col in ("batch", "entries"):
+        view.add_column(col, justify="right")
+    view.add_column("device")
+    view.add_column("created", no_wrap=True)
     for p in infos:
         if p.error:
             view.add_row(p.name, "-", "-", "-", f"[red]invalid: {p.error}[/red]", "-")
         else:
             view.add_row(p.name, p.model or "-", str(p.batch), str(p.entries), p.device,
-                         p.created)
+                         p.created[:10])
     Console().print(view)

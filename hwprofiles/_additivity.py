@@ -4,14 +4,16 @@ The plain additive model predicts a quantized model's time as the sum of its lay
 times (quantized layers at their bits, the others at FP32) plus the model's non-layer time,
 measured once as whole FP32 time minus the sum of FP32 layer times.
 
-What we found (2 cores, torch 2.13, sharing the machine): on MiniLM (linears only) the
-plain sum holds to about 10%. On the digits CNN it was off by 2.6x for all-int8 (predicted
-16.5 ms, measured 4.5 ms): the non-layer time is not a constant. fbgemm's static int8 conv
-works in channels-last and hands its output on in that layout; every later op then runs on
-channels-last tensors, and `max_pool2d` on 256x64x8x8 takes 0.48 ms channels-last against
-6.1 ms contiguous. The following convs also change cost: they no longer convert their input
-(an int8 conv on a contiguous input pays the conversion, 2.6 ms vs 1.9 ms here), and a
-float conv on a channels-last input runs channels-last too (and keeps that layout).
+What we found (2 threads, torch 2.13, Xeon with AVX-512 VNNI and AMX; `benchmarks/
+latency.py`): on MiniLM (linears only, 32 x 128 tokens) the plain sum holds to within
+about 10% for uniform 8, uniform 4 and mixed 4/8. On the digits CNN (batch 256) it was off
+by +71..95% for all-int8 and +33..55% for mixed 4/8, while all-4-bit (no int8 conv) was
+within 1%: the non-layer time is not a constant. fbgemm's static int8 conv works in
+channels-last and hands its output on in that layout; every later op then runs on
+channels-last tensors, and `max_pool2d` on 256x64x8x8 took 0.48 ms channels-last against
+6.1 ms contiguous (one thread). Later convs change cost too: an int8 conv on a contiguous
+input pays the conversion (2.6 ms vs 1.9 ms for conv2, one thread), and a float conv on a
+channels-last input runs channels-last (and keeps that layout).
 
 So the prediction follows the layout through the calls in execution order: the state turns
 channels-last after a conv that ran an int8 kernel and stays so through later convs (a
@@ -19,25 +21,32 @@ float conv on a channels-last input returns channels-last); a linear's output is
 matrix again. Each conv is charged its table time for the input layout it gets (the
 profiler times convs on both layouts: `TableEntry.transition`), and each non-layer gap
 after a call its time in the layout left behind (`LatencyTable.gaps`: the profiler times
-the float model's gaps as it runs and with each conv output made channels-last). The
-layout correction is the sum of those differences. It treats the forward pass as a chain;
-a branch that joins tensors of two layouts (a residual add) is charged as the later call
-left it.
+the float model's gaps from forward hooks, as it runs and with each conv output made
+channels-last). The layout correction is the sum of those differences; with it the digits
+CNN came within 0..7%. It treats the forward pass as a chain; a branch that joins tensors
+of two layouts (a residual add) is charged as the later call left it.
+
+Timing on a shared machine: other processes on the same cores inflate 2-thread times
+several-fold and unevenly (one run under a load average of 4 read +100..+1200%), so the
+check times the float and the quantized models in turn, call by call; the table's layer
+times, taken earlier, still need a quiet machine to mean anything.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 import engine
 from engine import BitConfig, InvalidSpecError, LayerSpec
-from hwprofiles._profiler import DEFAULT_REPEATS, measure_overhead
+from hwprofiles._profiler import DEFAULT_REPEATS, measure_gaps
 from hwprofiles._table import FP32, Gap, LatencyTable
 
 # Kernels that leave a conv's output channels-last.
@@ -187,10 +196,12 @@ def additivity(
 ) -> list[AdditivityRow]:
     """Checks the table's whole-model predictions against measured quantized models.
 
-    The model's non-layer time (and its split by call) is measured once here, on the float
-    model; each config is then quantized with the engine (`spec.quantize(config)` for a
-    zoo `ModelSpec`, `engine.apply` with `calibration` for a plain module) and timed on
-    the same batch.
+    Each config is quantized with the engine (`spec.quantize(config)` for a zoo
+    `ModelSpec`, `engine.apply` with `calibration` for a plain module). The float model and
+    the quantized ones are then timed on the same batch, one call each in turn, so load
+    that comes and goes on the machine hits them alike. The model's non-layer time is
+    measured once: the float model's time minus the table's FP32 layer times (and its split
+    by call for the layout correction).
 
     Args:
         spec_or_model: A zoo `ModelSpec`, or a float `nn.Module` (then `inputs` is needed).
@@ -199,7 +210,7 @@ def additivity(
         inputs: Batch to time (default: the spec's latency batch).
         layers: The model's layers on `inputs` (default: discovered on them).
         calibration: Calibration batches for a plain module (default: `[inputs]`).
-        repeats: Timed calls per whole-model measurement.
+        repeats: Timed calls per model.
     """
     if not isinstance(configs, Mapping):
         configs = {f"config{i}": c for i, c in enumerate(configs)}
@@ -215,23 +226,38 @@ def additivity(
     if layers is None:
         layers = engine.discover_layers(model, inputs, skip=skip)
     active = [x for x in layers if x.calls > 0]
-    overhead, gaps = measure_overhead(model, active, inputs, table, repeats=repeats)
-    rows = []
+    gaps = measure_gaps(model, active, inputs, repeats=repeats)
+    qmodels = {}
     for label, config in configs.items():
-        pred = predict_latency(table, layers, config, overhead_us=overhead, gaps=gaps)
         if spec is not None:
-            qmodel = spec.quantize(config)
+            qmodels[label] = spec.quantize(config)
         else:
-            qmodel = engine.apply(model, config, calibration=calibration or [inputs])
-        timing = engine.time_call(lambda _i, m=qmodel: engine.call_model(m, inputs),
-                                  repeats=repeats, warmup=2)
+            qmodels[label] = engine.apply(model, config, calibration=calibration or [inputs])
+    samples = _interleaved_us([model, *qmodels.values()], inputs, repeats=repeats)
+    fp32_us = statistics.median(samples[0])
+    overhead = max(0.0, fp32_us - sum(table.lookup(x, FP32).latency_us for x in active))
+    rows = []
+    for (label, config), qmodel, times in zip(configs.items(), qmodels.values(), samples[1:],
+                                              strict=True):
+        pred = predict_latency(table, layers, config, overhead_us=overhead, gaps=gaps)
         used = {x.name: FP32 for x in active}
         used |= {n: r["last_kernel"] for n, r in engine.kernel_report(qmodel).items()}
-        measured_kernels = dict(Counter(used.values()))
         rows.append(AdditivityRow(label, pred.latency_us, pred.additive_us,
-                                  statistics.median(timing.samples_us),
-                                  pred.layout_correction_us, overhead, pred.kernels,
-                                  measured_kernels,
+                                  statistics.median(times), pred.layout_correction_us,
+                                  overhead, pred.kernels, dict(Counter(used.values())),
                                   len(pred.interpolated)))
     return rows
 
+
+@torch.inference_mode()
+def _interleaved_us(models: Sequence[nn.Module], inputs: Any, *, repeats: int,
+                    warmup: int = 2) -> list[list[float]]:
+    """Per model, `repeats` call times in microseconds, the models called in turn."""
+    out: list[list[float]] = [[] for _ in models]
+    for i in range(warmup + repeats):
+        for times, m in zip(out, models, strict=True):
+            t0 = time.perf_counter()
+            engine.call_model(m, inputs)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e6)
+    return out

@@ -276,21 +276,27 @@ def measure_overhead(model: nn.Module, layers: Sequence[LayerSpec], example_inpu
 
     Returns:
         (overhead_us, gaps): whole FP32 model time minus the sum of its FP32 layer times
-        from `table` (clamped at 0), and per layer call the time until the next layer call
-        starts, with activations as the float model lays them out and with every conv
-        output made channels-last (the layout an int8 conv leaves behind).
+        from `table` (clamped at 0), and `measure_gaps`.
     """
     whole = engine.time_call(lambda _i: engine.call_model(model, example_inputs),
                              repeats=repeats, warmup=2).p50_us
     layer_sum = sum(table.lookup(x, FP32).latency_us for x in layers)
+    return max(0.0, whole - layer_sum), measure_gaps(model, layers, example_inputs,
+                                                     repeats=repeats)
+
+
+def measure_gaps(model: nn.Module, layers: Sequence[LayerSpec], example_inputs: Any, *,
+                 repeats: int = DEFAULT_REPEATS) -> tuple[Gap, ...]:
+    """Per layer call, the time until the next layer call starts, with activations as the
+    float model lays them out and with every conv output made channels-last (the layout
+    an int8 conv leaves behind)."""
     native = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=False)
     cl = native  # without convs the layout never changes
     if any(x.kind == "conv2d" for x in layers):
         cl = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=True)
         if [n for n, _ in native] != [n for n, _ in cl]:  # data-dependent control flow
             cl = native
-    gaps = tuple(Gap(name, us, cl_us) for (name, us), (_, cl_us) in zip(native, cl, strict=True))
-    return max(0.0, whole - layer_sum), gaps
+    return tuple(Gap(name, us, cl_us) for (name, us), (_, cl_us) in zip(native, cl, strict=True))
 
 
 @torch.inference_mode()
