@@ -91,6 +91,7 @@ def solve(
     group_size: int | None = 128,
     measure: bool = True,
     latency: bool = True,
+    weight_only: bool = False,
     time_limit_s: float = 60.0,
     solver_options: dict[str, Any] | None = None,
     estimator_options: dict[str, Any] | None = None,
@@ -109,6 +110,7 @@ def solve(
         rounding: "gptq" (calibrated: GPTQ + bias correction + clipping search) or "rtn".
         group_size: Scale group size below 8 bits (None: per channel).
         measure: Apply the result on the engine and measure it (and the best uniform).
+        weight_only: Keep activations float (no W8A8 kernels for 8-bit layers).
         latency: Also time the quantized models against FP32 (reported, not in the config).
 
     Returns:
@@ -156,7 +158,8 @@ def solve(
     extra: dict[str, Any] = {"reproducibility": repro}
     if solution.diagnosis:
         extra["infeasible_budgets"] = solution.diagnosis
-    config = BitConfig(bits=solution.bits, activation_bits=8, group_size=group_size,
+    act_bits = None if weight_only else 8
+    config = BitConfig(bits=solution.bits, activation_bits=act_bits, group_size=group_size,
                        rounding=rounding, bias_correction=calibrated, clip_search=calibrated,
                        model=spec.name, solver=solver, status=solution.status,
                        objective=solution.objective, budgets=tuple(b.text for b in parsed),
@@ -174,7 +177,7 @@ def solve(
     uniform_sol = get_solver("uniform").solve(problem, parsed)
     uniform = {}
     if uniform_sol.status != "infeasible":
-        ucfg = BitConfig(bits=uniform_sol.bits, activation_bits=8, group_size=group_size,
+        ucfg = BitConfig(bits=uniform_sol.bits, activation_bits=act_bits, group_size=group_size,
                          rounding=rounding, bias_correction=calibrated, clip_search=calibrated)
         udet, utiming = _measure(spec, ucfg, fp32_latency)
         uniform = {"bits": uniform_sol.extra.get("uniform_bits"), "objective": uniform_sol.objective,

@@ -216,6 +216,7 @@ def solve(
     time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")] = 60.0,
     estimator: Annotated[str, typer.Option(help="With --model: hutchinson or measured.")] = "hutchinson",
     rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
+    weight_only: Annotated[bool, typer.Option(help="With --model: keep activations float.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     out: Annotated[str | None, typer.Option(help="Write the BitConfig JSON here.")] = None,
 ) -> None:
@@ -229,7 +230,7 @@ def solve(
     budgets = parse_budgets(budget)
     if model is not None:
         _solve_model(model, budget, solver, bits, seed, time_limit, estimator, rounding,
-                     as_json, out)
+                     as_json, out, weight_only)
         return
     prob = Problem.load(problem)
     candidate = _parse_bit_list(bits)
@@ -250,7 +251,7 @@ def solve(
 
 
 def _solve_model(model, budget, solver, bits, seed, time_limit, estimator, rounding, as_json,
-                 out) -> None:
+                 out, weight_only=False) -> None:
     from allocator._pipeline import DEFAULT_BITS
     from allocator._pipeline import solve as run_pipeline
 
@@ -259,6 +260,7 @@ def _solve_model(model, budget, solver, bits, seed, time_limit, estimator, round
     with console.status(f"{model}: sensitivity, solve, apply, measure..."):
         result = run_pipeline(model, budget, solver=solver, bits=candidate, seed=seed,
                               estimator=estimator, rounding=rounding, time_limit_s=time_limit,
+                              weight_only=weight_only,
                               progress=not as_json, log=lambda m: console.log(m))
     config = result.config
     if out is not None:
