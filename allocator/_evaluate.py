@@ -58,10 +58,7 @@ def evaluate_config(spec, config: BitConfig, *, repeats: int = 10) -> Evaluation
     metrics, seconds = spec.timed_evaluate(qmodel)
     fp32_us = spec.measure_latency_us(fp32, repeats=repeats)
     q_us = spec.measure_latency_us(qmodel, repeats=repeats)
-    kernels: dict[str, int] = {}
-    for rec in engine.kernel_report(qmodel).values():
-        for path, calls in rec["kernel_calls"].items():
-            kernels[path] = kernels.get(path, 0) + calls
+    kernels = engine.kernel_counts(qmodel)
     return Evaluation(spec.name, config, metrics, fp32_metrics, spec.primary_metric,
                       engine.model_size_bytes(qmodel), engine.model_size_bytes(fp32), q_us,
                       fp32_us, seconds, fp32_seconds,

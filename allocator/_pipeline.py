@@ -9,6 +9,7 @@ to the report, not into the config), so the same seed writes the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 import time
@@ -62,11 +63,7 @@ def _measure(spec, config: BitConfig, fp32_latency_us: float | None) -> tuple[di
     if fp32_latency_us is not None:
         lat = spec.measure_latency_us(qmodel)
         timing = {"latency_us": lat, "speedup_vs_fp32": fp32_latency_us / lat}
-    kernels: dict[str, int] = {}
-    for rec in engine.kernel_report(qmodel).values():
-        for path, calls in rec["kernel_calls"].items():
-            kernels[path] = kernels.get(path, 0) + calls
-    det["kernels"] = sorted(kernels)
+    det["kernels"] = sorted(engine.kernel_counts(qmodel))
     return det, timing
 
 
@@ -184,17 +181,12 @@ def solve(
                    "cost": uniform_sol.cost, **udet}
         timing["uniform"] = utiming
     extra = dict(config.extra) | {"measured": det, "uniform_baseline": uniform}
-    result.config = BitConfig(**{**_fields(config), "extra": extra})
+    result.config = dataclasses.replace(config, extra=extra)
     result.measured = det | timing | ({"fp32_latency_us": fp32_latency} if fp32_latency else {})
     result.uniform = uniform
     timings["measure_s"] = time.perf_counter() - t0
     return result
 
-
-def _fields(config: BitConfig) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
 def _versions() -> dict[str, str]:

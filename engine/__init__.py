@@ -14,6 +14,7 @@ configure_allocator()
 from engine._apply import (  # noqa: E402
     apply,
     calibrate,
+    kernel_counts,
     kernel_report,
     load_quantized,
     model_size_bytes,
@@ -77,7 +78,7 @@ __all__ = [
     "MissingDependencyError", "QuantConv2d", "QuantLinear", "QuantScheme", "QuantizedLayer",
     "QuantizedWeight", "Registry", "atomic_write_bytes", "content_hash", "data_dir", "StoreError", "Timing", "time_call", "UnknownComponentError", "UnknownLayerError",
     "UnsupportedBitWidthError", "apply", "calibrate", "call_model", "compute_qparams",
-    "dequantize_codes", "discover_layers", "kernel_report", "load_quantized", "mean_bits",
+    "dequantize_codes", "discover_layers", "kernel_counts", "kernel_report", "load_quantized", "mean_bits",
     "model_size_bytes", "pack_codes", "packed_weight_bytes", "smoothing_factors", "packed_nbytes", "quantizable_modules", "quantize",
     "quantize_codes", "quantized_layers", "read_config", "save_quantized", "scheme_for",
     "sqnr_db", "total_params", "unpack_codes",

@@ -270,6 +270,15 @@ def kernel_report(model: nn.Module) -> dict[str, dict[str, Any]]:
     }
 
 
+def kernel_counts(model: nn.Module) -> dict[str, int]:
+    """Kernel path -> calls, summed over the model's quantized layers."""
+    counts: dict[str, int] = {}
+    for layer in quantized_layers(model).values():
+        for path, calls in layer.kernel_calls.items():
+            counts[path] = counts.get(path, 0) + calls
+    return counts
+
+
 def model_size_bytes(model: nn.Module) -> int:
     """Real bytes of every parameter and buffer (packed weights counted as stored)."""
     seen: set[int] = set()

@@ -14,7 +14,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -177,6 +177,3 @@ def exact_traces(loss_fn, params: list[torch.Tensor]) -> list[float]:
         out.append(float(torch.diagonal(h).sum().detach()))
     return out
 
-
-def config_dict(config: Any) -> dict[str, Any]:
-    return asdict(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -163,6 +163,3 @@ def solve(problem: Problem, budgets: Sequence[Budget], solver: str = "ilp", *, s
     return get_solver(solver, **options).solve(problem, budgets, seed=seed,
                                                time_limit_s=time_limit_s)
 
-
-def objective_table(units: list[Unit]) -> list[Mapping[int, float]]:
-    return [u.omega for u in units]

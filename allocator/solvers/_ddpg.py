@@ -19,73 +19,11 @@ from typing import Any
 import numpy as np
 
 from allocator._problem import Unit
-from allocator.solvers._base import BaseSolver, feasible
+from allocator.solvers._base import BaseSolver
+from allocator.solvers._repair import repair
 from engine import InvalidSpecError, MissingDependencyError
 
 N_FEATURES = 9
-
-
-def _totals(units: list[Unit], rhs, picks: list[int]) -> list[float]:
-    return [sum(u.costs[b.kind][c] for u, c in zip(units, picks, strict=True)) / max(lim, 1e-12)
-            for b, lim in rhs]
-
-
-def _delta(u: Unit, rhs, old: int, new: int) -> list[float]:
-    return [(u.costs[b.kind][new] - u.costs[b.kind][old]) / max(lim, 1e-12) for b, lim in rhs]
-
-
-_TOL = 1e-6
-
-
-def repair(units: list[Unit], rhs, picks: list[int]) -> list[int] | None:
-    """Meets the budgets, then spends what is left of them.
-
-    First lowers bits, the layer losing the least Ω per unit of over-spent budget saved
-    first, until every budget holds; then raises bits, the most Ω saved per unit of budget
-    used first, while every budget still holds. Budget totals are kept incrementally
-    (normalized to 1 = the limit).
-    """
-    picks = list(picks)
-    totals = _totals(units, rhs, picks)
-    while any(t > 1 + _TOL for t in totals):
-        best, best_score = None, math.inf
-        for i, u in enumerate(units):
-            lower = [c for c in u.choices if c < picks[i]]
-            if not lower:
-                continue
-            nxt = max(lower)
-            d = _delta(u, rhs, picks[i], nxt)
-            saved = -sum(di for di, t in zip(d, totals, strict=True) if t > 1 + _TOL)
-            if saved > 0:
-                score = (u.omega[nxt] - u.omega[picks[i]]) / saved
-                if score < best_score:
-                    best, best_score = (i, nxt, d), score
-        if best is None:
-            return None
-        i, nxt, d = best
-        picks[i] = nxt
-        totals = [t + di for t, di in zip(totals, d, strict=True)]
-    while True:
-        best, best_score = None, 0.0
-        for i, u in enumerate(units):
-            higher = [c for c in u.choices if c > picks[i]]
-            if not higher:
-                continue
-            nxt = min(higher)
-            gain = u.omega[picks[i]] - u.omega[nxt]
-            if gain <= 0:
-                continue
-            d = _delta(u, rhs, picks[i], nxt)
-            if any(t + di > 1 + _TOL for t, di in zip(totals, d, strict=True)):
-                continue
-            score = gain / max(sum(d), 1e-12)
-            if score > best_score:
-                best, best_score = (i, nxt, d), score
-        if best is None:
-            return picks if feasible(units, rhs, picks) else None
-        i, nxt, d = best
-        picks[i] = nxt
-        totals = [t + di for t, di in zip(totals, d, strict=True)]
 
 
 class _AllocationEnv:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from allocator.solvers._base import BaseSolver, feasible
+from allocator.solvers._repair import lower_until_feasible
 
 
 class GreedySolver(BaseSolver):
@@ -12,31 +13,8 @@ class GreedySolver(BaseSolver):
     name = "greedy"
 
     def solve_units(self, units, rhs, *, seed, time_limit_s):
-        picks = [max(u.choices) for u in units]
-
-        def excess(p: list[int]) -> list[float]:
-            return [sum(u.costs[b.kind][c] for u, c in zip(units, p, strict=True)) / max(lim, 1e-12)
-                    - 1.0 for b, lim in rhs]
-
-        while not feasible(units, rhs, picks):
-            over = excess(picks)
-            best, best_score = None, float("inf")
-            for i, u in enumerate(units):
-                lower = [c for c in u.choices if c < picks[i]]
-                if not lower:
-                    continue
-                nxt = max(lower)
-                saved = sum((u.costs[b.kind][picks[i]] - u.costs[b.kind][nxt]) / max(lim, 1e-12)
-                            for (b, lim), o in zip(rhs, over, strict=True) if o > 0)
-                if saved <= 0:
-                    continue
-                score = (u.omega[nxt] - u.omega[picks[i]]) / saved
-                if score < best_score:
-                    best, best_score = (i, nxt), score
-            if best is None:
-                return None, "infeasible", {}
-            picks[best[0]] = best[1]
-        return picks, "feasible", {}
+        picks = lower_until_feasible(units, rhs, [max(u.choices) for u in units])
+        return (None, "infeasible", {}) if picks is None else (picks, "feasible", {})
 
 
 class UniformSolver(BaseSolver):
