@@ -1,0 +1,49 @@
+// Entry point: token field, error banner and routing between the job list and a job page.
+
+import { getToken, setToken } from "./api.js";
+import { renderJobList } from "./jobs.js";
+import { renderJobPage } from "./job.js";
+import { el, hideBanner, showBanner } from "./ui.js";
+
+function renderTokenState() {
+  const token = getToken();
+  document.getElementById("token-input").value = token;
+  document.getElementById("token-state").textContent = token ? "writes enabled" : "read-only";
+  document.body.classList.toggle("read-only", !token);
+}
+
+function setupChrome() {
+  document.getElementById("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setToken(document.getElementById("token-input").value.trim());
+    renderTokenState();
+  });
+  document.getElementById("banner-close").addEventListener("click", hideBanner);
+  renderTokenState();
+}
+
+async function route() {
+  const root = document.getElementById("app");
+  root.replaceChildren();
+  const match = window.location.pathname.match(/^\/ui\/jobs\/([^/]+)\/?$/);
+  try {
+    if (match) {
+      const params = new URLSearchParams(window.location.search);
+      await renderJobPage(root, decodeURIComponent(match[1]), params.get("compare"));
+    } else {
+      await renderJobList(root);
+    }
+  } catch (err) {
+    // Whatever failed, the user sees why instead of a blank page.
+    root.append(el("p", { class: "error" }, `The page could not be shown: ${err.message}`));
+    showBanner(err.message);
+  }
+}
+
+window.addEventListener("error", (event) => showBanner(`Script error: ${event.message}`));
+window.addEventListener("unhandledrejection", (event) => {
+  showBanner(`Error: ${event.reason?.message ?? event.reason}`);
+});
+
+setupChrome();
+route();
