@@ -1,0 +1,122 @@
+"""Errors at the HTTP edge: the project's exceptions and FastAPI's validation errors become
+one JSON shape, `{"detail", "field", "value"}`; nothing a client sends yields a 500."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine import (
+    AllocatorError,
+    DuplicateJobError,
+    FinishedJobError,
+    InvalidSpecError,
+    JobNotFoundError,
+    MissingDependencyError,
+    StoreError,
+    UnknownComponentError,
+)
+
+log = logging.getLogger("allocator.api")
+
+
+class ApiError(Exception):
+    """An HTTP error with the field and value it is about.
+
+    Args:
+        status_code: The HTTP status.
+        detail: One line naming the field and the bad value.
+        field: Dotted path of the field (`body.budgets.0`), or None.
+        value: The bad value (JSON-safe), or None.
+    """
+
+    def __init__(self, status_code: int, detail: str, field: str | None = None,
+                 value: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status_code, self.detail, self.field, self.value = status_code, detail, field, value
+        self.headers = headers
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)[:500]
+
+
+def error_response(status_code: int, detail: str, field: str | None = None, value: Any = None,
+                   headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"detail": detail, "field": field, "value": _json_safe(value), **extra}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+_STATUS: tuple[tuple[type[AllocatorError], int], ...] = (
+    (JobNotFoundError, 404),
+    (DuplicateJobError, 409),
+    (FinishedJobError, 409),
+    (InvalidSpecError, 422),
+    (UnknownComponentError, 422),
+    (MissingDependencyError, 501),
+    (StoreError, 503),
+)
+
+
+def status_of(err: AllocatorError) -> int:
+    """The HTTP status of a project error (409 for a job in the wrong state)."""
+    from api._store import NotSucceededError
+
+    if isinstance(err, NotSucceededError):
+        return 409
+    for cls, code in _STATUS:
+        if isinstance(err, cls):
+            return code
+    return 500
+
+
+def _loc(loc: tuple | list) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def install(app: FastAPI) -> None:
+    """Registers the handlers that give every error the JSON shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.detail, exc.field, exc.value, exc.headers)
+
+    @app.exception_handler(AllocatorError)
+    async def _allocator_error(_request: Request, exc: AllocatorError) -> JSONResponse:
+        code = status_of(exc)
+        if code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc)
+        field = getattr(exc, "field", None)
+        return error_response(code, str(exc), field, getattr(exc, "value", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+                   "type": e.get("type", ""), "input": _json_safe(e.get("input"))}
+                  for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request", "input": None}
+        field = _loc(first["loc"]) or None
+        value = first["input"]
+        shown = json.dumps(value)[:120] if value is not None else "missing"
+        detail = f"`{field}`: {first['msg']} (got {shown})" if field else first["msg"]
+        return error_response(422, detail, field, value, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), None, None,
+                              getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_response(500, f"internal error: {type(exc).__name__}")

@@ -1,0 +1,255 @@
+"""HTTP routes: jobs, synchronous solves, catalogs, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from api import _validate as check
+from api._auth import require_read, require_write
+from api._errors import ApiError
+from api._schemas import (
+    DEFAULT_BITS,
+    BudgetsPublic,
+    BudgetsValidate,
+    ErrorPublic,
+    HealthPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    ModelsPublic,
+    ResolveCreate,
+    SolveCreate,
+    SolversPublic,
+    Stage,
+    Status,
+)
+from api._service import Service
+from engine import AllocatorError
+
+log = logging.getLogger("allocator.api")
+
+JobId = Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="32 hex digits",
+                            examples=["0123456789abcdef0123456789abcdef"])]
+_E = {"model": ErrorPublic}
+ERRORS = {401: _E, 404: _E, 409: _E, 413: _E, 422: _E, 503: _E}
+
+read = APIRouter(dependencies=[Depends(require_read)], responses=ERRORS)
+write = APIRouter(dependencies=[Depends(require_write)], responses=ERRORS)
+open_routes = APIRouter()
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(service)]
+
+
+def _json(data: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status_code)
+
+
+def _raw(*parts: str) -> Response:
+    return Response("".join(parts), media_type="application/json")
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def _submit(svc: Service, body: JobCreate) -> JSONResponse:
+    s = svc.settings
+    if (body.model is None) == (body.problem is None):
+        raise ApiError(422, "`body.model`: give exactly one of `model` (a registered model) and "
+                            "`problem` (an allocator.problem/1 document).", "body.model",
+                       body.model)
+    budgets = check.budgets(body.budgets, allow_latency=body.problem is not None)
+    solver = check.solver(body.solver)
+    bits = check.bits(body.bits)
+    spec: dict[str, Any] = {"budgets": [b.text for b in budgets], "solver": solver,
+                            "seed": body.seed, "measure": body.measure}
+    if body.model is not None:
+        check.model(body.model, svc.catalog)
+        spec |= {"estimator": check.estimator(body.estimator, svc.catalog),
+                 "bits": bits or list(DEFAULT_BITS)}
+        job = svc.store.create(kind="model", model=body.model, spec=spec)
+    else:
+        prob = check.problem(body.problem, max_layers=s.sync_max_layers * 10,
+                             candidate_bits=bits, budget_list=budgets)
+        spec |= {"estimator": None, "bits": list(prob.bits), "measure": False}
+        job = svc.store.create(kind="problem", model=None, spec=spec, problem=body.problem)
+    svc.submit(job.id)
+    return _json(job.public(), 202)
+
+
+@write.post("/jobs", status_code=202, response_model=JobPublic)
+def create_job(svc: ServiceDep, body: JobCreate) -> Any:
+    """Submit a job for a registered model or an allocator.problem/1 document."""
+    return _submit(svc, body)
+
+
+@write.post("/jobs/upload", status_code=202, response_model=JobPublic)
+def create_job_upload(
+    svc: ServiceDep,
+    file: Annotated[UploadFile, File(description="allocator.problem/1 JSON file")],
+    budgets: Annotated[list[str], Form(min_length=1, max_length=4)],
+    solver: Annotated[str, Form(min_length=1, max_length=32)] = "ilp",
+    seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+) -> Any:
+    """Submit a job for an uploaded allocator.problem/1 file (multipart form)."""
+    raw = file.file.read(svc.settings.max_upload_bytes + 1)
+    if len(raw) > svc.settings.max_upload_bytes:
+        raise ApiError(413, f"`file` is larger than {svc.settings.max_upload_bytes} bytes.",
+                       "body.file", len(raw))
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(422, f"`file` is not JSON: {e}", "body.file", file.filename) from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "`file` must hold an allocator.problem/1 object.", "body.file",
+                       file.filename)
+    body = JobCreate(problem=data, budgets=budgets, solver=solver, seed=seed, measure=False)
+    return _submit(svc, body)
+
+
+@read.get("/jobs", response_model=JobsPublic)
+def read_jobs(
+    svc: ServiceDep,
+    status: Status | None = None,
+    model: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> Any:
+    """List jobs, newest first, filtered by status and model."""
+    jobs, total = svc.store.list(status=status, model=model, limit=limit, offset=offset)
+    return _json({"items": [j.public() for j in jobs], "total": total, "limit": limit,
+                  "offset": offset})
+
+
+@read.get("/jobs/{job_id}", response_model=JobPublic)
+def read_job(svc: ServiceDep, job_id: JobId) -> Any:
+    """A job's status, stage, progress, timings and error."""
+    return _json(svc.store.get(job_id).public())
+
+
+@read.get("/jobs/{job_id}/result")
+def read_job_result(svc: ServiceDep, job_id: JobId) -> Any:
+    """The BitConfig, measurements, best uniform and problem of a succeeded job."""
+    return _json(svc.store.result(job_id))
+
+
+@read.get("/jobs/{job_id}/pareto")
+def read_job_pareto(svc: ServiceDep, job_id: JobId) -> Any:
+    """The Pareto front of a succeeded job (allocator.pareto/1 plus measurements)."""
+    return _json(svc.store.front(job_id))
+
+
+@write.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(svc: ServiceDep, job_id: JobId) -> Any:
+    """Cancel a queued or running job (409 when it already finished)."""
+    return _json(svc.store.cancel(job_id).public())
+
+
+def _solve(svc: Service, prob, budget_list, solver: str, seed: int) -> dict[str, Any]:
+    from allocator.solvers import get_solver
+
+    try:
+        solution = get_solver(solver).solve(prob, budget_list, seed=seed,
+                                            time_limit_s=svc.settings.sync_time_limit_s)
+    except AllocatorError as e:
+        raise ApiError(422, f"`body.solver`: {solver} cannot solve this problem: {e}",
+                       "body.solver", solver) from None
+    except Exception as e:  # noqa: BLE001  (a solver crash on client data is a 422, logged)
+        log.warning("solver %s failed: %r", solver, e)
+        raise ApiError(422, f"`body.problem`: solver {solver!r} failed on this problem: "
+                            f"{type(e).__name__}: {e}", "body.problem", None) from None
+    return solution.to_bitconfig(prob, budget_list).to_dict()
+
+
+@write.post("/jobs/{job_id}/solve")
+def resolve_job(svc: ServiceDep, job_id: JobId, body: ResolveCreate) -> Any:
+    """Re-solve a job's cached problem with other budgets or another solver (a direct
+    answer: the BitConfig, predicted only; no recomputation of sensitivities)."""
+    job = svc.store.get(job_id)
+    data = svc.store.problem(job_id)
+    if data is None:
+        raise ApiError(409, f"job {job_id!r} has no cached problem yet ({job.status}); "
+                            "re-solve once it has succeeded.", "path.job_id", job_id)
+    budget_list = check.budgets(body.budgets)
+    solver = check.solver(body.solver, in_api=True)
+    prob = check.problem(data, max_layers=10**9, field="job.problem",
+                         candidate_bits=check.bits(body.bits) or job.spec.get("bits"),
+                         budget_list=budget_list)
+    config = _solve(svc, prob, budget_list, solver, body.seed)
+    config["job_id"] = job_id
+    return _json(config)
+
+
+@write.post("/solve")
+def solve_problem(svc: ServiceDep, body: SolveCreate) -> Any:
+    """Solve an allocator.problem/1 document now (small problems; time-limited)."""
+    budget_list = check.budgets(body.budgets)
+    solver = check.solver(body.solver, in_api=True)
+    prob = check.problem(body.problem, max_layers=svc.settings.sync_max_layers,
+                         candidate_bits=check.bits(body.bits), budget_list=budget_list)
+    return _json(_solve(svc, prob, budget_list, solver, body.seed))
+
+
+@write.post("/budgets/validate", response_model=BudgetsPublic)
+def validate_budgets(body: BudgetsValidate) -> Any:
+    """Check budget texts against the budget grammar (the CLI's)."""
+    parsed = check.budgets(body.budgets)
+    return _json({"budgets": [{"text": b.text, "kind": b.kind, "value": b.value}
+                              for b in parsed]})
+
+
+# -- catalogs, health, metrics -------------------------------------------------------------
+
+
+@read.get("/models", response_model=ModelsPublic)
+def read_models(svc: ServiceDep) -> Any:
+    """Registered models and whether they are installed."""
+    return _json({"models": svc.catalog.get()["models"]})
+
+
+@read.get("/solvers", response_model=SolversPublic)
+def read_solvers() -> Any:
+    """Registered solvers and whether they are installed."""
+    from api._catalog import solvers
+
+    return _json({"solvers": solvers()})
+
+
+@read.get("/estimators")
+def read_estimators(svc: ServiceDep) -> Any:
+    """Registered sensitivity estimators."""
+    return _json({"estimators": svc.catalog.get()["estimators"]})
+
+
+@read.get("/hwprofiles")
+def read_hwprofiles(svc: ServiceDep) -> Any:
+    """Stored hardware latency profiles."""
+    return _json({"hwprofiles": svc.catalog.get()["hwprofiles"]})
+
+
+@open_routes.get("/health", response_model=HealthPublic, responses={503: _E})
+def read_health(svc: ServiceDep) -> Any:
+    """200 when the database answers."""
+    svc.store.ping()
+    return _json({"status": "ok", "database": "ok", "workers": svc.mode})
+
+
+@read.get("/metrics", response_class=Response)
+def read_metrics(request: Request) -> Any:
+    """Prometheus metrics: jobs by status, request latency."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["open_routes", "read", "write", "Stage"]

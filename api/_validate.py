@@ -1,0 +1,101 @@
+"""Checks of client input beyond its JSON shape: budget grammar, registered names,
+problem documents. Each failure is an `ApiError` (422) naming the field and the value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api._catalog import HEAVY_SOLVERS, Catalog
+from api._errors import ApiError
+from engine import AllocatorError, InvalidSpecError
+
+
+def budgets(texts: list[str], field: str = "body.budgets", *, allow_latency: bool = True) -> list:
+    """Parsed budgets; the error names the index of the bad text."""
+    from allocator._budget import parse_budget, parse_budgets
+
+    for i, text in enumerate(texts):
+        try:
+            b = parse_budget(text)
+        except InvalidSpecError as e:
+            raise ApiError(422, f"`{field}.{i}`: {e}", f"{field}.{i}", text) from None
+        if b.kind == "latency" and not allow_latency:
+            raise ApiError(422, f"`{field}.{i}`: latency budget {text!r} needs a hardware "
+                                "profile of this machine; model jobs take bits, size or BOPs "
+                                "budgets.", f"{field}.{i}", text)
+    try:
+        return parse_budgets(texts)
+    except InvalidSpecError as e:
+        raise ApiError(422, f"`{field}`: {e}", field, texts) from None
+
+
+def bits(values: list[int] | None, field: str = "body.bits") -> list[int] | None:
+    """Sorted unique candidate bit-widths, each 2..8."""
+    if values is None:
+        return None
+    for i, b in enumerate(values):
+        if not 2 <= b <= 8:
+            raise ApiError(422, f"`{field}.{i}` must be a bit-width 2..8, got {b}.",
+                           f"{field}.{i}", b)
+    return sorted(set(values))
+
+
+def solver(name: str, field: str = "body.solver", *, in_api: bool = False) -> str:
+    """A registered, installed solver (`in_api`: one that runs without torch)."""
+    from allocator.solvers import SOLVERS
+
+    if name not in SOLVERS:
+        raise ApiError(422, f"`{field}`: unknown solver {name!r}; choose one of: "
+                            f"{', '.join(SOLVERS.names())}.", field, name)
+    if not SOLVERS.entry(name).available():
+        raise ApiError(422, f"`{field}`: solver {name!r} is not installed on this service.",
+                       field, name)
+    if in_api and name in HEAVY_SOLVERS:
+        raise ApiError(422, f"`{field}`: solver {name!r} runs in jobs only (POST /jobs with "
+                            "the problem); synchronous solves take ilp, greedy, uniform, dp, "
+                            "brute.", field, name)
+    return name
+
+
+def model(name: str, catalog: Catalog, field: str = "body.model") -> str:
+    names = catalog.model_names()
+    if name not in names:
+        raise ApiError(422, f"`{field}`: unknown model {name!r}; choose one of: "
+                            f"{', '.join(names)}.", field, name)
+    if not names[name]:
+        raise ApiError(422, f"`{field}`: model {name!r} is not installed on this service.",
+                       field, name)
+    return name
+
+
+def estimator(name: str, catalog: Catalog, field: str = "body.estimator") -> str:
+    names = catalog.estimator_names()
+    if name not in names:
+        raise ApiError(422, f"`{field}`: unknown estimator {name!r}; choose one of: "
+                            f"{', '.join(names)}.", field, name)
+    return name
+
+
+def problem(data: Any, *, max_layers: int, field: str = "body.problem",
+            candidate_bits: list[int] | None = None, budget_list: list | None = None):
+    """An `allocator.problem/1` document as a `Problem`, checked against the budgets."""
+    from allocator._problem import Problem
+
+    if not isinstance(data, dict):
+        raise ApiError(422, f"`{field}` must be an allocator.problem/1 object.", field, None)
+    layers = data.get("layers")
+    if isinstance(layers, list) and len(layers) > max_layers:
+        raise ApiError(422, f"`{field}.layers` has {len(layers)} layers; this endpoint takes "
+                            f"at most {max_layers}.", f"{field}.layers", len(layers))
+    try:
+        prob = Problem.from_dict(data)
+        if candidate_bits is not None:
+            prob = prob.with_bits(candidate_bits)
+        if budget_list is not None:
+            prob.units(budget_list)
+    except AllocatorError as e:
+        raise ApiError(422, f"`{field}`: {e}", field, None) from None
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+        raise ApiError(422, f"`{field}` is malformed: {type(e).__name__}: {e}", field,
+                       None) from None
+    return prob
