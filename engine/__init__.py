@@ -2,29 +2,17 @@
 
 Turns a PyTorch model plus a per-layer `BitConfig` into a model that runs on integer
 kernels (int8 and int4 where the device has them; packed dequant otherwise).
+
+The vocabulary (errors, `BitConfig`, `LayerSpec`, registry, paths) imports without torch, so
+the job service's API process can use it; everything that runs tensors is imported on first
+use of its name.
 """
 
 from __future__ import annotations
 
-from engine._platform import configure_allocator, silence_torch_ao_deprecations
+import importlib
 
-silence_torch_ao_deprecations()
-configure_allocator()
-
-from engine._apply import (  # noqa: E402
-    apply,
-    calibrate,
-    kernel_counts,
-    kernel_report,
-    load_quantized,
-    model_size_bytes,
-    quantized_layers,
-    read_config,
-    save_quantized,
-    scheme_for,
-    smoothing_factors,
-)
-from engine._errors import (  # noqa: E402
+from engine._errors import (
     AllocatorError,
     CLIUsageError,
     DuplicateJobError,
@@ -38,48 +26,48 @@ from engine._errors import (  # noqa: E402
     UnknownLayerError,
     UnsupportedBitWidthError,
 )
-from engine._kernels import KernelPath  # noqa: E402
-from engine._layers import (  # noqa: E402
-    call_model,
-    discover_layers,
-    mean_bits,
-    quantizable_modules,
-    total_params,
-)
-from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear  # noqa: E402
-from engine._packing import pack_codes, packed_nbytes, unpack_codes  # noqa: E402
-from engine._paths import atomic_write_bytes, content_hash, data_dir  # noqa: E402
-from engine._quantizer import (  # noqa: E402
-    QuantizedWeight,
-    QuantScheme,
-    compute_qparams,
-    dequantize_codes,
-    packed_weight_bytes,
-    quantize,
-    quantize_codes,
-    sqnr_db,
-)
-from engine._registry import Registry  # noqa: E402
-from engine._timing import Timing, time_call  # noqa: E402
-from engine._types import (  # noqa: E402
-    BITCONFIG_FORMAT,
-    MAX_BITS,
-    MIN_BITS,
-    BitConfig,
-    LayerSpec,
-)
+from engine._paths import atomic_write_bytes, content_hash, data_dir
+from engine._registry import Registry
+from engine._types import BITCONFIG_FORMAT, MAX_BITS, MIN_BITS, BitConfig, LayerSpec
 
 ENGINE_VERSION = "1"
+
+_TORCH_NAMES: dict[str, tuple[str, ...]] = {
+    "engine._apply": (
+        "apply", "calibrate", "kernel_counts", "kernel_report", "load_quantized",
+        "model_size_bytes", "quantized_layers", "read_config", "save_quantized", "scheme_for",
+        "smoothing_factors",
+    ),
+    "engine._kernels": ("KernelPath",),
+    "engine._layers": (
+        "call_model", "discover_layers", "mean_bits", "quantizable_modules", "total_params",
+    ),
+    "engine._modules": ("QuantConv2d", "QuantizedLayer", "QuantLinear"),
+    "engine._packing": ("pack_codes", "packed_nbytes", "unpack_codes"),
+    "engine._quantizer": (
+        "QuantizedWeight", "QuantScheme", "compute_qparams", "dequantize_codes",
+        "packed_weight_bytes", "quantize", "quantize_codes", "sqnr_db",
+    ),
+    "engine._timing": ("Timing", "time_call"),
+}
+_LAZY = {name: module for module, names in _TORCH_NAMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    """Tensor-running parts of the engine, imported on first use (they set up the platform)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BITCONFIG_FORMAT", "ENGINE_VERSION", "MAX_BITS", "MIN_BITS",
     "AllocatorError", "BitConfig", "CLIUsageError", "DuplicateJobError", "FinishedJobError",
-    "InvalidSpecError", "JobNotFoundError", "KernelPath", "KernelUnavailableError", "LayerSpec",
-    "MissingDependencyError", "QuantConv2d", "QuantLinear", "QuantScheme", "QuantizedLayer",
-    "QuantizedWeight", "Registry", "atomic_write_bytes", "content_hash", "data_dir", "StoreError", "Timing", "time_call", "UnknownComponentError", "UnknownLayerError",
-    "UnsupportedBitWidthError", "apply", "calibrate", "call_model", "compute_qparams",
-    "dequantize_codes", "discover_layers", "kernel_counts", "kernel_report", "load_quantized", "mean_bits",
-    "model_size_bytes", "pack_codes", "packed_weight_bytes", "smoothing_factors", "packed_nbytes", "quantizable_modules", "quantize",
-    "quantize_codes", "quantized_layers", "read_config", "save_quantized", "scheme_for",
-    "sqnr_db", "total_params", "unpack_codes",
+    "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",
+    "MissingDependencyError", "Registry", "StoreError", "UnknownComponentError",
+    "UnknownLayerError", "UnsupportedBitWidthError", "atomic_write_bytes", "content_hash",
+    "data_dir", *_LAZY,
 ]

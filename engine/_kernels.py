@@ -16,7 +16,9 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 
-from engine._platform import has_vnni
+from engine._platform import configure, has_vnni
+
+configure()
 
 
 class KernelPath(str, Enum):

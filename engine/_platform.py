@@ -77,3 +77,10 @@ def silence_torch_ao_deprecations() -> None:
     ):
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
+
+
+@functools.cache
+def configure() -> None:
+    """Sets up the process for the kernels once: quiet deprecations, heap thresholds."""
+    silence_torch_ao_deprecations()
+    configure_allocator()
