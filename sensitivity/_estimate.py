@@ -20,6 +20,7 @@ import torch
 
 import engine
 from engine import InvalidSpecError, Registry
+from sensitivity._fracbits import FracBitsConfig, fracbits
 from sensitivity._hutchinson import HutchinsonConfig, hutchinson
 from sensitivity._measured import MeasuredConfig, measured
 from sensitivity._table import SensitivityTable
@@ -30,6 +31,8 @@ ESTIMATORS.register("hutchinson", (HutchinsonConfig, hutchinson),
                     description="Hessian trace by Hutchinson probes x weight error (HAWQ-V3)")
 ESTIMATORS.register("measured", (MeasuredConfig, measured),
                     description="loss change with one layer quantized on the engine")
+ESTIMATORS.register("fracbits", (FracBitsConfig, fracbits),
+                    description="learned fractional bits under a mean-bits budget (FracBits)")
 
 
 def _hash_tensors(h, obj: Any) -> None:
@@ -100,6 +103,8 @@ def _run(spec, estimator, fn, bits, config, seed, show: bool) -> SensitivityTabl
     layers = len(spec.layers())
     if estimator == "hutchinson":
         total, unit = layers * config.max_probes, "layer-probes"
+    elif estimator == "fracbits":
+        total, unit = config.steps, "steps"
     else:
         total, unit = layers * len(bits), "layer x bits"
     with Progress(TextColumn(f"{estimator} on {spec.name}"), BarColumn(),

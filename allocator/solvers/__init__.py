@@ -13,6 +13,7 @@ from allocator.solvers._base import (
     solve,
 )
 from allocator.solvers._exact import BruteForceSolver, DynamicProgrammingSolver
+from allocator.solvers._fracbits import FracBitsSolver, round_to_budget
 from allocator.solvers._ilp import IlpSolver, available_backends
 from allocator.solvers._simple import GreedySolver, UniformSolver
 
@@ -28,11 +29,13 @@ SOLVERS.register("uniform", UniformSolver, description="best feasible single bit
 SOLVERS.register("brute", BruteForceSolver, description="exhaustive oracle (small problems)")
 SOLVERS.register("dp", DynamicProgrammingSolver,
                  description="knapsack DP oracle (one budget, integer costs)")
+SOLVERS.register("fracbits", FracBitsSolver,
+                 description="FracBits: bits learned on the model (needs --model), rounded to fit")
 from allocator.solvers._ddpg import DdpgSolver  # noqa: E402  (imports SB3 only when solving)
 
 SOLVERS.register("ddpg", DdpgSolver, available=_rl_available, extra="rl",
                  description="HAQ-style DDPG agent (stable-baselines3), Ω proxy reward")
 
 
-__all__ = ["SOLVERS", "BaseSolver", "Solution", "available_backends", "diagnose", "get_solver",
-           "solve"]
+__all__ = ["SOLVERS", "BaseSolver", "FracBitsSolver", "Solution", "available_backends",
+           "diagnose", "get_solver", "round_to_budget", "solve"]

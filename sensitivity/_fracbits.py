@@ -1,0 +1,285 @@
+"""FracBits: fractional per-layer bit-widths learned by distillation under a cost budget.
+
+Each layer's weight is taken at the two candidate bit-widths around its fractional bit-width
+b and linearly interpolated, W(b) = Q_lo + t (Q_hi - Q_lo) with t = (b - lo) / (hi - lo), so
+the distillation loss to the FP32 model is differentiable in b. The expected cost of every
+budget is the same interpolation of each layer's cost table.
+
+The paper adds a penalty on the expected cost to the loss. Here the budget is a constraint
+kept by projection instead: each step moves the bits along the loss saved per unit of budget
+(the smoothed loss gradient per bit divided by each layer's cost per bit, normalized so the
+steepest layer moves `lr` bits), then shifts all bits by one common amount so the tightest
+budget is met exactly. A multiplier on a penalty had to be tuned to each loss's scale, and
+with dual ascent it swung the expected cost between 0.7 and 1.45 of the budget on
+digits-cnn, where near-FP32 losses are flat and the batch gradients noisy; the projection
+needs no scale and ends on the budget. After a few hundred steps on calibration batches (no
+training run) the caller rounds the bits so the budget holds exactly.
+
+The candidate weights are the engine's own: each candidate bit-width is applied uniformly
+with the pipeline's rounding (GPTQ + bias correction + clipping search by default, weights
+only) and every layer's dequantized weight and bias are read back.
+
+As an estimator, the learned bits give Ω too: the loss gradient per bit g_l at the learned
+point, averaged over the second half of the steps, fixes the scale κ_l of the quantization
+noise law Ω_l(b) = κ_l (4^-b - 4^-b_max), whose slope at b_l equals -g_l.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import engine
+from sensitivity._table import LayerSensitivity, SensitivityTable
+
+
+@dataclass(frozen=True)
+class FracBitsConfig:
+    """Settings of the FracBits relaxation.
+
+    Attributes:
+        budget_bits: Mean weight bits the estimator learns under (None: the middle of the
+            candidate range). The solver takes its budgets from the problem instead.
+        steps: Adam steps (one calibration batch each).
+        lr: Adam learning rate, in bits per step.
+        momentum: Momentum of the smoothed loss gradient (calibration batches are noisy).
+        rounding: Rounding of the candidate weights ("gptq" or "rtn").
+        group_size: Group size of the scales below 8 bits (None: per channel).
+        time_limit_s: Wall-clock limit of the optimization (it stops early, marked).
+    """
+
+    name: ClassVar[str] = "fracbits"
+    budget_bits: float | None = None
+    steps: int = 300
+    lr: float = 0.05
+    momentum: float = 0.9
+    rounding: str = "gptq"
+    group_size: int | None = 128
+    time_limit_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise engine.InvalidSpecError(f"`steps` must be >= 1, got {self.steps}.")
+        if not self.lr > 0 or not self.time_limit_s > 0:
+            raise engine.InvalidSpecError(
+                f"`lr` and `time_limit_s` must be positive, got {self.lr}, {self.time_limit_s}.")
+        if not 0 <= self.momentum < 1:
+            raise engine.InvalidSpecError(f"`momentum` must be in [0, 1), got {self.momentum}.")
+        if self.rounding not in ("gptq", "rtn"):
+            raise engine.InvalidSpecError(f"`rounding` must be 'gptq' or 'rtn', got {self.rounding!r}.")
+        if self.budget_bits is not None and not self.budget_bits > 0:
+            raise engine.InvalidSpecError(f"`budget_bits` must be positive, got {self.budget_bits}.")
+
+
+@dataclass(frozen=True)
+class CostConstraint:
+    """One budget: per group a cost per candidate bit-width, and the limit of their sum."""
+
+    name: str
+    tables: Sequence[dict[int, float]]
+    limit: float
+
+
+@dataclass
+class Relaxation:
+    """What the optimization learned, per group of layers that share a bit-width."""
+
+    bits: list[float]
+    loss_gradient_per_bit: list[float]
+    steps: int
+    stop_reason: str
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def candidate_weights(spec, bits: Sequence[int], config: FracBitsConfig,
+                      names: Sequence[str]) -> dict[str, dict[int, tuple[torch.Tensor, torch.Tensor | None]]]:
+    """Per layer and candidate bit-width, the engine's dequantized weight and bias."""
+    model = spec.build()
+    calibrated = config.rounding == "gptq"
+    inputs = [b.inputs for b in spec.calibration_batches()] if calibrated else None
+    shapes = {n: m.weight.shape for n, m in model.named_modules() if n in set(names)}
+    out: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor | None]]] = {n: {} for n in names}
+    for b in sorted(set(bits)):
+        cfg = engine.BitConfig(bits={n: b for n in names}, activation_bits=None,
+                               group_size=config.group_size, rounding=config.rounding,
+                               bias_correction=calibrated, clip_search=calibrated)
+        qmodel = engine.apply(model, cfg, calibration=inputs)
+        for n, layer in engine.quantized_layers(qmodel).items():
+            if n in out:
+                w = layer.dequantized_weight().reshape(shapes[n]).detach().clone()
+                bias = None if layer.bias is None else layer.bias.detach().float().clone()
+                out[n][b] = (w, bias)
+        del qmodel
+    return out
+
+
+def _segment(choices: tuple[int, ...], b: float) -> tuple[int, int]:
+    """Indices (lo, hi) of the candidates around b (equal at the ends)."""
+    if b <= choices[0]:
+        return 0, 0
+    for i in range(len(choices) - 1):
+        if b <= choices[i + 1]:
+            return i, i + 1
+    return len(choices) - 1, len(choices) - 1
+
+
+def _interp(values: dict[int, float] | dict[int, torch.Tensor], choices: tuple[int, ...],
+            b: torch.Tensor):
+    lo, hi = _segment(choices, float(b.detach()))
+    if lo == hi:
+        return values[choices[lo]] + 0.0 * b
+    t = (b - choices[lo]) / (choices[hi] - choices[lo])
+    return values[choices[lo]] + t * (values[choices[hi]] - values[choices[lo]])
+
+
+def _costs(constraints: Sequence[CostConstraint], choices: list[tuple[int, ...]],
+           bits: torch.Tensor) -> list[torch.Tensor]:
+    """Each budget's interpolated total cost relative to its limit (1 = on the limit)."""
+    return [sum(_interp(t, ch, bits[i]) for i, (t, ch) in
+                enumerate(zip(con.tables, choices, strict=True))) / con.limit
+            for con in constraints]
+
+
+def _project(bits: torch.Tensor, choices: list[tuple[int, ...]],
+             constraints: Sequence[CostConstraint]) -> torch.Tensor:
+    """Shifts every bit-width by one common δ (clamped to each group's range) so that the
+    tightest budget is met exactly, or as closely as the ranges allow."""
+    lows = torch.tensor([c[0] for c in choices], dtype=bits.dtype)
+    highs = torch.tensor([c[-1] for c in choices], dtype=bits.dtype)
+
+    def worst(delta: float) -> float:
+        return max(float(r) for r in _costs(constraints, choices,
+                                              torch.clamp(bits - delta, lows, highs)))
+
+    lo, hi = -float(highs.max() - lows.min()), float(highs.max() - lows.min())
+    if worst(lo) <= 1.0:
+        return torch.clamp(bits - lo, lows, highs)
+    for _ in range(50):  # worst() falls as delta grows
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if worst(mid) <= 1.0 else (mid, hi)
+    return torch.clamp(bits - hi, lows, highs)
+
+
+class _Relaxed(nn.Module):
+    """The model with its quantizable weights replaced by interpolated ones."""
+
+    def __init__(self, model: nn.Module, overrides: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.overrides = overrides
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.model, self.overrides, args, kwargs, strict=False)
+
+
+def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]],
+          constraints: Sequence[CostConstraint], config: FracBitsConfig, seed: int,
+          progress: Callable[[int], None] | None = None) -> Relaxation:
+    """Learns fractional bit-widths per group of layers under the cost constraints.
+
+    Each step: the distillation loss's gradient per bit on one calibration batch, smoothed
+    by momentum, divided by each group's share of the budget per bit (loss saved per unit
+    of budget), scaled so the most valuable group moves `lr` bits; then the projection back
+    onto the budget.
+
+    Args:
+        spec: The model (its `build`, `calibration_batches` and distillation `loss`).
+        groups: Layer names that share one bit-width (a layer alone is a group of one).
+        choices: Sorted candidate bit-widths per group.
+        constraints: Budgets as per-group cost tables and limits.
+        config: Optimization settings.
+        seed: Seed of the batch order.
+    """
+    start = time.perf_counter()
+    choices = [tuple(sorted(c)) for c in choices]
+    names = [n for g in groups for n in g]
+    weights = candidate_weights(spec, sorted({b for c in choices for b in c}), config, names)
+    has_bias = {n: next(iter(weights[n].values()))[1] is not None for n in names}
+    model = spec.build()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    batches = spec.calibration_batches()
+    top = torch.tensor([float(c[-1]) for c in choices], dtype=torch.float64)
+    bits = _project(top.clone(), choices, constraints)
+    gen = torch.Generator().manual_seed(seed)
+    velocity = torch.zeros(len(groups), dtype=torch.float64)
+    grad_sum = torch.zeros(len(groups), dtype=torch.float64)
+    grad_count, step, stop = 0, 0, "max_steps"
+    history: list[dict[str, float]] = []
+    order: list[int] = []
+    for step in range(1, config.steps + 1):
+        if not order:
+            order = torch.randperm(len(batches), generator=gen).tolist()
+        batch = batches[order.pop()]
+        b = bits.clone().requires_grad_(True)
+        overrides: dict[str, torch.Tensor] = {}
+        for gi, group in enumerate(groups):
+            for n in group:
+                table = weights[n]
+                overrides[f"{n}.weight"] = _interp({k: v[0] for k, v in table.items()},
+                                                   choices[gi], b[gi]).float()
+                if has_bias[n]:
+                    overrides[f"{n}.bias"] = _interp({k: v[1] for k, v in table.items()},
+                                                     choices[gi], b[gi]).float()
+        task = spec.loss(_Relaxed(model, overrides), batch).double()
+        (g_task,) = torch.autograd.grad(task, b)
+        ratios = _costs(constraints, choices, b)
+        (slope,) = torch.autograd.grad(sum(ratios), b)
+        velocity = config.momentum * velocity + (1 - config.momentum) * g_task
+        value = velocity / slope.clamp(min=1e-12)  # loss change per unit of budget
+        with torch.no_grad():
+            bits = _project(bits - config.lr * value / value.abs().max().clamp(min=1e-30),
+                            choices, constraints)
+        if step > config.steps // 2:
+            grad_sum += g_task
+            grad_count += 1
+        if step % 10 == 0 or step == config.steps:
+            history.append({"step": step, "loss": float(task.detach()),
+                            **{c.name: float(r.detach()) for c, r in zip(constraints, ratios, strict=True)}})
+        if progress is not None:
+            progress(1)
+        if time.perf_counter() - start > config.time_limit_s:
+            stop = "time_limit"
+            break
+    mean_grad = grad_sum / grad_count if grad_count else g_task
+    return Relaxation([float(x) for x in bits], [float(g) for g in mean_grad], step, stop,
+                      time.perf_counter() - start, history)
+
+
+def noise_law_omega(b_learned: float, grad_per_bit: float, bits: Sequence[int]) -> dict[int, float]:
+    """Ω_l(b) = κ (4^-b - 4^-b_max) with its slope at the learned b equal to the loss gradient."""
+    kappa = max(-grad_per_bit, 0.0) * 4.0 ** b_learned / (2.0 * math.log(2.0))
+    top = max(bits)
+    return {b: kappa * (4.0 ** -b - 4.0 ** -top) for b in bits}
+
+
+def fracbits(spec, bits: list[int], config: FracBitsConfig, seed: int,
+             progress=None) -> SensitivityTable:
+    """The FracBits estimator: learned bits under a mean-bits budget, and Ω from them."""
+    start = time.perf_counter()
+    layers = spec.layers()
+    bits = sorted(bits)
+    target = config.budget_bits if config.budget_bits is not None else (bits[0] + bits[-1]) / 2
+    total = sum(x.params for x in layers)
+    con = CostConstraint("bits", [{b: float(x.params * b) for b in bits} for x in layers],
+                         target * total)
+    relaxed = relax(spec, [(x.name,) for x in layers], [tuple(bits)] * len(layers), [con],
+                    config, seed, progress)
+    out = {}
+    for x, b, g in zip(layers, relaxed.bits, relaxed.loss_gradient_per_bit, strict=True):
+        flags = ("nonnegative_gradient",) if g >= 0 else ()
+        out[x.name] = LayerSensitivity(
+            noise_law_omega(b, g, bits), probes=relaxed.steps, stop_reason="learned",
+            params=x.params, flags=flags,
+            extra={"fractional_bits": b, "loss_gradient_per_bit": g, "budget_bits": target,
+                   "optimization_stop": relaxed.stop_reason})
+    return SensitivityTable(out, tuple(bits), "fracbits", seed, spec.name, asdict(config),
+                            time.perf_counter() - start)
