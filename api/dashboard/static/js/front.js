@@ -41,7 +41,7 @@ export function jobPoints(jobId, pareto, result) {
   }));
   const uniform = (pareto.uniform || []).map((u) => ({
     key: `${jobId}:uniform:${u.bits}`, jobId, group: "uniform", label: `uniform ${u.bits}-bit`,
-    bits: u.layer_bits || null, uniformBits: u.bits, objective: u.objective, cost: u.cost || {},
+    bits: u.assignment || u.layer_bits || null, uniformBits: u.bits, objective: u.objective, cost: u.cost || {},
     metrics: u.metrics ?? null, measuredLatencyUs: u.latency_us ?? null,
     measuredSizeBytes: u.size_bytes ?? null,
   }));
@@ -54,9 +54,9 @@ export function jobPoints(jobId, pareto, result) {
     chosen = {
       key: `${jobId}:chosen:0`, jobId, group: "chosen", label: "chosen", bits: c.bits || {},
       objective: c.objective, cost: c.cost || {}, metrics: c.metrics ?? null,
-      measuredLatencyUs: c.latency_us ?? result?.measured?.latency_us ?? null,
-      measuredSizeBytes: c.size_bytes ?? result?.measured?.size_bytes ?? null,
-      status: result?.config?.status,
+      measuredLatencyUs: c.latency_us ?? c.measured?.latency_us ?? result?.measured?.latency_us ?? null,
+      measuredSizeBytes: c.size_bytes ?? c.measured?.size_bytes ?? result?.measured?.size_bytes ?? null,
+      status: c.status ?? result?.config?.status,
     };
   }
   return { jobId, metric: pareto.metric || null, front, uniform, chosen,

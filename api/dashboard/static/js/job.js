@@ -16,6 +16,10 @@ function shortId(id) {
   return id.slice(0, 8);
 }
 
+function seriesLabel(jobId, pareto) {
+  return pareto.model ? `${shortId(jobId)} ${pareto.model}` : `job ${shortId(jobId)}`;
+}
+
 function metaCard(job) {
   const rows = [
     ["Status", statusBadge(job.status)],
@@ -80,7 +84,7 @@ class FrontView {
   constructor(root, job, pareto, result, compareId) {
     this.root = root;
     this.job = job;
-    this.main = { jobId: job.id, label: `job ${shortId(job.id)}`, pareto, result,
+    this.main = { jobId: job.id, label: seriesLabel(job.id, pareto), pareto, result,
       problem: result?.problem || null, points: jobPoints(job.id, pareto, result) };
     this.compare = null;
     this.selectedKey = this.main.points.chosen?.key ?? this.main.points.all[0]?.key ?? null;
@@ -184,7 +188,7 @@ class FrontView {
         api(`/jobs/${encodeURIComponent(otherId)}/pareto`),
         api(`/jobs/${encodeURIComponent(otherId)}/result`).catch(() => null),
       ]);
-      this.compare = { jobId: otherId, label: `job ${shortId(otherId)}`, pareto, result,
+      this.compare = { jobId: otherId, label: seriesLabel(otherId, pareto), pareto, result,
         problem: result?.problem || null, points: jobPoints(otherId, pareto, result) };
     } catch (err) {
       this.compare = null;
