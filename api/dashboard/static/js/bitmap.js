@@ -2,7 +2,7 @@
 // layer's Ω and cost per candidate bit-width (from the job's allocator.problem/1).
 
 import { bitsOf } from "./front.js";
-import { bitsColor, el, fmtBytes, fmtNumber, fmtSi } from "./ui.js";
+import { bitsColor, el, fmtBytes, fmtLatency, fmtNumber, fmtSi } from "./ui.js";
 
 /** Per-layer cost kinds shown beside Ω; `of` mirrors allocator.Problem's defaults. */
 export const COST_KINDS = {
@@ -10,7 +10,7 @@ export const COST_KINDS = {
     of: (layer, b) => layer.size_bytes?.[b] ?? (layer.params * b) / 8 },
   bops: { label: "BOPs", fmt: (v) => fmtSi(v, "BOPs"),
     of: (layer, b, problem) => layer.bops?.[b] ?? layer.macs * b * (problem.activation_bits ?? 8) },
-  latency_us: { label: "latency", fmt: (v) => `${fmtNumber(v)} µs`,
+  latency_us: { label: "latency", fmt: fmtLatency,
     of: (layer, b) => layer.latency_us?.[b] ?? null },
 };
 

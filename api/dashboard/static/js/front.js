@@ -1,6 +1,6 @@
 // Pareto fronts as plain data (points of a job: front, chosen, uniform) and their plotly figure.
 
-import { fmtBytes, fmtNumber, fmtSi } from "./ui.js";
+import { fmtBytes, fmtLatency, fmtNumber, fmtSi } from "./ui.js";
 
 /** Cost axes of the front; `value` reads a point, `fmt` formats a value for hover text. */
 export const AXES = [
@@ -10,9 +10,9 @@ export const AXES = [
     fmt: fmtBytes },
   { key: "bops", label: "BOPs", value: (p) => p.cost?.bops, fmt: (v) => fmtSi(v, "BOPs") },
   { key: "latency_us", label: "predicted latency (µs)", value: (p) => p.cost?.latency_us,
-    fmt: (v) => `${fmtNumber(v)} µs` },
+    fmt: fmtLatency },
   { key: "measured_latency_us", label: "measured latency (µs)",
-    value: (p) => p.measuredLatencyUs, fmt: (v) => `${fmtNumber(v)} µs` },
+    value: (p) => p.measuredLatencyUs, fmt: fmtLatency },
 ];
 
 export function axisByKey(key) {

@@ -6,7 +6,7 @@ import { COST_KINDS, costKindFor, renderBitmap } from "./bitmap.js";
 import { availableAxes, AXES, bitsOf, buildFigure, jobPoints } from "./front.js";
 import { loadPlotly } from "./plotly_loader.js";
 import {
-  ACTIVE, downloadJson, el, fmtBytes, fmtNumber, fmtSeconds, fmtTime, progressBar,
+  ACTIVE, downloadJson, el, fmtBytes, fmtLatency, fmtNumber, fmtSeconds, fmtTime, progressBar,
   showBanner, statusBadge,
 } from "./ui.js";
 
@@ -60,15 +60,15 @@ function resultCard(result, metric) {
       el("tr", {}, el("th", {}, "chosen"), el("td", {}, fmtNumber(cfg.cost?.avg_bits)),
         el("td", {}, fmtNumber(cfg.objective)), el("td", {}, fmtNumber(metricOf(m.metrics))),
         el("td", {}, fmtBytes(m.size_bytes ?? cfg.cost?.size_bytes)),
-        el("td", {}, m.latency_us ? `${fmtNumber(m.latency_us)} µs` : "–")),
+        el("td", {}, fmtLatency(m.latency_us))),
       u.bits !== undefined ? el("tr", {}, el("th", {}, `best uniform (${u.bits}-bit)`),
         el("td", {}, fmtNumber(u.cost?.avg_bits)), el("td", {}, fmtNumber(u.objective)),
         el("td", {}, fmtNumber(metricOf(u.metrics))), el("td", {}, fmtBytes(u.size_bytes)),
-        el("td", {}, m.uniform?.latency_us ? `${fmtNumber(m.uniform.latency_us)} µs` : "–"))
+        el("td", {}, fmtLatency(m.uniform?.latency_us)))
         : null,
       m.fp32_metrics ? el("tr", {}, el("th", {}, "FP32"), el("td", {}, "32"), el("td", {}, "0"),
         el("td", {}, fmtNumber(metricOf(m.fp32_metrics))), el("td", {}, fmtBytes(m.fp32_size_bytes)),
-        el("td", {}, m.fp32_latency_us ? `${fmtNumber(m.fp32_latency_us)} µs` : "–")) : null));
+        el("td", {}, fmtLatency(m.fp32_latency_us))) : null));
   const infeasible = cfg.status === "infeasible";
   const diagnosis = cfg.extra?.infeasible_budgets;
   return el("section", { class: "card", id: "result" },
@@ -214,7 +214,7 @@ class FrontView {
     el("td", {}, fmtBytes(p.cost?.size_bytes)), el("td", {}, fmtNumber(p.cost?.bops)),
     el("td", {}, fmtNumber(p.objective)),
     el("td", {}, metric && p.metrics ? fmtNumber(p.metrics[metric]) : "–"),
-    el("td", {}, p.measuredLatencyUs ? `${fmtNumber(p.measuredLatencyUs)} µs` : "–"))));
+    el("td", {}, fmtLatency(p.measuredLatencyUs)))));
     this.pointsBody.replaceChildren(...rows);
   }
 

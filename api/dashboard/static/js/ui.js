@@ -56,6 +56,14 @@ export function fmtSi(x, unit) {
   return `${fmtNumber(x)} ${unit}`;
 }
 
+/** A latency given in µs: µs below 1 ms, else ms or s. */
+export function fmtLatency(us) {
+  if (us === null || us === undefined) return "–";
+  if (us < 1000) return `${fmtNumber(us, 3)} µs`;
+  if (us < 1e6) return `${fmtNumber(us / 1000, 3)} ms`;
+  return `${fmtNumber(us / 1e6, 3)} s`;
+}
+
 export function fmtTime(iso) {
   if (!iso) return "–";
   const date = new Date(iso);
