@@ -18,6 +18,16 @@ JOB_TIMEOUT_S = 300.0
 FRONT_POINTS = "#front-plot .subplot.xy .scatterlayer .trace"
 
 
+QUICK_JOB = {"model": "digits-cnn", "solver": "ilp", "estimator": "hutchinson",
+             "bits": [2, 4, 8], "seed": 0, "measure": False}
+
+
+def _save_token(page: Any) -> None:
+    page.fill("#token-input", TOKEN)
+    page.click("#token-form button")
+    assert page.inner_text("#token-state") == "writes enabled"
+
+
 def _wait_front(page: Any) -> None:
     page.wait_for_selector("#front-plot .main-svg", timeout=30_000)
     page.wait_for_function(
@@ -63,9 +73,7 @@ def _submit_through_form(page: Any, service: Service) -> str:
     page.wait_for_function("document.getElementById('form-error').textContent.length > 0")
     assert "token" in page.inner_text("#form-error").lower()
 
-    page.fill("#token-input", TOKEN)
-    page.click("#token-form button")
-    assert page.inner_text("#token-state") == "writes enabled"
+    _save_token(page)
 
     # The budget text is checked with the service's grammar, the error shown inline.
     page.fill("#budget-input", "4bitz")
@@ -160,21 +168,24 @@ def test_submit_watch_open_front_click_point(page: Any, service: Service) -> Non
     assert saved["format"] == "allocator.bitconfig/1" and saved["bits"] == point["bits"]
 
 
-def test_compare_two_fronts_on_the_same_axes(page: Any, service: Service) -> None:
-    quick = {"model": "digits-cnn", "solver": "ilp", "estimator": "hutchinson",
-             "bits": [2, 4, 8], "seed": 0, "measure": False}
-    first = service.submit(budgets=["3bits"], **quick)
-    second = service.submit(budgets=["5bits"], **quick)
-    for job_id in (first, second):
-        assert service.wait(job_id, JOB_TIMEOUT_S)["status"] == "succeeded", service.log_tail()
+def test_job_page_follows_the_job_then_compares_fronts(page: Any, service: Service) -> None:
+    first = service.submit(budgets=["3bits"], **QUICK_JOB)
+    second = service.submit(budgets=["5bits"], **QUICK_JOB)
 
-    page.goto(f"{service.base}/ui/jobs/{first}")
+    # Opened while queued: the page follows the job and shows its front when it ends.
+    page.goto(f"{service.base}/ui/jobs/{second}")
+    page.wait_for_selector("#job-meta")
+    assert page.locator("#job-meta .badge").inner_text() in ("queued", "running")
+    page.wait_for_selector("#front-plot .main-svg", timeout=JOB_TIMEOUT_S * 1000)
     _wait_front(page)
-    page.wait_for_selector(f"#compare-select option[value='{second}']", state="attached")
-    page.select_option("#compare-select", second)
+    assert page.locator("#job-meta .badge").inner_text() == "succeeded"
+    assert service.get(f"/jobs/{first}")["status"] == "succeeded"
+
+    page.wait_for_selector(f"#compare-select option[value='{first}']", state="attached")
+    page.select_option("#compare-select", first)
     page.wait_for_function(
-        f"document.getElementById('front-plot').data.some(t => t.meta.jobId === '{second}')")
-    assert page.url.endswith(f"?compare={second}")
+        f"document.getElementById('front-plot').data.some(t => t.meta.jobId === '{first}')")
+    assert page.url.endswith(f"?compare={first}")
     traces = _traces(page)
     assert {t["meta"]["jobId"] for t in traces if "jobId" in t["meta"]} == {first, second}
     assert {(t["xaxis"], t["yaxis"]) for t in traces} == {("x", "y")}  # one set of axes
@@ -185,11 +196,27 @@ def test_compare_two_fronts_on_the_same_axes(page: Any, service: Service) -> Non
     page.goto(page.url)
     _wait_front(page)
     page.wait_for_function(
-        f"document.getElementById('front-plot').data.some(t => t.meta.jobId === '{second}')")
-    page.click(f"#points-table tr[data-point-key='{second}:chosen:0']")
-    page.wait_for_selector(f".bitmap[data-point-key='{second}:chosen:0']")
-    chosen = service.get(f"/jobs/{second}/result")["config"]["bits"]
+        f"document.getElementById('front-plot').data.some(t => t.meta.jobId === '{first}')")
+    page.click(f"#points-table tr[data-point-key='{first}:chosen:0']")
+    page.wait_for_selector(f".bitmap[data-point-key='{first}:chosen:0']")
+    chosen = service.get(f"/jobs/{first}/result")["config"]["bits"]
     assert dict(_bitmap_cells(page)) == {k: str(v) for k, v in chosen.items()}
+
+
+def test_cancel_from_the_list(page: Any, service: Service) -> None:
+    # A measured job takes tens of seconds: the click lands while it is queued or running.
+    victim = service.submit(budgets=["6bits"], **(QUICK_JOB | {"measure": True}))
+    page.goto(service.base + "/")
+    _save_token(page)
+    row = page.locator(f"#jobs-table tr[data-job-id='{victim}']")
+    row.locator("button", has_text="Cancel").click()
+    page.wait_for_selector(f"#jobs-table tr[data-job-id='{victim}'][data-status='cancelled']")
+    assert service.get(f"/jobs/{victim}")["status"] == "cancelled"
+
+    page.click(f"#jobs-table tr[data-job-id='{victim}'] a")
+    page.wait_for_selector("#job-meta .note")
+    assert "cancelled" in page.inner_text("#job-meta .note")
+    assert page.locator("#front").count() == 0
 
 
 def test_errors_are_messages_not_blank_pages(page: Any, service: Service) -> None:
