@@ -19,6 +19,7 @@ from typing import Any
 
 import engine
 from allocator._budget import Budget, parse_budgets
+from allocator._latency import latency_costs
 from allocator._problem import Problem
 from allocator.solvers import SOLVERS, get_solver
 from engine import BitConfig, InvalidSpecError
@@ -42,8 +43,10 @@ class PipelineResult:
 
 
 def problem_for(spec, table, bits: Sequence[int], *, group_size: int | None,
-                latency_us: dict[str, dict[int, float]] | None = None) -> Problem:
-    """The allocation problem of a model: Ω from `table`, real packed sizes per bit-width."""
+                latency_us: dict[str, dict[int, float]] | None = None,
+                latency_offset_us: float = 0.0) -> Problem:
+    """The allocation problem of a model: Ω from `table`, real packed sizes per bit-width,
+    and measured latencies where given."""
     layers = spec.layers()
     sizes = {x.name: {b: float(engine.packed_weight_bytes(
         x.weight_shape, engine.scheme_for(BitConfig(bits={}, group_size=group_size), b)))
@@ -51,7 +54,8 @@ def problem_for(spec, table, bits: Sequence[int], *, group_size: int | None,
     costs: dict[str, dict] = {"size_bytes": sizes}
     if latency_us:
         costs["latency_us"] = latency_us
-    return Problem.from_tables(layers, table.omega(), bits, costs=costs, model=spec.name)
+    return Problem.from_tables(layers, table.omega(), bits, costs=costs, model=spec.name,
+                               latency_offset_us=latency_offset_us if latency_us else 0.0)
 
 
 def _measure(spec, config: BitConfig, fp32_latency_us: float | None) -> tuple[dict, dict]:
@@ -109,9 +113,11 @@ def solve(
         group_size: Scale group size below 8 bits (None: per channel).
         measure: Apply the result on the engine and measure it (and the best uniform).
         weight_only: Keep activations float (no W8A8 kernels for 8-bit layers).
-        latency: Also time the quantized models against FP32 (reported, not in the config).
+        latency: Read (or measure) this machine's per-layer latency table, so the solve
+            knows latency costs, and time the quantized models against FP32. A latency
+            budget turns the table on regardless.
         on_stage: Called as `on_stage(stage, fraction_done)` when each stage starts ("load",
-            "sensitivity", "solve", "measure") and at the end ("done", 1.0); an exception it
+            "sensitivity", "latency", "solve", "measure") and at the end ("done", 1.0); an exception it
             raises aborts the run (the job service cancels this way).
 
     Returns:
@@ -130,10 +136,6 @@ def solve(
     stage = on_stage or (lambda _stage, _fraction: None)
     parsed = [b if isinstance(b, Budget) else parse_budgets([b])[0] for b in budgets]
     parse_budgets([b.text for b in parsed])  # one budget per kind
-    if any(b.kind == "latency" for b in parsed):
-        raise InvalidSpecError(
-            "latency budgets need a hardware profile of this machine; this build measures "
-            "latency after the solve but cannot budget it yet (use bits, size or BOPs).")
     timings: dict[str, float] = {}
     stage("load", 0.0)
     t0 = time.perf_counter()
@@ -150,11 +152,20 @@ def solve(
                                  progress=progress)
     timings["sensitivity_s"] = time.perf_counter() - t0
 
-    problem = problem_for(spec, table, bits, group_size=group_size)
+    lat = None
+    if latency or any(b.kind == "latency" for b in parsed):
+        stage("latency", 0.5)
+        t0 = time.perf_counter()
+        lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
+        timings["latency_s"] = time.perf_counter() - t0
+        say(f"latency table {lat.profile}" + (" (profiled now)" if lat.profiled_now else ""))
+    problem = problem_for(spec, table, bits, group_size=group_size,
+                          latency_us=lat.latency_us if lat else None,
+                          latency_offset_us=lat.offset_us if lat else 0.0)
     stage("solve", 0.6)
     t0 = time.perf_counter()
     options = dict(solver_options or {})
-    if getattr(SOLVERS.get(solver), "needs_model", False):  # learns on the model (fracbits)
+    if getattr(SOLVERS.get(solver), "model_options", False):  # fracbits, measured DDPG
         options = {"model": spec, "rounding": rounding, "group_size": group_size} | options
     solution = get_solver(solver, **options).solve(
         problem, parsed, seed=seed, time_limit_s=time_limit_s)
@@ -163,7 +174,12 @@ def solve(
     repro = {"seed": seed, "estimator": estimator, "estimator_config": dict(table.config),
              "solver": solver, "bits": list(bits), **_digest(spec),
              "versions": _versions()}
+    if lat is not None:
+        repro["latency_profile"] = lat.profile
     extra: dict[str, Any] = {"reproducibility": repro}
+    details = {k: v for k, v in solution.extra.items() if not k.endswith("seconds")}
+    if details:  # timings stay out: the same seed writes the same bytes
+        extra["solver_details"] = details
     if solution.diagnosis:
         extra["infeasible_budgets"] = solution.diagnosis
     act_bits = None if weight_only else 8

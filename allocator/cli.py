@@ -210,13 +210,18 @@ def solve(
     budget: Annotated[list[str], typer.Option("--budget", help="e.g. 4.5bits, 12MB, 1.2GBOPs, 2.5ms; repeatable.")],
     problem: Annotated[str | None, typer.Option(help="allocator.problem/1 JSON file.")] = None,
     model: Annotated[str | None, typer.Option(help="Registered model (runs the pipeline).")] = None,
-    solver: Annotated[str, typer.Option(help="ilp, greedy, uniform, dp, brute, ddpg, ...")] = "ilp",
+    solver: Annotated[str, typer.Option(help="ilp, ddpg, fracbits (with --model), greedy, "
+                                        "uniform, dp, brute.")] = "ilp",
     bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 4,8.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
     time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")] = 60.0,
-    estimator: Annotated[str, typer.Option(help="With --model: hutchinson or measured.")] = "hutchinson",
+    estimator: Annotated[str, typer.Option(help="With --model: hutchinson, measured or "
+                                           "fracbits.")] = "hutchinson",
     rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
     weight_only: Annotated[bool, typer.Option(help="With --model: keep activations float.")] = False,
+    reward: Annotated[str, typer.Option(help="DDPG reward: proxy (Ω) or measured (with "
+                                        "--model: calibration loss on the engine's weights).")
+                      ] = "proxy",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     out: Annotated[str | None, typer.Option(help="Write the BitConfig JSON here.")] = None,
 ) -> None:
@@ -228,9 +233,14 @@ def solve(
     if (problem is None) == (model is None):
         raise CLIUsageError("give exactly one of `--problem` and `--model`.")
     budgets = parse_budgets(budget)
+    if reward not in ("proxy", "measured"):
+        raise CLIUsageError(f"`--reward` must be proxy or measured, got {reward!r}.")
+    if reward == "measured" and (solver != "ddpg" or model is None):
+        raise CLIUsageError("`--reward measured` applies to `--solver ddpg` with `--model`.")
     if model is not None:
+        options = {"reward": reward} if solver == "ddpg" else {}
         _solve_model(model, budget, solver, bits, seed, time_limit, estimator, rounding,
-                     as_json, out, weight_only)
+                     as_json, out, weight_only, options)
         return
     prob = Problem.load(problem)
     candidate = _parse_bit_list(bits)
@@ -251,7 +261,7 @@ def solve(
 
 
 def _solve_model(model, budget, solver, bits, seed, time_limit, estimator, rounding, as_json,
-                 out, weight_only=False) -> None:
+                 out, weight_only=False, solver_options=None) -> None:
     from allocator._pipeline import DEFAULT_BITS
     from allocator._pipeline import solve as run_pipeline
 
@@ -260,7 +270,7 @@ def _solve_model(model, budget, solver, bits, seed, time_limit, estimator, round
     with console.status(f"{model}: sensitivity, solve, apply, measure..."):
         result = run_pipeline(model, budget, solver=solver, bits=candidate, seed=seed,
                               estimator=estimator, rounding=rounding, time_limit_s=time_limit,
-                              weight_only=weight_only,
+                              weight_only=weight_only, solver_options=solver_options,
                               progress=not as_json, log=lambda m: console.log(m))
     config = result.config
     if out is not None:
@@ -306,6 +316,15 @@ def _print_pipeline(result) -> None:
         if u and "uniform" in m and m["uniform"]:
             row.append(f"{m['uniform']['latency_us'] / 1e3:.1f} ms")
         table.add_row(*row)
+    predicted = ["predicted by the solve", "",
+                 f"{config.cost['size_bytes'] / 2**20:.2f} MiB"
+                 + (f", {config.cost['latency_us'] / 1e3:.1f} ms" if "latency_us" in config.cost
+                    else "")]
+    if u:
+        predicted.append(f"{u['cost']['size_bytes'] / 2**20:.2f} MiB"
+                         + (f", {u['cost']['latency_us'] / 1e3:.1f} ms"
+                            if "latency_us" in u["cost"] else ""))
+    table.add_row(*predicted)
     console.print(table)
     console.print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
 
@@ -445,14 +464,15 @@ def solvers(
 @app.command()
 def sensitivity(
     model: Annotated[str, typer.Option(help="Registered model, or module:factory.")],
-    estimator: Annotated[str, typer.Option(help="hutchinson or measured.")] = "hutchinson",
+    estimator: Annotated[str, typer.Option(help="hutchinson, measured or fracbits.")] = "hutchinson",
     seed: Annotated[int, typer.Option(help="Seed of the random probes.")] = 0,
     out: Annotated[str | None, typer.Option(help="Write the allocator.sensitivity/1 JSON here.")] = None,
     bits: Annotated[str, typer.Option(help="Candidate bit-widths.")] = "2,3,4,5,6,8",
     rounding: Annotated[str, typer.Option(help="Rounding scored by Ω: gptq or rtn.")] = "gptq",
     max_probes: Annotated[int | None, typer.Option(help="Hutchinson: probes per layer at most.")] = None,
     rel_tol: Annotated[float | None, typer.Option(help="Hutchinson: stop at this relative std-error.")] = None,
-    time_limit: Annotated[float | None, typer.Option("--time-limit", help="Hutchinson: seconds.")] = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", help="Hutchinson or "
+                                                     "fracbits: seconds.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute even if cached.")] = False,
     data: Annotated[str | None, typer.Option(help="User model inputs (.pt or .npy).")] = None,
     weights: Annotated[str | None, typer.Option(help="User model weights (.safetensors).")] = None,
@@ -467,7 +487,7 @@ def sensitivity(
     for key, value in (("max_probes", max_probes), ("rel_tol", rel_tol),
                        ("time_limit_s", time_limit)):
         if value is not None:
-            if estimator != "hutchinson":
+            if estimator != "hutchinson" and not (estimator == "fracbits" and key == "time_limit_s"):
                 raise CLIUsageError(f"`--{key.replace('_s', '').replace('_', '-')}` applies to "
                                     "the hutchinson estimator only.")
             options[key] = value
@@ -509,6 +529,16 @@ def _register_profile_commands() -> None:
 
 
 _register_profile_commands()
+
+
+def _register_serve_commands() -> None:
+    from allocator.cli_serve import serve_command, worker_command
+
+    app.command("serve")(serve_command)
+    app.command("worker")(worker_command)
+
+
+_register_serve_commands()
 
 
 def _exit_code(err: AllocatorError) -> int:

@@ -15,9 +15,8 @@ digits-cnn, where near-FP32 losses are flat and the batch gradients noisy; the p
 needs no scale and ends on the budget. After a few hundred steps on calibration batches (no
 training run) the caller rounds the bits so the budget holds exactly.
 
-The candidate weights are the engine's own: each candidate bit-width is applied uniformly
-with the pipeline's rounding (GPTQ + bias correction + clipping search by default, weights
-only) and every layer's dequantized weight and bias are read back.
+The candidate weights are the engine's own (`CandidateWeights`: each candidate bit-width
+applied uniformly with the pipeline's rounding, weights only, and read back).
 
 As an estimator, the learned bits give Ω too: the loss gradient per bit g_l at the learned
 point, averaged over the second half of the steps, fixes the scale κ_l of the quantization
@@ -33,10 +32,9 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
-from torch import nn
-from torch.func import functional_call
 
 import engine
+from sensitivity._candidates import CandidateWeights, Swapped
 from sensitivity._table import LayerSensitivity, SensitivityTable
 
 
@@ -99,28 +97,6 @@ class Relaxation:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def candidate_weights(spec, bits: Sequence[int], config: FracBitsConfig,
-                      names: Sequence[str]) -> dict[str, dict[int, tuple[torch.Tensor, torch.Tensor | None]]]:
-    """Per layer and candidate bit-width, the engine's dequantized weight and bias."""
-    model = spec.build()
-    calibrated = config.rounding == "gptq"
-    inputs = [b.inputs for b in spec.calibration_batches()] if calibrated else None
-    shapes = {n: m.weight.shape for n, m in model.named_modules() if n in set(names)}
-    out: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor | None]]] = {n: {} for n in names}
-    for b in sorted(set(bits)):
-        cfg = engine.BitConfig(bits={n: b for n in names}, activation_bits=None,
-                               group_size=config.group_size, rounding=config.rounding,
-                               bias_correction=calibrated, clip_search=calibrated)
-        qmodel = engine.apply(model, cfg, calibration=inputs)
-        for n, layer in engine.quantized_layers(qmodel).items():
-            if n in out:
-                w = layer.dequantized_weight().reshape(shapes[n]).detach().clone()
-                bias = None if layer.bias is None else layer.bias.detach().float().clone()
-                out[n][b] = (w, bias)
-        del qmodel
-    return out
-
-
 def _segment(choices: tuple[int, ...], b: float) -> tuple[int, int]:
     """Indices (lo, hi) of the candidates around b (equal at the ends)."""
     if b <= choices[0]:
@@ -168,18 +144,6 @@ def _project(bits: torch.Tensor, choices: list[tuple[int, ...]],
     return torch.clamp(bits - hi, lows, highs)
 
 
-class _Relaxed(nn.Module):
-    """The model with its quantizable weights replaced by interpolated ones."""
-
-    def __init__(self, model: nn.Module, overrides: dict[str, torch.Tensor]):
-        super().__init__()
-        self.model = model
-        self.overrides = overrides
-
-    def forward(self, *args, **kwargs):
-        return functional_call(self.model, self.overrides, args, kwargs, strict=False)
-
-
 def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]],
           constraints: Sequence[CostConstraint], config: FracBitsConfig, seed: int,
           progress: Callable[[int], None] | None = None) -> Relaxation:
@@ -201,8 +165,8 @@ def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]
     start = time.perf_counter()
     choices = [tuple(sorted(c)) for c in choices]
     names = [n for g in groups for n in g]
-    weights = candidate_weights(spec, sorted({b for c in choices for b in c}), config, names)
-    has_bias = {n: next(iter(weights[n].values()))[1] is not None for n in names}
+    cands = CandidateWeights(spec, sorted({b for c in choices for b in c}), names,
+                             rounding=config.rounding, group_size=config.group_size)
     model = spec.build()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -223,13 +187,10 @@ def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]
         overrides: dict[str, torch.Tensor] = {}
         for gi, group in enumerate(groups):
             for n in group:
-                table = weights[n]
-                overrides[f"{n}.weight"] = _interp({k: v[0] for k, v in table.items()},
-                                                   choices[gi], b[gi]).float()
-                if has_bias[n]:
-                    overrides[f"{n}.bias"] = _interp({k: v[1] for k, v in table.items()},
-                                                     choices[gi], b[gi]).float()
-        task = spec.loss(_Relaxed(model, overrides), batch).double()
+                overrides[f"{n}.weight"] = _interp(cands.weights[n], choices[gi], b[gi]).float()
+                if cands.biases[n]:
+                    overrides[f"{n}.bias"] = _interp(cands.biases[n], choices[gi], b[gi]).float()
+        task = spec.loss(Swapped(model, overrides), batch).double()
         (g_task,) = torch.autograd.grad(task, b)
         ratios = _costs(constraints, choices, b)
         (slope,) = torch.autograd.grad(sum(ratios), b)

@@ -5,16 +5,18 @@ Each episode visits the layers in model order; the observation describes the cur
 far; a continuous action in [0, 1] picks one of the layer's allowed bit-widths. After the
 last layer the assignment is repaired to meet the budgets by lowering the bits of the
 layers that lose the least Ω per unit of cost saved (not HAQ's last-layers-first rule), and
-the episode's reward is minus the repaired objective (the Problem's Ω as a proxy; the
-pipeline can substitute a measured metric). The best repaired assignment seen is returned,
-with its gap to the ILP where one is installed.
+the episode's reward is minus the repaired objective: the Problem's Ω as a proxy (default),
+or with `reward="measured"` the model's measured calibration loss with that assignment's
+weights as the engine rounds them (`sensitivity.CandidateWeights`; needs `model=`, which the
+pipeline passes). The best repaired assignment seen is returned, with its gap to the ILP
+(in Ω) where one is installed.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,7 +32,7 @@ class _AllocationEnv:
     """A gymnasium environment over the units of one problem (built lazily: gymnasium is
     an optional dependency)."""
 
-    def __new__(cls, units: list[Unit], rhs):
+    def __new__(cls, units: list[Unit], rhs, measure=None):
         import gymnasium as gym
 
         class Env(gym.Env):
@@ -81,13 +83,19 @@ class _AllocationEnv:
                 repaired = repair(self.units, self.rhs, self.picks)
                 if repaired is None:
                     return self._obs(), -10.0, True, False, {}
-                objective = sum(u.omega[c] for u, c in zip(self.units, repaired, strict=True))
+                if measure is None:
+                    objective = sum(u.omega[c] for u, c in zip(self.units, repaired, strict=True))
+                else:
+                    objective = measure(repaired)
                 if self.best is None or objective < self.best[0]:
                     self.best = (objective, repaired)
                 return self._obs(), float(-objective / self.reward_scale), True, False, {}
 
         env = Env()
-        env.reward_scale = max(sum(u.omega[min(u.choices)] for u in units), 1e-12)
+        worst = [min(u.choices) for u in units]
+        scale = sum(u.omega[c] for u, c in zip(units, worst, strict=True)) if measure is None \
+            else measure(worst)
+        env.reward_scale = max(scale, 1e-12)
         return env
 
 
@@ -98,14 +106,46 @@ class DdpgSolver(BaseSolver):
         episodes: Training episodes (one episode = one pass over the layers).
         sigma: Standard deviation of the exploration noise on actions in [0, 1].
         report_gap: Also solve the ILP to report the optimality gap (when available).
+        reward: "proxy" (minus the summed Ω) or "measured" (minus the model's calibration
+            loss with the assignment's engine-rounded weights; needs `model`).
+        model, rounding, group_size: The model spec and the rounding the measured reward
+            scores (the pipeline passes them).
     """
 
     name = "ddpg"
+    model_options: ClassVar[bool] = True
 
-    def __init__(self, episodes: int = 300, sigma: float = 0.3, report_gap: bool = True) -> None:
+    def __init__(self, episodes: int = 300, sigma: float = 0.3, report_gap: bool = True,
+                 reward: str = "proxy", model: Any = None, rounding: str = "gptq",
+                 group_size: int | None = 128) -> None:
         if episodes < 1:
             raise InvalidSpecError(f"`episodes` must be >= 1, got {episodes}.")
+        if reward not in ("proxy", "measured"):
+            raise InvalidSpecError(f"`reward` must be 'proxy' or 'measured', got {reward!r}.")
+        if reward == "measured" and model is None:
+            raise InvalidSpecError("`reward` 'measured' evaluates configs on the model: run it "
+                                   "through the pipeline (`allocator solve --model M`).")
         self.episodes, self.sigma, self.report_gap = episodes, sigma, report_gap
+        self.reward, self.model, self.rounding, self.group_size = reward, model, rounding, group_size
+
+    def _measure(self, units):
+        """Assignment (choice per unit) -> measured calibration loss, memoized."""
+        from sensitivity import CandidateWeights
+
+        bits = sorted({c for u in units for c in u.choices})
+        cands = CandidateWeights(self.model, bits, [n for u in units for n in u.names],
+                                 rounding=self.rounding, group_size=self.group_size)
+        seen: dict[tuple[int, ...], float] = {}
+
+        def measure(picks: list[int]) -> float:
+            key = tuple(picks)
+            if key not in seen:
+                seen[key] = cands.loss({n: c for u, c in zip(units, picks, strict=True)
+                                        for n in u.names})
+            return seen[key]
+
+        measure.evaluations = seen  # type: ignore[attr-defined]
+        return measure
 
     def solve_units(self, units, rhs, *, seed, time_limit_s):
         try:
@@ -119,7 +159,8 @@ class DdpgSolver(BaseSolver):
         if repair(units, rhs, [min(u.choices) for u in units]) is None:
             return None, "infeasible", {}
         torch.manual_seed(seed)
-        env = _AllocationEnv(units, rhs)
+        measure = self._measure(units) if self.reward == "measured" else None
+        env = _AllocationEnv(units, rhs, measure)
         steps = self.episodes * len(units)
         deadline = time.monotonic() + time_limit_s
 
@@ -143,9 +184,12 @@ class DdpgSolver(BaseSolver):
             obs, _, done, _, _ = env.step(action)
         if env.best is None:
             return None, "infeasible", {}
-        extra: dict[str, Any] = {"episodes": self.episodes, "train_seconds": time.perf_counter() - start,
+        extra: dict[str, Any] = {"episodes": self.episodes, "reward": self.reward,
+                                 "train_seconds": time.perf_counter() - start,
                                  "best_objective": env.best[0]}
-        if self.report_gap:
+        if measure is not None:
+            extra["measured_configs"] = len(measure.evaluations)
+        elif self.report_gap:
             extra |= _gap_to_ilp(units, rhs, env.best[0])
         return env.best[1], "feasible", extra
 

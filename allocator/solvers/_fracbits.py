@@ -52,6 +52,7 @@ class FracBitsSolver(BaseSolver):
 
     name = "fracbits"
     needs_model: ClassVar[bool] = True
+    model_options: ClassVar[bool] = True
 
     def __init__(self, model: Any = None, **options: Any) -> None:
         from sensitivity import FracBitsConfig

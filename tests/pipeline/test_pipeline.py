@@ -86,3 +86,43 @@ def test_cli_exit_codes_and_json(first, capsys, tmp_path):
     qdir = tmp_path / "q"
     assert main(["apply", "--model", "digits-cnn", "--config", str(out), "--out", str(qdir)]) == 0
     assert (qdir / "model.safetensors").is_file()
+
+
+def test_latency_budget_uses_this_machines_profile(first, data_dir):
+    spec = need("digits-cnn")
+    plain = solve(spec, ["8bits"], estimator_options=OPTS, measure=False, bits=(2, 4, 8))
+    layers = plain.problem.layers
+    lo = sum(min(x.latency_us.values()) for x in layers) + plain.problem.latency_offset_us
+    hi = sum(max(x.latency_us.values()) for x in layers) + plain.problem.latency_offset_us
+    assert plain.problem.latency_offset_us > 0 and hi > lo
+    assert list((data_dir / "hwprofiles").glob("digits-cnn-*.json"))  # stored, then reused
+    assert plain.timings_s["latency_s"] < 60
+    budget_us = lo + 0.3 * (hi - lo)
+    result = solve(spec, ["8bits", f"{budget_us:.3f}us"], estimator_options=OPTS, measure=False,
+                   bits=(2, 4, 8))
+    cfg = result.config
+    assert cfg.status == "optimal"
+    assert cfg.cost["latency_us"] <= budget_us + 1e-6
+    assert cfg.extra["reproducibility"]["latency_profile"].startswith("digits-cnn-")
+    impossible = solve(spec, [f"{0.5 * lo:.3f}us"], estimator_options=OPTS, measure=False,
+                       bits=(2, 4, 8))
+    assert impossible.config.status == "infeasible"
+    assert list(impossible.config.extra["infeasible_budgets"]) == [f"{0.5 * lo:.3f}us"]
+
+
+def test_ddpg_with_measured_reward_is_seeded(first):
+    spec = need("digits-cnn")
+    kwargs = {"solver": "ddpg", "solver_options": {"episodes": 40, "reward": "measured"},
+              "bits": (2, 4, 8), "rounding": "rtn", "measure": False, "latency": False,
+              "estimator_options": OPTS}
+    runs = [solve(spec, ["3bits"], **kwargs).config for _ in range(2)]
+    assert runs[0].to_json() == runs[1].to_json()
+    assert runs[0].cost["avg_bits"] <= 3.0 + 1e-9
+    details = runs[0].extra["solver_details"]
+    assert details["reward"] == "measured" and details["measured_configs"] > 1
+
+
+def test_cli_rejects_measured_reward_outside_ddpg(capsys):
+    assert main(["solve", "--model", "digits-cnn", "--budget", "4bits",
+                 "--reward", "measured"]) == 2
+    assert "--reward measured" in capsys.readouterr().err

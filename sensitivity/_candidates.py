@@ -1,0 +1,87 @@
+"""Every layer's weights as the engine rounds them at each candidate bit-width.
+
+Each candidate bit-width is applied to the whole model once, uniformly, with the pipeline's
+rounding (GPTQ + bias correction + clipping search, or RTN; weights only), and every
+layer's dequantized weight and (corrected) bias are read back. Any mixed assignment can then
+be scored by swapping those tensors into the float model (`torch.func.functional_call`)
+instead of re-running the rounding: one forward pass per calibration batch. GPTQ's
+quantized-prefix inputs are those of the uniform model, an approximation for mixed
+assignments; the final configuration is always applied and measured on the engine itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import engine
+
+
+class Swapped(nn.Module):
+    """The float model with some parameters replaced by given tensors."""
+
+    def __init__(self, model: nn.Module, overrides: Mapping[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.overrides = dict(overrides)
+
+    def forward(self, *args: Any, **kwargs: Any):
+        return functional_call(self.model, self.overrides, args, kwargs, strict=False)
+
+
+class CandidateWeights:
+    """Per layer and candidate bit-width, the engine's dequantized weight and bias.
+
+    Args:
+        spec: The model (`build`, `calibration_batches`, `loss`).
+        bits: Candidate bit-widths.
+        names: Layers to quantize (default: all of `spec.layers()`).
+        rounding: "gptq" (calibrated) or "rtn".
+        group_size: Group size of the scales below 8 bits (None: per channel).
+    """
+
+    def __init__(self, spec: Any, bits: Sequence[int], names: Sequence[str] | None = None, *,
+                 rounding: str = "gptq", group_size: int | None = 128) -> None:
+        self.spec = spec
+        self.names = list(names) if names is not None else [x.name for x in spec.layers()]
+        self.bits = tuple(sorted(set(bits)))
+        model = spec.build()
+        calibrated = rounding == "gptq"
+        inputs = [b.inputs for b in spec.calibration_batches()] if calibrated else None
+        wanted = set(self.names)
+        shapes = {n: m.weight.shape for n, m in model.named_modules() if n in wanted}
+        self.weights: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.names}
+        self.biases: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.names}
+        for b in self.bits:
+            cfg = engine.BitConfig(bits={n: b for n in self.names}, activation_bits=None,
+                                   group_size=group_size, rounding=rounding,
+                                   bias_correction=calibrated, clip_search=calibrated)
+            qmodel = engine.apply(model, cfg, calibration=inputs)
+            for n, layer in engine.quantized_layers(qmodel).items():
+                if n in wanted:
+                    self.weights[n][b] = layer.dequantized_weight().reshape(shapes[n]).detach()
+                    if layer.bias is not None:
+                        self.biases[n][b] = layer.bias.detach().float().clone()
+            del qmodel
+
+    def overrides(self, assignment: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """Parameter name -> tensor for a layer -> bits assignment (other layers stay float)."""
+        out = {}
+        for n, b in assignment.items():
+            out[f"{n}.weight"] = self.weights[n][b]
+            if b in self.biases[n]:
+                out[f"{n}.bias"] = self.biases[n][b]
+        return out
+
+    def loss(self, assignment: Mapping[str, int]) -> float:
+        """The spec's calibration loss (distillation to FP32) of a mixed assignment."""
+        model = Swapped(self.spec.build(), self.overrides(assignment))
+        batches = self.spec.calibration_batches()
+        with torch.inference_mode():
+            total = math.fsum(float(self.spec.loss(model, b)) * b.size for b in batches)
+        return total / sum(b.size for b in batches)
