@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from api._settings import Settings
-from api._store import JobOutput, JobRecord
+from api._store import STAGES, JobOutput, JobRecord
 
 OnStage = Callable[[str, float], None]
 
@@ -122,9 +122,14 @@ def _model_job(job: JobRecord, settings: Settings,
 
     spec = job.spec
 
+    last = ["load"]
+
     def pipeline_stage(stage: str, fraction: float) -> None:
-        if stage != "done":
-            on_stage(stage, fraction * _PIPELINE_SHARE)
+        if stage == "done":
+            return
+        # Stages outside the contract's list (e.g. "latency") report as the one before.
+        last[0] = stage if stage in STAGES else last[0]
+        on_stage(last[0], fraction * _PIPELINE_SHARE)
 
     result = allocator.solve(job.model, spec["budgets"], solver=spec["solver"],
                              bits=tuple(spec["bits"]), estimator=spec["estimator"],

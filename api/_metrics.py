@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api._store import JobStore
@@ -43,12 +42,10 @@ class Metrics:
         self.registry.register(_JobsCollector(store))
 
 
-def _route_of(app, scope: Scope) -> str:
-    for route in getattr(app, "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return getattr(route, "path", "other")
-    return "unmatched"
+def _route_of(scope: Scope) -> str:
+    """The matched route template (`/jobs/{job_id}`), so that labels stay few."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
 
 
 class MetricsMiddleware:
@@ -72,7 +69,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = _route_of(scope.get("app"), scope)
+            route = _route_of(scope)
             self.metrics.latency.labels(scope["method"], route, str(status["code"])).observe(
                 time.perf_counter() - start)
 

@@ -67,7 +67,7 @@ def _submit(svc: Service, body: JobCreate) -> JSONResponse:
         raise ApiError(422, "`body.model`: give exactly one of `model` (a registered model) and "
                             "`problem` (an allocator.problem/1 document).", "body.model",
                        body.model)
-    budgets = check.budgets(body.budgets, allow_latency=body.problem is not None)
+    budgets = check.budgets(body.budgets)
     solver = check.solver(body.solver)
     bits = check.bits(body.bits)
     spec: dict[str, Any] = {"budgets": [b.text for b in budgets], "solver": solver,

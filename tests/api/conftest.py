@@ -1,0 +1,198 @@
+"""Fixtures of the job-service tests: settings over a temporary SQLite file (always), the
+real PostgreSQL (`ALLOCATOR_TEST_PG_URL`, default 127.0.0.1:5432/test) and Redis
+(`ALLOCATOR_TEST_REDIS_URL`, default 127.0.0.1:6379) where they answer, skipped cleanly
+where they do not, and a live `allocator serve` subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from allocator.testing_problems import random_problem
+from api import Settings, create_app
+
+REPO = Path(__file__).resolve().parents[2]
+PG_URL = os.environ.get("ALLOCATOR_TEST_PG_URL",
+                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("ALLOCATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def problem_doc(n_layers: int = 6, seed: int = 0) -> dict[str, Any]:
+    """A seeded synthetic allocator.problem/1 document."""
+    return random_problem(n_layers, seed=seed).to_dict()
+
+
+def _pg_reachable() -> str | None:
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"PostgreSQL at {PG_URL} unreachable: {type(e).__name__}"
+
+
+def _redis_reachable() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"Redis at {REDIS_URL} unreachable: {type(e).__name__}"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh schema-free PostgreSQL database state (tables dropped before and after)."""
+    reason = _pg_reachable()
+    if reason:
+        pytest.skip(reason)
+    _drop_pg_tables()
+    yield PG_URL
+    _drop_pg_tables()
+
+
+def _drop_pg_tables() -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        for table in ("problems", "fronts", "results", "jobs", "alembic_version"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    reason = _redis_reachable()
+    if reason:
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+
+
+@pytest.fixture
+def api_client(sqlite_url: str) -> Iterator[TestClient]:
+    """An API-only app (no workers) over a temporary SQLite file, with a write token."""
+    app = create_app(Settings(database_url=sqlite_url, api_token=TOKEN, workers=0),
+                     start_workers=False)
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client
+
+
+def wait_for(client: Any, job_id: str, *, timeout_s: float = 300.0,
+             until: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> dict[str, Any]:
+    """Polls a job until its status is in `until`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} "
+                                 f"after {timeout_s} s")
+        time.sleep(0.3)
+
+
+class LiveService:
+    """`allocator serve` in a subprocess (own process group) on a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                    "HF_HUB_OFFLINE": "1", **env}
+        self.workers, self.log_path = workers, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60.0) -> LiveService:
+        log = open(self.log_path, "ab")  # noqa: SIM115  (closed with the process)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "allocator.cli", "serve", "--port", str(self.port),
+             "--workers", str(self.workers)], cwd=REPO, env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"service did not start: {self.log_path.read_text()[-2000:]}")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=30,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the pool's worker processes (children running `spawn_main`)."""
+        assert self.proc is not None
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True, check=False).stdout
+        return [int(line.split()[0]) for line in out.splitlines()
+                if "spawn_main" in line]
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process tree (a crash, not a shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def live_service(tmp_path: Path) -> Iterator[Any]:
+    """A factory of live services; every one started is stopped at the end."""
+    started: list[LiveService] = []
+
+    def make(env: dict[str, str], workers: int = 1) -> LiveService:
+        svc = LiveService({"ALLOCATOR_API_TOKEN": TOKEN, **env},
+                          tmp_path / f"service-{uuid.uuid4().hex[:6]}.log", workers)
+        started.append(svc)
+        return svc.start()
+
+    yield make
+    for svc in started:
+        svc.stop()
+
+
+__all__ = ["LiveService", "json", "problem_doc", "wait_for"]
