@@ -7,6 +7,7 @@ download is never used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,23 +90,24 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
-def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """`api.create_app` under uvicorn in its own process group, with in-process workers, a
-    temporary database, the default data dir (shared model cache) and a write token."""
+@contextlib.contextmanager
+def run_service(tmp: Path, **settings: str) -> Iterator[Service]:
+    """`api.create_app` under uvicorn in its own process group, with a temporary database,
+    the default data dir (shared model cache), the write token and `settings` (env names
+    without the ALLOCATOR_ prefix); stopped, workers included, on exit."""
     try:
         import api
 
         api.create_app  # noqa: B018
     except (ImportError, AttributeError) as e:
         pytest.skip(f"the job service (api.create_app) is not importable: {e}")
-    tmp = tmp_path_factory.mktemp("dashboard-service")
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                ALLOCATOR_DATABASE_URL=f"sqlite:///{tmp / 'jobs.sqlite'}",
                ALLOCATOR_API_TOKEN=TOKEN, ALLOCATOR_WORKERS="1")
     env.pop("ALLOCATOR_BROKER_URL", None)
     env.pop("ALLOCATOR_READ_REQUIRES_TOKEN", None)
+    env.update({f"ALLOCATOR_{k.upper()}": v for k, v in settings.items()})
     log_path = tmp / "service.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -119,9 +121,10 @@ def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             if proc.poll() is not None:
                 pytest.fail(f"the service exited with {proc.returncode}: {svc.log_tail()}")
             try:
-                if _call(svc.base, "/health", token=None).get("status") == "ok":
-                    break
-            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                with urllib.request.urlopen(svc.base + "/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"the service did not answer /health in {START_TIMEOUT_S} s: "
@@ -138,6 +141,13 @@ def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 proc.wait(timeout=wait_s)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+
+
+@pytest.fixture(scope="session")
+def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The service with one in-process worker; reads open, writes need `TOKEN`."""
+    with run_service(tmp_path_factory.mktemp("dashboard-service")) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="session")

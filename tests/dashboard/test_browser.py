@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.dashboard.conftest import ARTIFACTS, TOKEN, Service
+from tests.dashboard.conftest import ARTIFACTS, TOKEN, Service, run_service
 
 JOB_TIMEOUT_S = 300.0
 FRONT_POINTS = "#front-plot .subplot.xy .scatterlayer .trace"
@@ -229,3 +229,18 @@ def test_errors_are_messages_not_blank_pages(page: Any, service: Service) -> Non
     page.goto(f"{service.base}/ui/jobs/not-a-job")
     page.wait_for_selector("#job-error")
     assert "not-a-job" in page.inner_text("#job-error")
+
+
+def test_reads_behind_the_token_load_once_it_is_saved(page: Any, tmp_path: Path) -> None:
+    with run_service(tmp_path, workers="0", read_requires_token="1") as locked:
+        page.goto(locked.base + "/")
+        page.wait_for_selector("#banner:not([hidden])")
+        assert "token" in page.inner_text("#banner-text").lower()
+        assert page.locator("#jobs-table.table").count() == 1
+        assert page.locator("#jobs-table tbody tr").count() == 0
+
+        _save_token(page)
+        page.wait_for_selector("#jobs-table tbody tr")
+        assert "No jobs yet" in page.inner_text("#jobs-table tbody")
+        assert page.is_hidden("#banner")
+        assert page.locator("#model-select option").count() >= 1

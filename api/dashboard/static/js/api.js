@@ -1,6 +1,9 @@
 // The JSON API of the job service: fetch with the saved token, errors as ApiError.
 
 const TOKEN_KEY = "allocator.apiToken";
+// Set when a read was refused for want of a token (ALLOCATOR_READ_REQUIRES_TOKEN=1): saving
+// a token then reloads the page's data.
+export const state = { readRefused: false };
 
 export class ApiError extends Error {
   /** An HTTP error answered by the service ({detail, field, value}) or a network failure. */
@@ -64,6 +67,7 @@ export async function api(path, { method = "GET", body = undefined } = {}) {
   if (!response.ok) {
     let detail = messageOf(response.status, data, path);
     if (response.status === 401) {
+      if (method === "GET") state.readRefused = true;
       detail += token ? " (the saved API token was refused)"
         : " (enter the API token at the top right; without it the dashboard is read-only)";
     }

@@ -1,6 +1,6 @@
 // Entry point: token field, error banner and routing between the job list and a job page.
 
-import { getToken, setToken } from "./api.js";
+import { getToken, setToken, state } from "./api.js";
 import { renderJobList } from "./jobs.js";
 import { renderJobPage } from "./job.js";
 import { el, hideBanner, showBanner } from "./ui.js";
@@ -17,14 +17,21 @@ function setupChrome() {
     event.preventDefault();
     setToken(document.getElementById("token-input").value.trim());
     renderTokenState();
+    if (state.readRefused) {
+      state.readRefused = false;
+      hideBanner();
+      route();
+    }
   });
   document.getElementById("banner-close").addEventListener("click", hideBanner);
   renderTokenState();
 }
 
 async function route() {
-  const root = document.getElementById("app");
-  root.replaceChildren();
+  // A fresh root: loops and timers of a previous rendering see theirs detached and stop.
+  const old = document.getElementById("app");
+  const root = old.cloneNode(false);
+  old.replaceWith(root);
   const match = window.location.pathname.match(/^\/ui\/jobs\/([^/]+)\/?$/);
   try {
     if (match) {

@@ -329,6 +329,7 @@ export async function renderJobPage(root, jobId, compareId) {
     // Live progress; once the job ends the page is rebuilt with its result.
     while (ACTIVE.has(job.status)) {
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      if (!root.isConnected) return;  // the page was rendered anew
       try {
         job = await api(`/jobs/${encodeURIComponent(jobId)}`);
       } catch (err) {
@@ -340,5 +341,7 @@ export async function renderJobPage(root, jobId, compareId) {
       meta = next;
     }
   }
-  if (job.status === "succeeded") await loadFinished(root, job, compareId);
+  if (job.status === "succeeded" && root.isConnected) {
+    await loadFinished(root, job, compareId);
+  }
 }

@@ -81,6 +81,7 @@ class JobList {
 
   async refresh() {
     clearTimeout(this.timer);
+    if (!this.section.isConnected) return;  // the page was rendered anew
     let active = false;
     try {
       const query = new URLSearchParams({ limit: PAGE_SIZE, offset: this.offset });
@@ -101,7 +102,7 @@ class JobList {
       showBanner(`Job list: ${err.message}`);
     }
     // Poll fast while something runs, slowly otherwise (jobs submitted elsewhere show up).
-    if (document.body.contains(this.section)) {
+    if (this.section.isConnected) {
       this.timer = setTimeout(() => this.refresh(), active ? FAST_POLL_MS : SLOW_POLL_MS);
     }
   }
