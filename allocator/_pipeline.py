@@ -22,7 +22,7 @@ from allocator._budget import Budget, parse_budgets
 from allocator._latency import latency_costs
 from allocator._problem import Problem
 from allocator.solvers import SOLVERS, get_solver
-from engine import BitConfig, InvalidSpecError
+from engine import BitConfig
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
