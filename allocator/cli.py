@@ -507,16 +507,22 @@ def sensitivity(
 
     view = Table(title=f"{estimator} sensitivity of {spec.name} ({table.seconds:.1f} s)")
     view.add_column("layer")
-    view.add_column("trace", justify="right")
-    view.add_column("rel. std-err", justify="right")
-    view.add_column("probes", justify="right")
+    if estimator == "fracbits":
+        view.add_column("learned bits", justify="right")
+    else:
+        view.add_column("trace", justify="right")
+        view.add_column("rel. std-err", justify="right")
+        view.add_column("probes", justify="right")
     for b in table.bits:
         view.add_column(f"Ω@{b}", justify="right")
     for name, row in table.layers.items():
-        rel = (f"{row.std_error / abs(row.trace):.1%}" if row.std_error is not None and row.trace
-               else "-")
-        view.add_row(name + (" [" + ",".join(row.flags) + "]" if row.flags else ""),
-                     "-" if row.trace is None else f"{row.trace:.4g}", rel, str(row.probes),
+        if estimator == "fracbits":
+            facts = [f"{row.extra['fractional_bits']:.2f}"]
+        else:
+            rel = (f"{row.std_error / abs(row.trace):.1%}"
+                   if row.std_error is not None and row.trace else "-")
+            facts = ["-" if row.trace is None else f"{row.trace:.4g}", rel, str(row.probes)]
+        view.add_row(name + (" [" + ",".join(row.flags) + "]" if row.flags else ""), *facts,
                      *(f"{row.omega[b]:.3g}" for b in table.bits))
     Console().print(view)
 
