@@ -119,6 +119,12 @@ def test_submit_watch_open_front_click_point(page: Any, service: Service) -> Non
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-jobs.png"), full_page=True)
 
+    # Filtering by another model hides the job; the filter is the service's (?model=).
+    page.select_option("#model-filter", "digits-mlp")
+    page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}']", state="detached")
+    page.select_option("#model-filter", "")
+    page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}']")
+
     page.click(f"#jobs-table tr[data-job-id='{job_id}'] a")
     page.wait_for_url(f"**/ui/jobs/{job_id}")
     _wait_front(page)

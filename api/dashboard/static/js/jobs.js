@@ -10,9 +10,9 @@ const FAST_POLL_MS = 1500;
 const SLOW_POLL_MS = 10000;
 const DEFAULT_BITS = [2, 3, 4, 5, 6, 8];
 const CANDIDATE_BITS = [2, 3, 4, 5, 6, 7, 8];
-// The service lists models and solvers; estimators have no endpoint, these are the
-// pipeline's registered names.
-const ESTIMATORS = ["hutchinson", "measured"];
+// Used only where the service has no /estimators listing: the pipeline's own estimators.
+const FALLBACK_ESTIMATORS = [{ name: "hutchinson" }, { name: "measured" }];
+const PREFERRED = { model: "digits-cnn", solver: "ilp", estimator: "hutchinson" };
 
 /** Splits budget text ("4bits, 12MB" or "4bits 12MB") into the list the API takes. */
 export function splitBudgets(text) {
@@ -43,6 +43,7 @@ class JobList {
     this.root = root;
     this.offset = 0;
     this.statusFilter = "";
+    this.modelFilter = "";
     this.timer = null;
     this.tbody = el("tbody");
     this.summary = el("span", { class: "muted" });
@@ -54,9 +55,15 @@ class JobList {
       this.refresh();
     } }, ["", "queued", "running", "succeeded", "failed", "cancelled"].map(
       (s) => el("option", { value: s }, s || "all statuses")));
+    this.modelSelect = el("select", { id: "model-filter", onchange: (e) => {
+      this.modelFilter = e.target.value;
+      this.offset = 0;
+      this.refresh();
+    } }, el("option", { value: "" }, "all models"));
     this.section = el("section", { class: "card" },
       el("div", { class: "row between" }, el("h2", {}, "Jobs"),
-        el("div", { class: "row" }, filter, this.prev, this.next, this.summary)),
+        el("div", { class: "row" }, filter, this.modelSelect, this.prev, this.next,
+          this.summary)),
       el("table", { id: "jobs-table", class: "table" },
         el("thead", {}, el("tr", {}, ["Job", "Status", "Progress", "Model", "Budgets",
           "Solver", "Bits", "Created", ""].map((h) => el("th", {}, h)))),
@@ -86,6 +93,7 @@ class JobList {
     try {
       const query = new URLSearchParams({ limit: PAGE_SIZE, offset: this.offset });
       if (this.statusFilter) query.set("status", this.statusFilter);
+      if (this.modelFilter) query.set("model", this.modelFilter);
       const data = await api(`/jobs?${query}`);
       const rows = data.items.map((job) => jobRow(job, (j) => this.cancel(j)));
       this.tbody.replaceChildren(...(rows.length ? rows
@@ -115,18 +123,29 @@ function optionList(items, selected) {
   }, item.available === false ? `${item.name} (not installed)` : item.name));
 }
 
+function listing(path, key) {
+  return api(path).then((d) => d[key]).catch((err) => {
+    showBanner(`${path}: ${err.message}`);
+    return [];
+  });
+}
+
 async function loadChoices() {
-  const [models, solvers] = await Promise.all([
-    api("/models").then((d) => d.models).catch((err) => {
-      showBanner(`Models: ${err.message}`);
-      return [];
-    }),
-    api("/solvers").then((d) => d.solvers).catch((err) => {
-      showBanner(`Solvers: ${err.message}`);
-      return [];
+  const [models, solvers, estimators] = await Promise.all([
+    listing("/models", "models"), listing("/solvers", "solvers"),
+    api("/estimators").then((d) => d.estimators).catch((err) => {
+      if (err instanceof ApiError && err.status === 404) return FALLBACK_ESTIMATORS;
+      showBanner(`/estimators: ${err.message}`);
+      return FALLBACK_ESTIMATORS;
     }),
   ]);
-  return { models, solvers };
+  return { models, solvers, estimators };
+}
+
+/** The preferred name when it is listed and available, else the first available one. */
+function defaultOf(items, preferred) {
+  const usable = items.filter((item) => item.available !== false);
+  return (usable.find((item) => item.name === preferred) || usable[0] || {}).name;
 }
 
 /** Checks the budget text with the service's own grammar; returns an error message or "". */
@@ -142,8 +161,7 @@ async function validateBudgets(budgets) {
 }
 
 function renderForm(root, choices, onSubmitted) {
-  const { models, solvers } = choices;
-  const firstModel = (models.find((m) => m.available !== false) || {}).name;
+  const { models, solvers, estimators } = choices;
   const bitBoxes = CANDIDATE_BITS.map((b) => el("label", { class: "check" },
     el("input", { type: "checkbox", name: "bits", value: b, checked: DEFAULT_BITS.includes(b) }),
     String(b)));
@@ -154,15 +172,15 @@ function renderForm(root, choices, onSubmitted) {
     el("h2", {}, "New job"),
     el("div", { class: "grid" },
       el("label", {}, "Model", el("select", { name: "model", id: "model-select", required: true },
-        optionList(models, firstModel))),
+        optionList(models, defaultOf(models, PREFERRED.model)))),
       el("label", {}, "Budgets",
         el("input", { name: "budgets", id: "budget-input", value: "4bits", required: true,
           placeholder: "4bits, 12MB, 1.2GBOPs", spellcheck: "false" }),
         budgetError),
       el("label", {}, "Solver", el("select", { name: "solver", id: "solver-select" },
-        optionList(solvers, "ilp"))),
+        optionList(solvers, defaultOf(solvers, PREFERRED.solver)))),
       el("label", {}, "Sensitivity", el("select", { name: "estimator", id: "estimator-select" },
-        ESTIMATORS.map((e) => el("option", { value: e }, e)))),
+        optionList(estimators, defaultOf(estimators, PREFERRED.estimator)))),
       el("fieldset", { class: "bits" }, el("legend", {}, "Candidate bits"), bitBoxes),
       el("label", {}, "Seed", el("input", { name: "seed", id: "seed-input", type: "number",
         value: 0, min: 0, step: 1 })),
@@ -232,6 +250,7 @@ export async function renderJobList(root) {
   document.title = "allocator: jobs";
   const list = new JobList(root);
   const choices = await loadChoices();
+  list.modelSelect.append(...choices.models.map((m) => el("option", { value: m.name }, m.name)));
   renderForm(root, choices, () => list.refresh());
   await list.refresh();
 }
