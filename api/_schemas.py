@@ -33,8 +33,9 @@ class JobCreate(_Strict):
     budgets: list[str] = Field(min_length=1, max_length=4, examples=[["4bits"]])
     solver: str = Field(default="ilp", min_length=1, max_length=32)
     estimator: str = Field(default="hutchinson", min_length=1, max_length=32)
-    bits: list[int] = Field(default_factory=lambda: list(DEFAULT_BITS), min_length=1,
-                            max_length=7, examples=[[2, 4, 8]])
+    bits: list[int] | None = Field(
+        default=None, min_length=1, max_length=7, examples=[[2, 4, 8]],
+        description="Candidate bit-widths (default: 2,3,4,5,6,8 for models, the problem's own)")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     measure: bool = True
 

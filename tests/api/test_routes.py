@@ -78,7 +78,8 @@ def test_bad_input_is_a_named_422(api_client: TestClient) -> None:
         if value is not None:
             assert err["value"] == value, (body, err)
         assert field in err["detail"]
-    r = api_client.post("/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    r = api_client.post("/jobs", content=b"{not json",
+                        headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "errors" in r.json()
 
 

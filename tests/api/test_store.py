@@ -1,0 +1,116 @@
+"""The job store on SQLite (always) and PostgreSQL (where it runs): atomic claims,
+cancellation, heartbeats, stale-worker recovery, results."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from api._db import make_engine, upgrade
+from api._store import JobOutput, JobStore, NotSucceededError
+from engine import FinishedJobError, JobNotFoundError
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    upgrade(engine)  # idempotent
+    s = JobStore(engine)
+    if request.param == "postgres":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM jobs")
+    yield s
+    engine.dispose()
+
+
+SPEC = {"budgets": ["4bits"], "solver": "ilp", "seed": 0, "measure": False, "bits": [2, 4, 8]}
+
+
+def test_claim_is_atomic_under_threads(store: JobStore) -> None:
+    ids = {store.create(kind="problem", model=None, spec=SPEC, problem={"x": 1}).id
+           for _ in range(12)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        while True:
+            job = store.claim(f"w{n}")
+            if job is None:
+                if store.counts()["queued"] == 0:
+                    return
+                continue
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(claimed) == sorted(ids)  # each job exactly once
+    assert store.counts()["running"] == 12
+
+
+def test_lifecycle_and_finished_jobs_are_frozen(store: JobStore) -> None:
+    job = store.create(kind="problem", model=None, spec=SPEC, problem={"p": 1})
+    assert store.problem(job.id) == {"p": 1}
+    running = store.claim("w1", job.id)
+    assert running is not None and running.status == "running" and running.attempts == 1
+    assert store.claim("w2", job.id) is None
+    assert store.set_stage(job.id, "w1", "solve", 0.5)
+    assert not store.set_stage(job.id, "w2", "solve", 0.6)  # not w2's job
+    with pytest.raises(NotSucceededError):
+        store.result(job.id)
+    out = JobOutput(config={"bits": {"a": 4}}, measured={"m": 1}, uniform={}, front={"f": 1})
+    assert store.succeed(job.id, "w1", out, {"total_s": 1.0})
+    done = store.get(job.id)
+    assert (done.status, done.stage, done.progress) == ("succeeded", "done", 1.0)
+    assert store.result(job.id)["config"] == {"bits": {"a": 4}}
+    assert store.front(job.id) == {"f": 1}
+    assert not store.fail(job.id, "w1", "late")
+    with pytest.raises(FinishedJobError):
+        store.cancel(job.id)
+    with pytest.raises(JobNotFoundError):
+        store.get("f" * 32)
+
+
+def test_cancel_stops_the_worker_writes(store: JobStore) -> None:
+    job = store.create(kind="problem", model=None, spec=SPEC)
+    store.claim("w1", job.id)
+    assert store.cancel(job.id).status == "cancelled"
+    assert not store.heartbeat(job.id, "w1")
+    assert not store.set_stage(job.id, "w1", "pareto", 0.9)
+    assert not store.succeed(job.id, "w1", JobOutput(config={}), {})
+    assert store.get(job.id).status == "cancelled"
+
+
+def test_stale_heartbeat_requeues_then_fails(store: JobStore) -> None:
+    job = store.create(kind="problem", model=None, spec=SPEC)
+    store.claim("dead-1", job.id)
+    time.sleep(1.2)
+    requeued, failed = store.requeue_stale(timeout_s=1.0, max_attempts=2)
+    assert (requeued, failed) == ([job.id], [])
+    again = store.get(job.id)
+    assert again.status == "queued" and "dead-1" in again.error
+    store.claim("dead-2", job.id)
+    assert store.requeue_stale(timeout_s=1.0, max_attempts=2) == ([], [])  # fresh heartbeat
+    time.sleep(1.2)
+    requeued, failed = store.requeue_stale(timeout_s=1.0, max_attempts=2)
+    assert (requeued, failed) == ([], [job.id])
+    dead = store.get(job.id)
+    assert dead.status == "failed" and "dead-2 died" in dead.error and "attempt 2" in dead.error
+
+
+def test_release_returns_jobs_to_queue(store: JobStore) -> None:
+    job = store.create(kind="problem", model=None, spec=SPEC)
+    store.claim("w1", job.id)
+    assert store.release("w1") == [job.id]
+    assert store.get(job.id).status == "queued"
