@@ -247,10 +247,15 @@ def pareto(
     seed: int = 0,
     rounding: str = "gptq",
     group_size: int | None = 128,
+    latency: bool = True,
+    weight_only: bool = False,
     progress: bool = False,
 ):
     """The Pareto front of a model along one cost axis, with the first `measure_points`
     points (all by default) applied on the engine and measured.
+
+    With `latency` (or a latency axis or budget) the points carry this machine's predicted
+    latency too (`allocator.pareto/1` `cost.latency_us`).
 
     Returns:
         (ParetoFront, list of measured metrics dicts aligned with the front's points).
@@ -263,13 +268,20 @@ def pareto(
     options = {"rounding": rounding, "group_size": group_size}
     table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed, options=options,
                                  progress=progress)
-    problem = problem_for(spec, table, bits, group_size=group_size)
-    front = pareto_front(problem, axis, points, budgets=parse_budgets(list(budgets)))
+    fixed = parse_budgets(list(budgets))
+    lat = None
+    if latency or axis == "latency" or any(b.kind == "latency" for b in fixed):
+        lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
+    problem = problem_for(spec, table, bits, group_size=group_size,
+                          latency_us=lat.latency_us if lat else None,
+                          latency_offset_us=lat.offset_us if lat else 0.0)
+    front = pareto_front(problem, axis, points, budgets=fixed)
     calibrated = rounding == "gptq"
     limit = len(front.points) if measure_points is None else measure_points
     measured = []
     for p in front.points[:limit]:
         cfg = BitConfig(bits=p.bits, group_size=group_size, rounding=rounding,
+                        activation_bits=None if weight_only else 8,
                         bias_correction=calibrated, clip_search=calibrated)
         measured.append(spec.evaluate(spec.quantize(cfg)))
     return front, measured

@@ -359,6 +359,11 @@ def pareto(
     points: Annotated[int, typer.Option(help="Budget values swept.")] = 20,
     budget: Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")] = None,
     bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 2,4,8.")] = None,
+    estimator: Annotated[str, typer.Option(help="With --model: hutchinson, measured or "
+                                           "fracbits.")] = "hutchinson",
+    seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
+    rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
+    weight_only: Annotated[bool, typer.Option(help="With --model: keep activations float.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     out: Annotated[str | None, typer.Option(help="Write the allocator.pareto/1 JSON here.")] = None,
 ) -> None:
@@ -380,7 +385,8 @@ def pareto(
         with _console().status(f"{model}: sensitivity, front, measuring points..."):
             front, measured = model_pareto(spec, axis=axis, points=points, measure_points=measure,
                                            budgets=budget or [], bits=candidate or DEFAULT_BITS,
-                                           progress=not as_json)
+                                           estimator=estimator, seed=seed, rounding=rounding,
+                                           weight_only=weight_only, progress=not as_json)
         png = png or (str(out).removesuffix(".json") + ".png" if out else None)
         if png:
             plot_front(front, measured, spec.primary_metric, png)

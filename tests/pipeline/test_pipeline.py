@@ -126,3 +126,20 @@ def test_cli_rejects_measured_reward_outside_ddpg(capsys):
     assert main(["solve", "--model", "digits-cnn", "--budget", "4bits",
                  "--reward", "measured"]) == 2
     assert "--reward measured" in capsys.readouterr().err
+
+
+def test_cli_pareto_along_latency_measures_points_and_plots(first, capsys, tmp_path):
+    out = tmp_path / "front.json"
+    code = main(["pareto", "--model", "digits-cnn", "--axis", "latency", "--points", "4",
+                 "--measure", "2", "--bits", "2,4,8", "--rounding", "rtn", "--json",
+                 "--out", str(out)])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == json.loads(out.read_text())
+    assert data["format"] == "allocator.pareto/1" and data["cost_key"] == "latency_us"
+    lat = [p["cost"]["latency_us"] for p in data["points"]]
+    obj = [p["objective"] for p in data["points"]]
+    assert lat == sorted(lat) and obj == sorted(obj, reverse=True)  # non-dominated
+    assert "accuracy" in data["points"][0]["measured"]
+    assert all("measured" not in p for p in data["points"][2:])
+    assert (tmp_path / "front.png").stat().st_size > 1000
