@@ -71,9 +71,11 @@ class FracBitsConfig:
         if not 0 <= self.momentum < 1:
             raise engine.InvalidSpecError(f"`momentum` must be in [0, 1), got {self.momentum}.")
         if self.rounding not in ("gptq", "rtn"):
-            raise engine.InvalidSpecError(f"`rounding` must be 'gptq' or 'rtn', got {self.rounding!r}.")
+            raise engine.InvalidSpecError(
+                f"`rounding` must be 'gptq' or 'rtn', got {self.rounding!r}.")
         if self.budget_bits is not None and not self.budget_bits > 0:
-            raise engine.InvalidSpecError(f"`budget_bits` must be positive, got {self.budget_bits}.")
+            raise engine.InvalidSpecError(
+                f"`budget_bits` must be positive, got {self.budget_bits}.")
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,8 @@ def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]
             grad_count += 1
         if step % 10 == 0 or step == config.steps:
             history.append({"step": step, "loss": float(task.detach()),
-                            **{c.name: float(r.detach()) for c, r in zip(constraints, ratios, strict=True)}})
+                            **{c.name: float(r.detach())
+                               for c, r in zip(constraints, ratios, strict=True)}})
         if progress is not None:
             progress(1)
         if time.perf_counter() - start > config.time_limit_s:
@@ -215,7 +218,8 @@ def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]
                       time.perf_counter() - start, history)
 
 
-def noise_law_omega(b_learned: float, grad_per_bit: float, bits: Sequence[int]) -> dict[int, float]:
+def noise_law_omega(b_learned: float, grad_per_bit: float,
+                    bits: Sequence[int]) -> dict[int, float]:
     """Ω_l(b) = κ (4^-b - 4^-b_max) with its slope at the learned b equal to the loss gradient."""
     kappa = max(-grad_per_bit, 0.0) * 4.0 ** b_learned / (2.0 * math.log(2.0))
     top = max(bits)

@@ -126,7 +126,8 @@ class DdpgSolver(BaseSolver):
             raise InvalidSpecError("`reward` 'measured' evaluates configs on the model: run it "
                                    "through the pipeline (`allocator solve --model M`).")
         self.episodes, self.sigma, self.report_gap = episodes, sigma, report_gap
-        self.reward, self.model, self.rounding, self.group_size = reward, model, rounding, group_size
+        self.reward, self.model = reward, model
+        self.rounding, self.group_size = rounding, group_size
 
     def _measure(self, units):
         """Assignment (choice per unit) -> measured calibration loss, memoized."""

@@ -74,8 +74,8 @@ class FracBitsSolver(BaseSolver):
         relaxed = relax(self.model, [u.names for u in units], [u.choices for u in units],
                         constraints, config, seed)
         picks = round_to_budget(units, rhs, relaxed.bits)
-        extra = {"fractional_bits": {n: round(b, 4) for u, b in zip(units, relaxed.bits, strict=True)
-                                     for n in u.names},
+        learned = zip(units, relaxed.bits, strict=True)
+        extra = {"fractional_bits": {n: round(b, 4) for u, b in learned for n in u.names},
                  "relaxation_steps": relaxed.steps, "relaxation_stop": relaxed.stop_reason,
                  "relaxation_seconds": round(relaxed.seconds, 3)}
         return (None, "infeasible", extra) if picks is None else (picks, "feasible", extra)
