@@ -143,14 +143,15 @@ def run_service(tmp: Path, **settings: str) -> Iterator[Service]:
                 pass
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The service with one in-process worker; reads open, writes need `TOKEN`."""
+    """The service with one in-process worker; reads open, writes need `TOKEN`. Module
+    scope: stopped before the rest of a full test run."""
     with run_service(tmp_path_factory.mktemp("dashboard-service")) as svc:
         yield svc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -250,3 +250,34 @@ def test_reads_behind_the_token_load_once_it_is_saved(page: Any, tmp_path: Path)
         assert "No jobs yet" in page.inner_text("#jobs-table tbody")
         assert page.is_hidden("#banner")
         assert page.locator("#model-select option").count() >= 1
+
+
+def test_problem_job_front_on_the_latency_axis(page: Any, service: Service) -> None:
+    from allocator.testing_problems import random_problem
+
+    problem = random_problem(6, seed=3).to_dict()
+    job_id = service.submit(problem=problem, budgets=["4bits"], solver="ilp", seed=0)
+    assert service.wait(job_id, JOB_TIMEOUT_S)["status"] == "succeeded", service.log_tail()
+
+    page.goto(f"{service.base}/ui/jobs/{job_id}")
+    _wait_front(page)
+    assert "(problem file)" in page.inner_text("#job-meta")
+    # Predicted only: no measured panel, measured latency offered but disabled.
+    traces = _traces(page)
+    assert {t["meta"]["kind"] for t in traces if "kind" in t["meta"]} <= {"predicted", "ring"}
+    assert page.locator("#axis-select option[value='measured_latency_us']").is_disabled()
+
+    page.select_option("#axis-select", "latency_us")
+    page.wait_for_function(
+        "document.getElementById('front-plot').layout.xaxis.title.text.includes('latency')")
+    pareto = service.get(f"/jobs/{job_id}/pareto")
+    xs = next(t["x"] for t in _traces(page) if t["meta"] == {
+        "group": "front", "kind": "predicted", "jobId": job_id})
+    assert xs == [p["cost"]["latency_us"] for p in pareto["points"] if p["objective"] > 0]
+    # The bit map now shows each layer's latency per bit-width, from the problem's table.
+    assert page.input_value("#cost-select") == "latency_us"
+    names = [x["name"] for x in problem["layers"]]
+    assert [c[0] for c in _bitmap_cells(page)] == names
+    first = problem["layers"][0]["latency_us"]
+    row = page.inner_text(f".bitmap-table tr[data-layer='{names[0]}']")
+    assert f"{first['2']:.3g} µs" in row, row
