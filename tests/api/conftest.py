@@ -158,10 +158,13 @@ class LiveService:
     def worker_pids(self) -> list[int]:
         """Pids of the pool's worker processes (children running `spawn_main`)."""
         assert self.proc is not None
-        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True, check=False).stdout
-        return [int(line.split()[0]) for line in out.splitlines()
-                if "spawn_main" in line]
+        pids = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"spawn_main" in cmdline:
+                    pids.append(int(child))
+        return pids
 
     def kill(self) -> None:
         """SIGKILL to the whole process tree (a crash, not a shutdown)."""
