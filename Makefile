@@ -19,6 +19,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/allocator solve --model digits-cnn --budget 4bits
 
 test: $(STAMP)
+	# Debian's Chromium for the dashboard's browser tests (tests/dashboard skip without it).
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "chromium not installed: the browser tests will skip"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" -q
 
 test-all: $(STAMP)
