@@ -76,6 +76,11 @@ class Service:
         self.reaper = Reaper(self.store, self.settings,
                              on_requeue=self.submit if self.dispatcher is not None else None)
         self.reaper.start()
+        if self.dispatcher is not None:
+            # Messages may have been lost while the service was down; the database is the
+            # truth, and a task delivered twice is claimed once.
+            for job in self.store.queued_ids():
+                self.dispatcher.submit(job)
         if self.dispatcher is None and self.settings.workers > 0:
             self.pool = WorkerPool(self.settings, self.store, self.settings.workers)
             self.pool.start()

@@ -165,6 +165,12 @@ class JobStore:
         out.update({status: int(n) for status, n in rows})
         return out
 
+    def queued_ids(self) -> list[str]:
+        """Ids of the queued jobs, oldest first."""
+        with self._session() as s:
+            return list(s.scalars(select(JobRow.id).where(JobRow.status == "queued")
+                                  .order_by(JobRow.created_at, JobRow.id)).all())
+
     def result(self, job_id: str) -> dict[str, Any]:
         """`{"config", "measured", "uniform", "problem"}` of a succeeded job."""
         job = self._finished_ok(job_id)

@@ -38,9 +38,10 @@ def worker_main(env: dict[str, str], worker_id: str) -> None:
     from api._db import make_engine
     from api._runner import run_claimed
 
+    # Ctrl-C reaches the whole process group: the parent shuts down and terminates us
+    # (SIGTERM, default action); its shutdown returns our running job to the queue.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     settings = Settings()
     store = JobStore(make_engine(settings.resolved_database_url()))
     parent = os.getppid()

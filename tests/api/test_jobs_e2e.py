@@ -158,7 +158,8 @@ def test_fifty_concurrent_submissions(live_service, tmp_path) -> None:
 
 @pytest.fixture
 def celery_worker(redis_url, tmp_path, request):
-    """A real `celery -A api.celery_app worker` on PostgreSQL where it runs, else SQLite."""
+    """A real Celery worker (`allocator worker`, i.e. `celery -A api.celery_app worker`) on
+    PostgreSQL where it runs, else SQLite."""
     try:
         db_url = request.getfixturevalue("pg_url")
     except pytest.skip.Exception:
@@ -166,8 +167,8 @@ def celery_worker(redis_url, tmp_path, request):
     env = {**os.environ, "ALLOCATOR_BROKER_URL": redis_url, "ALLOCATOR_DATABASE_URL": db_url,
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     log = open(tmp_path / "celery.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "api.celery_app", "worker",
-                             "--concurrency=1", "--pool=prefork", "--loglevel=info"],
+    proc = subprocess.Popen([sys.executable, "-m", "allocator.cli", "worker", "--concurrency",
+                             "1"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     yield db_url, proc, tmp_path / "celery.log"
