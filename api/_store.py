@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,8 +96,19 @@ class JobOutput:
     problem: dict[str, Any] | None = None
 
 
+def _finite(data: Any) -> Any:
+    """`data` with NaN and infinities as null (JSON has no spelling for them)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
 def _dumps(data: Any) -> str:
-    return json.dumps(data, allow_nan=False, separators=(",", ":"))
+    return json.dumps(_finite(data), allow_nan=False, separators=(",", ":"))
 
 
 class JobStore:

@@ -114,3 +114,14 @@ def test_release_returns_jobs_to_queue(store: JobStore) -> None:
     store.claim("w1", job.id)
     assert store.release("w1") == [job.id]
     assert store.get(job.id).status == "queued"
+
+
+def test_non_finite_numbers_are_stored_as_null(store: JobStore) -> None:
+    job = store.create(kind="problem", model=None, spec=SPEC)
+    store.claim("w1", job.id)
+    out = JobOutput(config={"objective": float("nan")}, measured={"nll": float("inf")},
+                    front={"points": [{"x": float("-inf")}]})
+    assert store.succeed(job.id, "w1", out, {"total_s": 1.0})
+    assert store.result(job.id)["config"] == {"objective": None}
+    assert store.result(job.id)["measured"] == {"nll": None}
+    assert store.front(job.id) == {"points": [{"x": None}]}
