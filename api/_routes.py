@@ -25,7 +25,6 @@ from api._schemas import (
     ResolveCreate,
     SolveCreate,
     SolversPublic,
-    Stage,
     Status,
 )
 from api._service import Service
@@ -252,4 +251,4 @@ def read_metrics(request: Request) -> Any:
                     media_type=CONTENT_TYPE_LATEST)
 
 
-__all__ = ["open_routes", "read", "write", "Stage"]
+__all__ = ["open_routes", "read", "write"]

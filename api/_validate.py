@@ -10,19 +10,15 @@ from api._errors import ApiError
 from engine import AllocatorError, InvalidSpecError
 
 
-def budgets(texts: list[str], field: str = "body.budgets", *, allow_latency: bool = True) -> list:
-    """Parsed budgets; the error names the index of the bad text."""
+def budgets(texts: list[str], field: str = "body.budgets") -> list:
+    """Parsed budgets (the CLI's grammar); the error names the index of the bad text."""
     from allocator._budget import parse_budget, parse_budgets
 
     for i, text in enumerate(texts):
         try:
-            b = parse_budget(text)
+            parse_budget(text)
         except InvalidSpecError as e:
             raise ApiError(422, f"`{field}.{i}`: {e}", f"{field}.{i}", text) from None
-        if b.kind == "latency" and not allow_latency:
-            raise ApiError(422, f"`{field}.{i}`: latency budget {text!r} needs a hardware "
-                                "profile of this machine; model jobs take bits, size or BOPs "
-                                "budgets.", f"{field}.{i}", text)
     try:
         return parse_budgets(texts)
     except InvalidSpecError as e:

@@ -194,3 +194,37 @@ def test_celery_worker_end_to_end(celery_worker, redis_url) -> None:
             assert job["status"] == "succeeded", (job, log_path.read_text()[-3000:])
         _check_model_result(client, model_job["id"], measured=False)
         assert proc.poll() is None
+
+
+def test_serve_demo_prints_result_and_dashboard_url(tmp_path) -> None:
+    """The README's run command: `allocator serve --demo` runs the demo job to the end."""
+    from tests.api.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "ALLOCATOR_DATABASE_URL": f"sqlite:///{tmp_path}/jobs.sqlite",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "allocator.cli", "serve", "--port",
+                                 str(port), "--demo"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 400
+            while "serving until Ctrl-C" not in out_path.read_text():
+                assert proc.poll() is None, out_path.read_text()
+                assert "demo job failed" not in out_path.read_text()
+                assert time.monotonic() < deadline, out_path.read_text()
+                time.sleep(0.5)
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+    text = out_path.read_text()
+    assert "result: optimal (ilp)" in text and "accuracy: mixed" in text and "FP32" in text
+    assert "uniform" in text and "size: mixed" in text
+    assert f"dashboard: http://127.0.0.1:{port}/" in text
+    job_id = text.split("demo job ")[1].split(":")[0]
+    assert len(job_id) == 32 and job_id in text.split("dashboard: ")[1]

@@ -125,3 +125,17 @@ def test_non_finite_numbers_are_stored_as_null(store: JobStore) -> None:
     assert store.result(job.id)["config"] == {"objective": None}
     assert store.result(job.id)["measured"] == {"nll": None}
     assert store.front(job.id) == {"points": [{"x": None}]}
+
+
+def test_migrations_match_the_models(store: JobStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from api._db import Base
+
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert diff == []
