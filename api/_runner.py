@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 from api._jobfn import JobCancelled, execute
 from api._settings import Settings
@@ -22,9 +23,10 @@ log = logging.getLogger("allocator.worker")
 class Heartbeat:
     """Refreshes a running job's heartbeat every `interval_s` from a daemon thread."""
 
-    def __init__(self, store: JobStore, job_id: str, worker_id: str, interval_s: float) -> None:
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, interval_s: float,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self._store, self._job_id, self._worker_id = store, job_id, worker_id
-        self._interval_s = interval_s
+        self._interval_s, self._on_lost = interval_s, on_lost
         self._stop = threading.Event()
         self.lost = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}",
@@ -43,13 +45,23 @@ class Heartbeat:
             try:
                 if not self._store.heartbeat(self._job_id, self._worker_id):
                     self.lost.set()
+                    if self._on_lost is not None and not self._stop.is_set():
+                        self._on_lost()
                     return
             except Exception as e:  # noqa: BLE001  (a missed beat is retried)
                 log.warning("heartbeat of job %s failed: %s", self._job_id, e)
 
 
-def run_claimed(store: JobStore, job: JobRecord, worker_id: str, settings: Settings) -> str:
-    """Runs a job this worker has claimed; returns its final status as this worker saw it."""
+def run_claimed(store: JobStore, job: JobRecord, worker_id: str, settings: Settings, *,
+                on_lost: Callable[[], None] | None = None) -> str:
+    """Runs a job this worker has claimed; returns its final status as this worker saw it.
+
+    Args:
+        on_lost: Called from the heartbeat thread when the job stops being this worker's
+            (cancelled, or re-queued after a missed heartbeat) while it still runs; the
+            in-process pool exits the worker process there, to stop at once rather than at
+            the job's next stage. Without it the job stops at its next stage.
+    """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -57,20 +69,24 @@ def run_claimed(store: JobStore, job: JobRecord, worker_id: str, settings: Setti
         if not store.set_stage(job.id, worker_id, stage, progress):
             raise JobCancelled(job.id)
 
-    with Heartbeat(store, job.id, worker_id, settings.heartbeat_interval_s):
+    output = None
+    error: Exception | None = None
+    with Heartbeat(store, job.id, worker_id, settings.heartbeat_interval_s, on_lost):
         try:
             problem = store.problem(job.id) if job.kind == "problem" else None
             output, timings = execute(job, settings, problem, on_stage)
-            timings["total_s"] = time.perf_counter() - t_start
-            if store.succeed(job.id, worker_id, output, timings):
-                log.info("job %s succeeded in %.1f s", job.id, timings["total_s"])
-                return "succeeded"
-            return "lost"
         except JobCancelled:
             log.info("job %s stopped: cancelled or re-assigned", job.id)
             return "cancelled"
         except Exception as e:  # noqa: BLE001  (recorded on the job, as Optuna records trials)
             log.warning("job %s failed: %s\n%s", job.id, e, traceback.format_exc())
-            timings["total_s"] = time.perf_counter() - t_start
-            store.fail(job.id, worker_id, f"{type(e).__name__}: {e}", timings)
-            return "failed"
+            error = e
+    # The heartbeat has stopped: the final write below cannot race a "lost" verdict.
+    timings["total_s"] = time.perf_counter() - t_start
+    if error is not None:
+        store.fail(job.id, worker_id, f"{type(error).__name__}: {error}", timings)
+        return "failed"
+    if store.succeed(job.id, worker_id, output, timings):
+        log.info("job %s succeeded in %.1f s", job.id, timings["total_s"])
+        return "succeeded"
+    return "lost"

@@ -55,7 +55,15 @@ def worker_main(env: dict[str, str], worker_id: str) -> None:
             stop.wait(settings.poll_interval_s)
             continue
         log.info("worker %s runs job %s", worker_id, job.id)
-        run_claimed(store, job, worker_id, settings)
+        run_claimed(store, job, worker_id, settings, on_lost=_exit_now)
+
+
+def _exit_now() -> None:
+    """Ends this worker process at once: its job was cancelled or given to another worker,
+    so nothing is left to write (the pool starts a fresh process)."""
+    log.info("job no longer ours; worker process exits")
+    logging.shutdown()
+    os._exit(0)
 
 
 class WorkerPool:
@@ -97,8 +105,9 @@ class WorkerPool:
         while not self._stop.wait(1.0):
             for worker_id, proc in list(self._procs.items()):
                 if not proc.is_alive():
-                    log.warning("worker %s exited (%s); starting another", worker_id,
-                                proc.exitcode)
+                    log.log(logging.INFO if proc.exitcode == 0 else logging.WARNING,
+                            "worker %s exited (%s); starting another", worker_id,
+                            proc.exitcode)
                     del self._procs[worker_id]
                     self._spawn()
 

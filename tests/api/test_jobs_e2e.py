@@ -100,6 +100,13 @@ def test_problem_job_front(live_service, tmp_path) -> None:
         assert result["problem"]["format"] == "allocator.problem/1"
         assert front["chosen"]["objective"] == result["config"]["objective"]
         assert [u["bits"] for u in front["uniform"]] == [2, 3, 4, 6, 8]
+        # a job that fails in the worker records why, without a traceback
+        bad = client.post("/jobs", json={"problem": problem_doc(), "solver": "dp",
+                                         "budgets": ["4bits", "1MB"]}).json()
+        failed = wait_for(client, bad["id"], timeout_s=120)
+        assert failed["status"] == "failed" and "exactly one budget" in failed["error"]
+        assert "Traceback" not in failed["error"] and failed["finished_at"] is not None
+        assert client.get(f"/jobs/{bad['id']}/result").status_code == 409
         # the chosen point is not dominated by any front point
         chosen = front["chosen"]
         assert not any(p["objective"] < chosen["objective"] - 1e-12
