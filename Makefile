@@ -1,4 +1,5 @@
-# Fresh machine: `make demo` (set up and run the main job), `make test` (set up and run the tests).
+# Fresh machine: `make demo` (set up, start the service and run the main job on a demo model),
+# `make test` (set up and run the tests).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/allocator solve --model digits-cnn --budget 4bits
+	HF_HUB_OFFLINE=1 $(VENV)/bin/allocator serve --demo
 
 test: $(STAMP)
 	# Debian's Chromium for the dashboard's browser tests (tests/dashboard skip without it).
