@@ -86,13 +86,13 @@ def solve(
     *,
     solver: str = "ilp",
     bits: Sequence[int] = DEFAULT_BITS,
-    estimator: str = "hutchinson",
+    estimator: str | None = None,
     seed: int = 0,
     rounding: str = "gptq",
     group_size: int | None = 128,
     measure: bool = True,
     latency: bool = True,
-    weight_only: bool = False,
+    weight_only: bool | None = None,
     time_limit_s: float = 60.0,
     solver_options: dict[str, Any] | None = None,
     estimator_options: dict[str, Any] | None = None,
@@ -107,12 +107,14 @@ def solve(
         budgets: Budget texts ("5bits", "12MB", "1.2GBOPs", "4ms") or `Budget`s.
         solver: Registered solver name ("ilp", "ddpg", "greedy", "uniform", ...).
         bits: Candidate bit-widths.
-        estimator: Sensitivity estimator ("hutchinson", "measured").
+        estimator: Sensitivity estimator ("hutchinson", "measured", "fracbits"; default:
+            the model's `default_estimator`).
         seed: Seed of every stochastic step.
         rounding: "gptq" (calibrated: GPTQ + bias correction + clipping search) or "rtn".
         group_size: Scale group size below 8 bits (None: per channel).
         measure: Apply the result on the engine and measure it (and the best uniform).
-        weight_only: Keep activations float (no W8A8 kernels for 8-bit layers).
+        weight_only: Keep activations float (no W8A8 kernels for 8-bit layers); default:
+            the model's `default_activation_bits` decides.
         latency: Read (or measure) this machine's per-layer latency table, so the solve
             knows latency costs, and time the quantized models against FP32. A latency
             budget turns the table on regardless.
@@ -140,6 +142,7 @@ def solve(
     stage("load", 0.0)
     t0 = time.perf_counter()
     spec = zoo.get_model(model) if isinstance(model, str) else model
+    estimator, weight_only = _defaults(spec, estimator, weight_only)
     layers = spec.layers()
     spec.calibration_batches()
     timings["load_s"] = time.perf_counter() - t0
@@ -219,6 +222,15 @@ def solve(
 
 
 
+def _defaults(spec, estimator: str | None, weight_only: bool | None) -> tuple[str, bool]:
+    """The caller's estimator and activation choice, else the model's own defaults."""
+    if estimator is None:
+        estimator = getattr(spec, "default_estimator", "hutchinson")
+    if weight_only is None:
+        weight_only = getattr(spec, "default_activation_bits", 8) is None
+    return estimator, weight_only
+
+
 def _versions() -> dict[str, str]:
     import torch
 
@@ -243,12 +255,12 @@ def pareto(
     measure_points: int | None = None,
     budgets: Sequence[str] = (),
     bits: Sequence[int] = DEFAULT_BITS,
-    estimator: str = "hutchinson",
+    estimator: str | None = None,
     seed: int = 0,
     rounding: str = "gptq",
     group_size: int | None = 128,
     latency: bool = True,
-    weight_only: bool = False,
+    weight_only: bool | None = None,
     progress: bool = False,
 ):
     """The Pareto front of a model along one cost axis, with the first `measure_points`
@@ -265,6 +277,7 @@ def pareto(
     from allocator._pareto import pareto_front
 
     spec = zoo.get_model(model) if isinstance(model, str) else model
+    estimator, weight_only = _defaults(spec, estimator, weight_only)
     options = {"rounding": rounding, "group_size": group_size}
     table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed, options=options,
                                  progress=progress)

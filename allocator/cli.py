@@ -215,10 +215,13 @@ def solve(
     bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 4,8.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
     time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")] = 60.0,
-    estimator: Annotated[str, typer.Option(help="With --model: hutchinson, measured or "
-                                           "fracbits.")] = "hutchinson",
+    estimator: Annotated[str | None, typer.Option(help="With --model: hutchinson, measured or "
+                                                  "fracbits (default: the model's own).")
+                         ] = None,
     rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
-    weight_only: Annotated[bool, typer.Option(help="With --model: keep activations float.")] = False,
+    weight_only: Annotated[bool | None, typer.Option(
+        "--weight-only/--w8a8", help="With --model: keep activations float, or quantize them "
+        "on 8-bit layers (default: the model's own).")] = None,
     reward: Annotated[str, typer.Option(help="DDPG reward: proxy (Ω) or measured (with "
                                         "--model: calibration loss on the engine's weights).")
                       ] = "proxy",
@@ -359,11 +362,14 @@ def pareto(
     points: Annotated[int, typer.Option(help="Budget values swept.")] = 20,
     budget: Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")] = None,
     bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 2,4,8.")] = None,
-    estimator: Annotated[str, typer.Option(help="With --model: hutchinson, measured or "
-                                           "fracbits.")] = "hutchinson",
+    estimator: Annotated[str | None, typer.Option(help="With --model: hutchinson, measured or "
+                                                  "fracbits (default: the model's own).")
+                         ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
     rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
-    weight_only: Annotated[bool, typer.Option(help="With --model: keep activations float.")] = False,
+    weight_only: Annotated[bool | None, typer.Option(
+        "--weight-only/--w8a8", help="With --model: keep activations float, or quantize them "
+        "on 8-bit layers (default: the model's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     out: Annotated[str | None, typer.Option(help="Write the allocator.pareto/1 JSON here.")] = None,
 ) -> None:

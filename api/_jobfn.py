@@ -127,7 +127,7 @@ def _model_job(job: JobRecord, settings: Settings,
     def pipeline_stage(stage: str, fraction: float) -> None:
         if stage == "done":
             return
-        # Stages outside the contract's list (e.g. "latency") report as the one before.
+        # A stage the service does not know reports as the one before it.
         last[0] = stage if stage in STAGES else last[0]
         on_stage(last[0], fraction * _PIPELINE_SHARE)
 

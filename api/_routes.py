@@ -198,9 +198,10 @@ def solve_problem(svc: ServiceDep, body: SolveCreate) -> Any:
     return _json(_solve(svc, prob, budget_list, solver, body.seed))
 
 
-@write.post("/budgets/validate", response_model=BudgetsPublic)
+@read.post("/budgets/validate", response_model=BudgetsPublic)
 def validate_budgets(body: BudgetsValidate) -> Any:
-    """Check budget texts against the budget grammar (the CLI's)."""
+    """Check budget texts against the budget grammar (the CLI's). A read: it changes
+    nothing, so a read-only dashboard can check its form."""
     parsed = check.budgets(body.budgets)
     return _json({"budgets": [{"text": b.text, "kind": b.kind, "value": b.value}
                               for b in parsed]})

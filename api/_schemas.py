@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_BITS = [2, 3, 4, 5, 6, 8]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Stage = Literal["queued", "load", "sensitivity", "solve", "measure", "pareto", "done"]
+Stage = Literal["queued", "load", "sensitivity", "latency", "solve", "measure", "pareto", "done"]
 BudgetText = Field(min_length=1, max_length=64, examples=["4bits"])
 Bits = list[int]
 

@@ -27,7 +27,7 @@ from engine import AllocatorError, FinishedJobError, JobNotFoundError, StoreErro
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
-STAGES = ("queued", "load", "sensitivity", "solve", "measure", "pareto", "done")
+STAGES = ("queued", "load", "sensitivity", "latency", "solve", "measure", "pareto", "done")
 
 
 def utcnow() -> dt.datetime:

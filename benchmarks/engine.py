@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import engine  # noqa: E402
+import engine._kernels as K  # noqa: E402
 from engine import (  # noqa: E402
     KernelPath,
     QuantConv2d,
@@ -57,8 +58,11 @@ def bench_linear(k: int, n: int, rows: list[int], repeats: int, log) -> dict:
     for m in rows:
         x = torch.randn(m, k, generator=gen)
         _prime(int8 + int4, x)
-        _prime(int8, x, KernelPath.FBGEMM_INT8_DYNAMIC)
-        _prime(int8, x, KernelPath.ONEDNN_INT8_DYNAMIC)
+        per_row = [KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.CPU_INT8_INTMM]
+        if K.onednn_int8_fast():  # else oneDNN runs its reference code: minutes per call
+            per_row.insert(1, KernelPath.ONEDNN_INT8_DYNAMIC)
+        for path in per_row:
+            _prime(int8, x, path)
         fp = time_call(lambda i: F.linear(x, weights[i % count]), repeats=repeats).p50_us
         res = {"fp32_us": fp}
         for label, mods in (("int8", int8), ("int4", int4)):
@@ -66,7 +70,7 @@ def bench_linear(k: int, n: int, rows: list[int], repeats: int, log) -> dict:
             res[f"{label}_auto_us"] = t
             res[f"{label}_auto_path"] = mods[0].last_kernel
             res[f"{label}_speedup"] = fp / t
-        for path in (KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_DYNAMIC):
+        for path in per_row:
             t = time_call(lambda i, p=path: int8[i % count].run_path(p, x), repeats=repeats)
             res[f"{path.value}_speedup"] = fp / t.p50_us
         with torch.inference_mode():
@@ -141,14 +145,17 @@ def main() -> int:
         "int8_conv_sqnr_db": conv["sqnr_db"],
         "paths": {f"linear_m{m}": {"int8": r[m]["int8_auto_path"], "int4": r[m]["int4_auto_path"]}
                   for m in r} | {"conv": conv["path"]},
-        "per_path_int8_speedup": {f"m{m}": {p: r[m][f"{p}_speedup"]
-                                            for p in ("fbgemm-int8", "onednn-int8")} for m in r},
+        "per_path_int8_speedup": {f"m{m}": {k.removesuffix("_speedup"): v
+                                            for k, v in r[m].items()
+                                            if k.endswith("-int8_speedup")
+                                            or k.endswith("-intmm_speedup")} for m in r},
         "shapes": {"linear": [4096, 4096], "linear_rows": [1, 32, 128],
                    "conv": {"batch": 1, "channels": 128, "hw": 28, "kernel": 3},
                    "working_set_fp32_mb": WORKING_SET_BYTES >> 20},
         "threads": args.threads,
         "torch_version": torch.__version__,
         "cpu": engine._platform.cpu_model(),
+        "onednn_int8_fast": K.onednn_int8_fast(),
         "seconds": time.perf_counter() - start,
     }
     print(json.dumps(summary))

@@ -9,6 +9,7 @@ never stored. Only int8 and int4 have real integer kernels; every other bit-widt
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from contextlib import contextmanager
 from enum import Enum
@@ -33,6 +34,9 @@ class KernelPath(str, Enum):
     """x86/fbgemm int8 conv, channels-last, input and output ranges fixed by calibration."""
     INT4PACK_BF16 = "int4pack-bf16"
     """PyTorch's int4 weight-packed matmul (group-wise asymmetric), bf16 activations."""
+    CPU_INT8_INTMM = "cpu-int8-intmm"
+    """CPU int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales: where
+    oneDNN's int8 matmul would fall back to its reference code (see `onednn_int8_fast`)."""
     CUDA_INT8_INTMM = "cuda-int8-intmm"
     """CUDA int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales."""
     CUDA_INT4PACK_BF16 = "cuda-int4pack-bf16"
@@ -70,6 +74,50 @@ def int4pack_cpu_available() -> bool:
 def onednn_available() -> bool:
     try:
         return hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _best_ms(fn, repeats: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+@functools.cache
+def onednn_int8_fast() -> bool:
+    """Whether oneDNN's int8 matmul runs optimized code on this CPU.
+
+    With PyTorch's prepacked weight layout, oneDNN falls back to its reference int8 matmul
+    on some CPUs with AVX-512 VNNI but no AMX (seen on an AMD EPYC: 64x384x384 in 78 ms,
+    about 1000x an fp32 matmul). A one-time probe against fp32 on a small GEMM tells.
+    """
+    if not onednn_available():
+        return False
+    try:
+        w = torch.randint(-127, 128, (256, 256), dtype=torch.int8)
+        packed = torch.ops.onednn.qlinear_prepack(w, None)
+        scales, zero = torch.ones(256), torch.zeros(256, dtype=torch.int64)
+        x = torch.randint(-127, 128, (64, 256), dtype=torch.int8)
+        xf, wf = x.float(), w.float()
+        int8_ms = _best_ms(lambda: torch.ops.onednn.qlinear_pointwise(
+            x, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], ""))
+        fp32_ms = _best_ms(lambda: xf @ wf.t())
+    except RuntimeError:
+        return False
+    return int8_ms <= 4.0 * fp32_ms + 0.2
+
+
+@functools.cache
+def int_mm_cpu_available() -> bool:
+    """torch._int_mm on CPU (int8 x int8 -> int32)."""
+    try:
+        a = torch.ones(32, 16, dtype=torch.int8)
+        return bool(torch._int_mm(a, a.t().contiguous())[0, 0] == 16)
     except (AttributeError, RuntimeError):
         return False
 
@@ -199,6 +247,22 @@ def int4pack_linear_cuda(x2d, prepared, group_size: int, bias) -> torch.Tensor:
     y = torch.ops.aten._weight_int4pack_mm(x2d.to(torch.bfloat16), packed, group_size, sz)
     y = y.to(x2d.dtype)
     return y if bias is None else y + bias
+
+
+def int8_intmm_linear_cpu(x2d: torch.Tensor, w_int8_t: torch.Tensor, scales: torch.Tensor,
+                          bias: torch.Tensor | None,
+                          smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row symmetric int8 activations x per-channel int8 weights (K, N) on torch._int_mm,
+    the same arithmetic as `onednn_linear` (SmoothQuant included)."""
+    x2d = x2d.float()
+    xs = x2d * smoothing if smoothing is not None else x2d
+    row_scale = xs.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
+    scaled = xs.div_(row_scale) if xs is not x2d else xs / row_scale
+    qx = scaled.round_().to(torch.int8)
+    acc = torch._int_mm(qx, w_int8_t).float().mul_(scales[None, :])
+    if bias is None:
+        return acc.mul_(row_scale)
+    return torch.addcmul(bias, acc, row_scale)
 
 
 def int8_intmm_linear_cuda(x2d, w_int8_t: torch.Tensor, scales: torch.Tensor, bias):

@@ -116,7 +116,8 @@ class QuantLinear(QuantizedLayer):
     """Drop-in replacement of `nn.Linear` with a packed 2..8-bit weight.
 
     Kernel choice per call (CPU): 8-bit symmetric per-channel runs oneDNN int8 with per-row
-    activation scales (fbgemm for a single row, where it is faster); 4-bit group-wise runs the
+    activation scales (torch._int_mm with the same scales where oneDNN would run its
+    reference code; fbgemm for a single row, where it is faster); 4-bit group-wise runs the
     int4 weight-packed kernel up to 256 rows and dequant beyond (where it is faster); all
     other widths run dequant. `kernel="reference"` forces dequant everywhere.
     """
@@ -153,8 +154,11 @@ class QuantLinear(QuantizedLayer):
             return KernelPath.DEQUANT
         if device.type == "cpu":
             if self._is_native_int8():
-                if K.onednn_available() and rows >= K.ONEDNN_MIN_ROWS:
-                    return KernelPath.ONEDNN_INT8_DYNAMIC
+                if rows >= K.ONEDNN_MIN_ROWS:
+                    if K.onednn_int8_fast():
+                        return KernelPath.ONEDNN_INT8_DYNAMIC
+                    if K.int_mm_cpu_available():
+                        return KernelPath.CPU_INT8_INTMM
                 if K.fbgemm_available():
                     return KernelPath.FBGEMM_INT8_DYNAMIC
                 if K.onednn_available():
@@ -179,6 +183,10 @@ class QuantLinear(QuantizedLayer):
             prep = self._prepare(path, dev, lambda: K.prepare_onednn_linear(
                 self.int8_weight(), self.scales[:, 0]))
             return K.onednn_linear(x2d, prep, bias, smoothing).to(x2d.dtype)
+        if path is KernelPath.CPU_INT8_INTMM:  # applies the smoothing itself
+            w_t = self._prepare(path, dev, lambda: self.int8_weight().t().contiguous())
+            return K.int8_intmm_linear_cpu(x2d, w_t, self.scales[:, 0].float(), bias,
+                                           smoothing).to(x2d.dtype)
         if smoothing is not None:
             x2d = x2d * smoothing
         if path is KernelPath.FBGEMM_INT8_DYNAMIC:

@@ -46,6 +46,10 @@ class ModelSpec(ABC):
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     skip_layers: ClassVar[tuple[str, ...]] = ()
+    # What the pipeline uses when the caller does not say: the sensitivity estimator and
+    # whether 8-bit layers quantize their activations (W8A8) or keep them float.
+    default_estimator: ClassVar[str] = "hutchinson"
+    default_activation_bits: ClassVar[int | None] = 8
 
     def __init__(self) -> None:
         self._model: nn.Module | None = None

@@ -25,10 +25,27 @@ cpu_int8 = pytest.mark.skipif(not (K.fbgemm_available() and K.onednn_available()
 
 
 @cpu_int8
-@pytest.mark.parametrize("path", [KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_DYNAMIC])
+@pytest.mark.parametrize("path", [KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_DYNAMIC,
+                                  KernelPath.CPU_INT8_INTMM])
 def test_int8_linear_paths(path):
+    if path is KernelPath.CPU_INT8_INTMM and not K.int_mm_cpu_available():
+        pytest.skip("no torch._int_mm on this CPU build")
     layer = _linear(8, True, None)
     assert sqnr_db(REF, layer.run_path(path, X)) >= 30.0
+
+
+@cpu_int8
+def test_per_row_int8_paths_agree():
+    """oneDNN and torch._int_mm run the same per-row arithmetic; auto picks the fast one."""
+    if not K.int_mm_cpu_available():
+        pytest.skip("no torch._int_mm on this CPU build")
+    layer = _linear(8, True, None)
+    a = layer.run_path(KernelPath.ONEDNN_INT8_DYNAMIC, X)
+    b = layer.run_path(KernelPath.CPU_INT8_INTMM, X)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    layer(X)
+    expected = KernelPath.ONEDNN_INT8_DYNAMIC if K.onednn_int8_fast() else KernelPath.CPU_INT8_INTMM
+    assert layer.last_kernel == expected.value
 
 
 @pytest.mark.skipif(not K.int4pack_cpu_available(), reason="no int4pack CPU kernel")
