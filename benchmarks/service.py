@@ -4,8 +4,8 @@
 
 Starts `allocator serve` in a subprocess over a fresh SQLite file, seeds a few jobs, then
 sends `--rate` requests per second for `--duration` seconds on a fixed schedule (half
-`GET /jobs/{id}`, half `POST /jobs` with a small problem document), each on its own
-keep-alive connection from a thread pool, so a slow answer does not slow the schedule.
+`GET /jobs/{id}`, half `POST /jobs` with a small problem document) as asyncio tasks on
+pooled keep-alive connections, so a slow answer does not slow the schedule.
 Latency is measured from the scheduled send time (queueing in the client counts). The
 last line printed is one JSON object: `get_job_p99_ms`, `post_job_p99_ms`, `errors`, ...
 """
