@@ -27,7 +27,7 @@ def solvers() -> list[dict[str, Any]]:
 
 
 # Solvers that import torch (stable-baselines3): they run in jobs only, never in the API.
-HEAVY_SOLVERS = frozenset({"ddpg"})
+HEAVY_SOLVERS = frozenset({"ddpg", "fracbits"})
 
 
 class Catalog:

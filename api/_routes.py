@@ -67,7 +67,7 @@ def _submit(svc: Service, body: JobCreate) -> JSONResponse:
                             "`problem` (an allocator.problem/1 document).", "body.model",
                        body.model)
     budgets = check.budgets(body.budgets)
-    solver = check.solver(body.solver)
+    solver = check.solver(body.solver, has_model=body.model is not None)
     bits = check.bits(body.bits)
     spec: dict[str, Any] = {"budgets": [b.text for b in budgets], "solver": solver,
                             "seed": body.seed, "measure": body.measure}

@@ -36,13 +36,22 @@ def bits(values: list[int] | None, field: str = "body.bits") -> list[int] | None
     return sorted(set(values))
 
 
-def solver(name: str, field: str = "body.solver", *, in_api: bool = False) -> str:
-    """A registered, installed solver (`in_api`: one that runs without torch)."""
+def _known(kind: str, name: str, names, field: str) -> None:
+    if name not in names:
+        raise ApiError(422, f"`{field}`: unknown {kind} {name!r}; choose one of: "
+                            f"{', '.join(names)}.", field, name)
+
+
+def solver(name: str, field: str = "body.solver", *, in_api: bool = False,
+           has_model: bool = False) -> str:
+    """A registered, installed solver (`in_api`: one that runs without torch; without
+    `has_model`: one that needs only the problem's tables)."""
     from allocator.solvers import SOLVERS
 
-    if name not in SOLVERS:
-        raise ApiError(422, f"`{field}`: unknown solver {name!r}; choose one of: "
-                            f"{', '.join(SOLVERS.names())}.", field, name)
+    _known("solver", name, SOLVERS.names(), field)
+    if not has_model and getattr(SOLVERS.get(name), "needs_model", False):
+        raise ApiError(422, f"`{field}`: solver {name!r} learns bit-widths on the model "
+                            "itself: submit a `model` job, not a problem.", field, name)
     if not SOLVERS.entry(name).available():
         raise ApiError(422, f"`{field}`: solver {name!r} is not installed on this service.",
                        field, name)
@@ -55,9 +64,7 @@ def solver(name: str, field: str = "body.solver", *, in_api: bool = False) -> st
 
 def model(name: str, catalog: Catalog, field: str = "body.model") -> str:
     names = catalog.model_names()
-    if name not in names:
-        raise ApiError(422, f"`{field}`: unknown model {name!r}; choose one of: "
-                            f"{', '.join(names)}.", field, name)
+    _known("model", name, list(names), field)
     if not names[name]:
         raise ApiError(422, f"`{field}`: model {name!r} is not installed on this service.",
                        field, name)
@@ -65,10 +72,7 @@ def model(name: str, catalog: Catalog, field: str = "body.model") -> str:
 
 
 def estimator(name: str, catalog: Catalog, field: str = "body.estimator") -> str:
-    names = catalog.estimator_names()
-    if name not in names:
-        raise ApiError(422, f"`{field}`: unknown estimator {name!r}; choose one of: "
-                            f"{', '.join(names)}.", field, name)
+    _known("estimator", name, list(catalog.estimator_names()), field)
     return name
 
 

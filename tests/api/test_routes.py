@@ -68,6 +68,8 @@ def test_bad_input_is_a_named_422(api_client: TestClient) -> None:
          "digits-cnn"),
         ({"problem": {"format": "nope"}, "budgets": ["4bits"]}, "body.problem", None),
         ({"problem": problem_doc(), "budgets": ["4bits"], "extra": 1}, "body.extra", 1),
+        ({"problem": problem_doc(), "budgets": ["4bits"], "solver": "fracbits"}, "body.solver",
+         "fracbits"),
     ]
     for body, field, value in cases:
         r = api_client.post("/jobs", json=body)
