@@ -18,8 +18,8 @@ import torch
 
 from engine._errors import InvalidSpecError
 from engine._packing import pack_codes, unpack_codes
-from engine._types import SUPPORTED_GROUP_SIZES, check_bits
 from engine._platform import configure
+from engine._types import SUPPORTED_GROUP_SIZES, check_bits
 
 configure()
 
