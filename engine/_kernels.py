@@ -9,7 +9,6 @@ never stored. Only int8 and int4 have real integer kernels; every other bit-widt
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from contextlib import contextmanager
 from enum import Enum
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine._platform import configure, has_vnni
+from engine._timing import time_call
 
 configure()
 
@@ -78,16 +78,6 @@ def onednn_available() -> bool:
         return False
 
 
-def _best_ms(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
-
-
 @functools.cache
 def onednn_int8_fast() -> bool:
     """Whether oneDNN's int8 matmul runs optimized code on this CPU.
@@ -104,12 +94,13 @@ def onednn_int8_fast() -> bool:
         scales, zero = torch.ones(256), torch.zeros(256, dtype=torch.int64)
         x = torch.randint(-127, 128, (64, 256), dtype=torch.int8)
         xf, wf = x.float(), w.float()
-        int8_ms = _best_ms(lambda: torch.ops.onednn.qlinear_pointwise(
-            x, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], ""))
-        fp32_ms = _best_ms(lambda: xf @ wf.t())
+        int8_us = time_call(lambda _i: torch.ops.onednn.qlinear_pointwise(
+            x, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], ""),
+            repeats=3, warmup=1).p50_us
+        fp32_us = time_call(lambda _i: xf @ wf.t(), repeats=3, warmup=1).p50_us
     except RuntimeError:
         return False
-    return int8_ms <= 4.0 * fp32_ms + 0.2
+    return int8_us <= 4.0 * fp32_us + 200.0
 
 
 @functools.cache
@@ -189,14 +180,26 @@ def onednn_linear(
     they cost as much as the int8 GEMM itself.
     """
     packed, scales, zero = prepared
+    qx, row_scale = _int8_rows(x2d, smoothing)
+    acc = torch.ops.onednn.qlinear_pointwise(
+        qx, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], ""
+    )
+    return _rescale_rows(acc, row_scale, bias)
+
+
+def _int8_rows(x2d: torch.Tensor, smoothing: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes of each row (after SmoothQuant's multiply) and the row scales."""
     x2d = x2d.float()
     xs = x2d * smoothing if smoothing is not None else x2d
     row_scale = xs.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
     scaled = xs.div_(row_scale) if xs is not x2d else xs / row_scale
-    qx = scaled.round_().to(torch.int8)
-    acc = torch.ops.onednn.qlinear_pointwise(
-        qx, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], ""
-    )
+    return scaled.round_().to(torch.int8), row_scale
+
+
+def _rescale_rows(acc: torch.Tensor, row_scale: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """acc * row_scale (+ bias) in one pass over the fp32 output."""
     if bias is None:
         return acc.mul_(row_scale)
     return torch.addcmul(bias, acc, row_scale)
@@ -254,15 +257,9 @@ def int8_intmm_linear_cpu(x2d: torch.Tensor, w_int8_t: torch.Tensor, scales: tor
                           smoothing: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row symmetric int8 activations x per-channel int8 weights (K, N) on torch._int_mm,
     the same arithmetic as `onednn_linear` (SmoothQuant included)."""
-    x2d = x2d.float()
-    xs = x2d * smoothing if smoothing is not None else x2d
-    row_scale = xs.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
-    scaled = xs.div_(row_scale) if xs is not x2d else xs / row_scale
-    qx = scaled.round_().to(torch.int8)
+    qx, row_scale = _int8_rows(x2d, smoothing)
     acc = torch._int_mm(qx, w_int8_t).float().mul_(scales[None, :])
-    if bias is None:
-        return acc.mul_(row_scale)
-    return torch.addcmul(bias, acc, row_scale)
+    return _rescale_rows(acc, row_scale, bias)
 
 
 def int8_intmm_linear_cuda(x2d, w_int8_t: torch.Tensor, scales: torch.Tensor, bias):

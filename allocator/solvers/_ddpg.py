@@ -99,6 +99,21 @@ class _AllocationEnv:
         return env
 
 
+class _MeasuredLoss:
+    """Assignment (choice per unit) -> the model's calibration loss, memoized."""
+
+    def __init__(self, units: list[Unit], cands: Any) -> None:
+        self.units, self.cands = units, cands
+        self.evaluations: dict[tuple[int, ...], float] = {}
+
+    def __call__(self, picks: list[int]) -> float:
+        key = tuple(picks)
+        if key not in self.evaluations:
+            self.evaluations[key] = self.cands.loss(
+                {n: c for u, c in zip(self.units, picks, strict=True) for n in u.names})
+        return self.evaluations[key]
+
+
 class DdpgSolver(BaseSolver):
     """HAQ-style DDPG agent (stable-baselines3).
 
@@ -129,24 +144,13 @@ class DdpgSolver(BaseSolver):
         self.reward, self.model = reward, model
         self.rounding, self.group_size = rounding, group_size
 
-    def _measure(self, units):
-        """Assignment (choice per unit) -> measured calibration loss, memoized."""
+    def _measure(self, units) -> _MeasuredLoss:
         from sensitivity import CandidateWeights
 
         bits = sorted({c for u in units for c in u.choices})
         cands = CandidateWeights(self.model, bits, [n for u in units for n in u.names],
                                  rounding=self.rounding, group_size=self.group_size)
-        seen: dict[tuple[int, ...], float] = {}
-
-        def measure(picks: list[int]) -> float:
-            key = tuple(picks)
-            if key not in seen:
-                seen[key] = cands.loss({n: c for u, c in zip(units, picks, strict=True)
-                                        for n in u.names})
-            return seen[key]
-
-        measure.evaluations = seen  # type: ignore[attr-defined]
-        return measure
+        return _MeasuredLoss(units, cands)
 
     def solve_units(self, units, rhs, *, seed, time_limit_s):
         try:
