@@ -25,6 +25,7 @@ noise law Ω_l(b) = κ_l (4^-b - 4^-b_max), whose slope at b_l equals -g_l.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -118,6 +119,31 @@ def _interp(values: dict[int, float] | dict[int, torch.Tensor], choices: tuple[i
     return values[choices[lo]] + t * (values[choices[hi]] - values[choices[lo]])
 
 
+def _interpolated(cands: CandidateWeights, groups: Sequence[Sequence[str]],
+                  choices: list[tuple[int, ...]], b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Parameter name -> each layer's weight (and bias) at its group's fractional bits."""
+    out: dict[str, torch.Tensor] = {}
+    for gi, group in enumerate(groups):
+        for n in group:
+            out[f"{n}.weight"] = _interp(cands.weights[n], choices[gi], b[gi]).float()
+            if cands.biases[n]:
+                out[f"{n}.bias"] = _interp(cands.biases[n], choices[gi], b[gi]).float()
+    return out
+
+
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """No parameter gradients while the bits are learned (the shared model is restored)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _costs(constraints: Sequence[CostConstraint], choices: list[tuple[int, ...]],
            bits: torch.Tensor) -> list[torch.Tensor]:
     """Each budget's interpolated total cost relative to its limit (1 = on the limit)."""
@@ -170,49 +196,43 @@ def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]
     cands = CandidateWeights(spec, sorted({b for c in choices for b in c}), names,
                              rounding=config.rounding, group_size=config.group_size)
     model = spec.build()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    batches = spec.calibration_batches()
-    top = torch.tensor([float(c[-1]) for c in choices], dtype=torch.float64)
-    bits = _project(top.clone(), choices, constraints)
-    gen = torch.Generator().manual_seed(seed)
-    velocity = torch.zeros(len(groups), dtype=torch.float64)
-    grad_sum = torch.zeros(len(groups), dtype=torch.float64)
-    grad_count, step, stop = 0, 0, "max_steps"
-    history: list[dict[str, float]] = []
-    order: list[int] = []
-    for step in range(1, config.steps + 1):
-        if not order:
-            order = torch.randperm(len(batches), generator=gen).tolist()
-        batch = batches[order.pop()]
-        b = bits.clone().requires_grad_(True)
-        overrides: dict[str, torch.Tensor] = {}
-        for gi, group in enumerate(groups):
-            for n in group:
-                overrides[f"{n}.weight"] = _interp(cands.weights[n], choices[gi], b[gi]).float()
-                if cands.biases[n]:
-                    overrides[f"{n}.bias"] = _interp(cands.biases[n], choices[gi], b[gi]).float()
-        task = spec.loss(Swapped(model, overrides), batch).double()
-        (g_task,) = torch.autograd.grad(task, b)
-        ratios = _costs(constraints, choices, b)
-        (slope,) = torch.autograd.grad(sum(ratios), b)
-        velocity = config.momentum * velocity + (1 - config.momentum) * g_task
-        value = velocity / slope.clamp(min=1e-12)  # loss change per unit of budget
-        with torch.no_grad():
-            bits = _project(bits - config.lr * value / value.abs().max().clamp(min=1e-30),
-                            choices, constraints)
-        if step > config.steps // 2:
-            grad_sum += g_task
-            grad_count += 1
-        if step % 10 == 0 or step == config.steps:
-            history.append({"step": step, "loss": float(task.detach()),
-                            **{c.name: float(r.detach())
-                               for c, r in zip(constraints, ratios, strict=True)}})
-        if progress is not None:
-            progress(1)
-        if time.perf_counter() - start > config.time_limit_s:
-            stop = "time_limit"
-            break
+    with _frozen(model):
+        batches = spec.calibration_batches()
+        top = torch.tensor([float(c[-1]) for c in choices], dtype=torch.float64)
+        bits = _project(top.clone(), choices, constraints)
+        gen = torch.Generator().manual_seed(seed)
+        velocity = torch.zeros(len(groups), dtype=torch.float64)
+        grad_sum = torch.zeros(len(groups), dtype=torch.float64)
+        grad_count, step, stop = 0, 0, "max_steps"
+        history: list[dict[str, float]] = []
+        order: list[int] = []
+        for step in range(1, config.steps + 1):
+            if not order:
+                order = torch.randperm(len(batches), generator=gen).tolist()
+            batch = batches[order.pop()]
+            b = bits.clone().requires_grad_(True)
+            overrides = _interpolated(cands, groups, choices, b)
+            task = spec.loss(Swapped(model, overrides), batch).double()
+            (g_task,) = torch.autograd.grad(task, b)
+            ratios = _costs(constraints, choices, b)
+            (slope,) = torch.autograd.grad(sum(ratios), b)
+            velocity = config.momentum * velocity + (1 - config.momentum) * g_task
+            value = velocity / slope.clamp(min=1e-12)  # loss change per unit of budget
+            with torch.no_grad():
+                bits = _project(bits - config.lr * value / value.abs().max().clamp(min=1e-30),
+                                choices, constraints)
+            if step > config.steps // 2:
+                grad_sum += g_task
+                grad_count += 1
+            if step % 10 == 0 or step == config.steps:
+                history.append({"step": step, "loss": float(task.detach()),
+                                **{c.name: float(r.detach())
+                                   for c, r in zip(constraints, ratios, strict=True)}})
+            if progress is not None:
+                progress(1)
+            if time.perf_counter() - start > config.time_limit_s:
+                stop = "time_limit"
+                break
     mean_grad = grad_sum / grad_count if grad_count else g_task
     return Relaxation([float(x) for x in bits], [float(g) for g in mean_grad], step, stop,
                       time.perf_counter() - start, history)
