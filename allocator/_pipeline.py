@@ -19,7 +19,7 @@ from typing import Any
 
 import engine
 from allocator._budget import Budget, parse_budgets
-from allocator._latency import latency_costs
+from allocator._latency import LatencyCosts, latency_costs
 from allocator._problem import Problem
 from allocator.solvers import SOLVERS, get_solver
 from engine import BitConfig
@@ -43,19 +43,20 @@ class PipelineResult:
 
 
 def problem_for(spec, table, bits: Sequence[int], *, group_size: int | None,
-                latency_us: dict[str, dict[int, float]] | None = None,
-                latency_offset_us: float = 0.0) -> Problem:
+                latency: LatencyCosts | None = None) -> Problem:
     """The allocation problem of a model: Ω from `table`, real packed sizes per bit-width,
-    and measured latencies where given."""
+    and this machine's measured latencies where given."""
     layers = spec.layers()
     sizes = {x.name: {b: float(engine.packed_weight_bytes(
         x.weight_shape, engine.scheme_for(BitConfig(bits={}, group_size=group_size), b)))
         for b in bits} for x in layers}
     costs: dict[str, dict] = {"size_bytes": sizes}
-    if latency_us:
-        costs["latency_us"] = latency_us
+    offset = 0.0
+    if latency is not None:
+        costs["latency_us"] = latency.latency_us
+        offset = latency.offset_us
     return Problem.from_tables(layers, table.omega(), bits, costs=costs, model=spec.name,
-                               latency_offset_us=latency_offset_us if latency_us else 0.0)
+                               latency_offset_us=offset)
 
 
 def _measure(spec, config: BitConfig, fp32_latency_us: float | None) -> tuple[dict, dict]:
@@ -162,9 +163,7 @@ def solve(
         lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
         timings["latency_s"] = time.perf_counter() - t0
         say(f"latency table {lat.profile}" + (" (profiled now)" if lat.profiled_now else ""))
-    problem = problem_for(spec, table, bits, group_size=group_size,
-                          latency_us=lat.latency_us if lat else None,
-                          latency_offset_us=lat.offset_us if lat else 0.0)
+    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat)
     stage("solve", 0.6)
     t0 = time.perf_counter()
     options = dict(solver_options or {})
@@ -285,9 +284,7 @@ def pareto(
     lat = None
     if latency or axis == "latency" or any(b.kind == "latency" for b in fixed):
         lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
-    problem = problem_for(spec, table, bits, group_size=group_size,
-                          latency_us=lat.latency_us if lat else None,
-                          latency_offset_us=lat.offset_us if lat else 0.0)
+    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat)
     front = pareto_front(problem, axis, points, budgets=fixed)
     calibrated = rounding == "gptq"
     limit = len(front.points) if measure_points is None else measure_points
