@@ -43,13 +43,13 @@ class PipelineResult:
 
 
 def problem_for(spec, table, bits: Sequence[int], *, group_size: int | None,
-                latency: LatencyCosts | None = None) -> Problem:
+                latency: LatencyCosts | None = None, weight_only: bool = False) -> Problem:
     """The allocation problem of a model: Ω from `table`, real packed sizes per bit-width,
     and this machine's measured latencies where given."""
     layers = spec.layers()
+    shape = BitConfig(bits={}, group_size=group_size, activation_bits=None if weight_only else 8)
     sizes = {x.name: {b: float(engine.packed_weight_bytes(
-        x.weight_shape, engine.scheme_for(BitConfig(bits={}, group_size=group_size), b)))
-        for b in bits} for x in layers}
+        x.weight_shape, engine.scheme_for(shape, b))) for b in bits} for x in layers}
     costs: dict[str, dict] = {"size_bytes": sizes}
     offset = 0.0
     if latency is not None:
@@ -163,7 +163,8 @@ def solve(
         lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
         timings["latency_s"] = time.perf_counter() - t0
         say(f"latency table {lat.profile}" + (" (profiled now)" if lat.profiled_now else ""))
-    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat)
+    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat,
+                          weight_only=weight_only)
     stage("solve", 0.6)
     t0 = time.perf_counter()
     options = dict(solver_options or {})
@@ -284,7 +285,8 @@ def pareto(
     lat = None
     if latency or axis == "latency" or any(b.kind == "latency" for b in fixed):
         lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
-    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat)
+    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat,
+                          weight_only=weight_only)
     front = pareto_front(problem, axis, points, budgets=fixed)
     calibrated = rounding == "gptq"
     limit = len(front.points) if measure_points is None else measure_points

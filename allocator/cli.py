@@ -135,6 +135,8 @@ def evaluate(
     rounding: Annotated[str, typer.Option(help="rtn or gptq (calibrated).")] = "gptq",
     bias_correction: Annotated[bool, typer.Option(help="Remove the mean output shift.")] = True,
     clip_search: Annotated[bool, typer.Option(help="MSE-optimal clipping of scales.")] = True,
+    calibration_inputs: Annotated[str, typer.Option(
+        help="Calibrated rounding's layer inputs: fp32 (float model) or sequential.")] = "fp32",
     data: Annotated[str | None, typer.Option(help="User model inputs (.pt or .npy).")] = None,
     weights: Annotated[str | None, typer.Option(help="User model weights (.safetensors).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
@@ -154,7 +156,7 @@ def evaluate(
         cfg = read_config(config)
     else:
         kwargs = {"rounding": rounding, "bias_correction": bias_correction,
-                  "clip_search": clip_search}
+                  "clip_search": clip_search, "calibration_inputs": calibration_inputs}
         if group_size is not None:
             kwargs["group_size"] = group_size or None
         if weight_only:

@@ -30,7 +30,7 @@ from engine._paths import atomic_write_bytes, content_hash, data_dir
 from engine._registry import Registry
 from engine._types import BITCONFIG_FORMAT, MAX_BITS, MIN_BITS, BitConfig, LayerSpec
 
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 
 _TORCH_NAMES: dict[str, tuple[str, ...]] = {
     "engine._apply": (

@@ -24,13 +24,9 @@ from engine._quantizer import QuantScheme, quantize
 from engine._stats import ConvGeometry, InputStats, collect_input_stats
 from engine._types import BitConfig
 
-# Where calibrated rounding takes each layer's inputs from: "sequential" (the model with
-# every earlier layer already quantized, so each layer corrects what precedes it) or "fp32"
-# (the float model, one pass for all layers).
-# Measured on MobileNetV2 (64 crops, 2 cores, GPTQ + act order + bias correction + clip
-# search): sequential 30 s vs 12 s, KL to FP32 0.00070 vs 0.00074 at int8 and 0.161 vs
-# 0.168 at int4 (top-1 agreement 0.984 vs 0.977 and 0.805 both): sequential is kept.
-CALIBRATION_INPUTS = "sequential"
+# Float-model statistics are collected for several layers per forward pass, as many as fit
+# this many bytes of x xᵀ sums (float64), so that a large model never holds them all.
+STATS_CHUNK_BYTES = 1 << 30
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "bitconfig.json"
 
@@ -38,11 +34,14 @@ CONFIG_FILE = "bitconfig.json"
 def scheme_for(config: BitConfig, bits: int) -> QuantScheme:
     """The quantization scheme a config gives a layer of `bits` bits.
 
-    8 bits is always symmetric per-channel (the native int8 kernels' format); narrower
-    widths follow the config's `symmetric` and `group_size`.
+    8 bits is always per channel, and symmetric in W8A8 configs (the native int8 kernels'
+    format); weight-only 8-bit layers run dequant, so they follow the config's `symmetric`
+    (asymmetric scales fit skewed channels, such as depthwise filters, more finely).
+    Narrower widths follow the config's `symmetric` and `group_size`.
     """
     if bits == 8:
-        return QuantScheme(8, symmetric=True, group_size=None)
+        return QuantScheme(8, symmetric=config.symmetric or config.activation_bits == 8,
+                           group_size=None)
     return QuantScheme(bits, symmetric=config.symmetric, group_size=config.group_size)
 
 
@@ -118,13 +117,21 @@ def apply(
                         if b == 8 and isinstance(modules[n], nn.Linear)]
         smoothing = smoothing_factors(target, int8_linears, batches, config.smoothing_alpha)
     order = [n for n in modules if n in config.bits]  # model order
+    sequential = config.calibration_inputs == "sequential"
+    chunks = _stats_chunks(modules, order) if calibrated and not sequential else []
+    # fp32 inputs come from the untouched float model; in place, from a float copy when the
+    # statistics take more than one pass
+    reference = (model if not inplace or len(chunks) <= 1 else copy.deepcopy(model))
+    reference_modules = quantizable_modules(reference)
     stats: dict[str, InputStats] = {}
-    if calibrated and CALIBRATION_INPUTS == "fp32":
-        stats = collect_input_stats(target, {n: modules[n] for n in order}, batches)
     for name in order:
-        if calibrated and CALIBRATION_INPUTS == "sequential":
+        if calibrated and sequential:
             # inputs as the partly quantized model produces them
             stats = collect_input_stats(target, {name: modules[name]}, batches, stop_early=True)
+        elif chunks and name == chunks[0][0]:
+            chunk = chunks.pop(0)
+            stats = collect_input_stats(reference, {n: reference_modules[n] for n in chunk},
+                                        batches)
         q = _quantize_module(modules[name], config, config.bits[name], smoothing.get(name),
                              stats.get(name), kernel, act_quant)
         q.to(modules[name].weight.device)
@@ -135,6 +142,24 @@ def apply(
     if batches and needs_ranges:
         calibrate(target, batches)
     return target
+
+
+def _stats_chunks(modules: dict[str, nn.Module], order: list[str]) -> list[list[str]]:
+    """Consecutive layers whose x xᵀ sums together fit `STATS_CHUNK_BYTES`."""
+    chunks: list[list[str]] = []
+    used = STATS_CHUNK_BYTES
+    for name in order:
+        w = modules[name].weight
+        groups = getattr(modules[name], "groups", 1)
+        k = w[0].numel()  # inputs per group (in_features, or in_channels/groups * kh * kw)
+        need = groups * k * k * 8
+        if chunks and used + need <= STATS_CHUNK_BYTES:
+            chunks[-1].append(name)
+            used += need
+        else:
+            chunks.append([name])
+            used = need
+    return chunks
 
 
 def _validate(config: BitConfig) -> None:

@@ -36,7 +36,7 @@ class KernelPath(str, Enum):
     """PyTorch's int4 weight-packed matmul (group-wise asymmetric), bf16 activations."""
     CPU_INT8_INTMM = "cpu-int8-intmm"
     """CPU int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales: where
-    oneDNN's int8 matmul would fall back to its reference code (see `onednn_int8_fast`)."""
+    oneDNN's int8 matmul is slow or inexact on this CPU (see `onednn_int8_usable`)."""
     CUDA_INT8_INTMM = "cuda-int8-intmm"
     """CUDA int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales."""
     CUDA_INT4PACK_BF16 = "cuda-int4pack-bf16"
@@ -78,29 +78,55 @@ def onednn_available() -> bool:
         return False
 
 
-@functools.cache
-def onednn_int8_fast() -> bool:
-    """Whether oneDNN's int8 matmul runs optimized code on this CPU.
+def _onednn_int8_probe() -> tuple[bool, float]:
+    """(exact, int8 time / fp32 time) of oneDNN's int8 matmul on a 64x256x256 GEMM."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randint(-127, 128, (256, 256), dtype=torch.int8, generator=gen)
+    packed = torch.ops.onednn.qlinear_prepack(w, None)
+    scales, zero = torch.ones(256), torch.zeros(256, dtype=torch.int64)
+    x = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=gen)
+    xf, wf = x.float(), w.float()
 
-    With PyTorch's prepacked weight layout, oneDNN falls back to its reference int8 matmul
-    on some CPUs with AVX-512 VNNI but no AMX (seen on an AMD EPYC: 64x384x384 in 78 ms,
-    about 1000x an fp32 matmul). A one-time probe against fp32 on a small GEMM tells.
+    def int8_matmul(_i: int = 0) -> torch.Tensor:
+        return torch.ops.onednn.qlinear_pointwise(
+            x, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], "")
+
+    exact = torch.equal(int8_matmul(), xf @ wf.t())  # integer sums < 2**24: exact in fp32
+    int8_us = time_call(int8_matmul, repeats=3, warmup=1).p50_us
+    fp32_us = time_call(lambda _i: xf @ wf.t(), repeats=3, warmup=1).p50_us
+    return exact, (int8_us - 200.0) / fp32_us
+
+
+@functools.cache
+def onednn_int8_exact() -> bool:
+    """Whether oneDNN's int8 matmul gives exact integer products on this CPU.
+
+    Not on AVX2-only CPUs (seen on an AMD EPYC Milan): u8 x s8 products are summed in pairs
+    into saturating int16, which turns full-range int8 activations into wrong results (a
+    two-layer MLP at 12.7 dB SQNR instead of 45 dB).
     """
     if not onednn_available():
         return False
     try:
-        w = torch.randint(-127, 128, (256, 256), dtype=torch.int8)
-        packed = torch.ops.onednn.qlinear_prepack(w, None)
-        scales, zero = torch.ones(256), torch.zeros(256, dtype=torch.int64)
-        x = torch.randint(-127, 128, (64, 256), dtype=torch.int8)
-        xf, wf = x.float(), w.float()
-        int8_us = time_call(lambda _i: torch.ops.onednn.qlinear_pointwise(
-            x, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], ""),
-            repeats=3, warmup=1).p50_us
-        fp32_us = time_call(lambda _i: xf @ wf.t(), repeats=3, warmup=1).p50_us
+        return _onednn_int8_probe()[0]
     except RuntimeError:
         return False
-    return int8_us <= 4.0 * fp32_us + 200.0
+
+
+@functools.cache
+def onednn_int8_usable() -> bool:
+    """Whether oneDNN's int8 matmul is both exact and optimized on this CPU.
+
+    Besides `onednn_int8_exact`: with PyTorch's prepacked weight layout oneDNN falls back to
+    its reference int8 matmul on some CPUs with AVX-512 VNNI but no AMX (an AMD EPYC:
+    64x384x384 in 78 ms, about 1000x an fp32 matmul).
+    """
+    if not onednn_int8_exact():
+        return False
+    try:
+        return _onednn_int8_probe()[1] <= 4.0
+    except RuntimeError:
+        return False
 
 
 @functools.cache

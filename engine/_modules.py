@@ -155,7 +155,7 @@ class QuantLinear(QuantizedLayer):
         if device.type == "cpu":
             if self._is_native_int8():
                 if rows >= K.ONEDNN_MIN_ROWS:
-                    if K.onednn_int8_fast():
+                    if K.onednn_int8_usable():
                         return KernelPath.ONEDNN_INT8_DYNAMIC
                     if K.int_mm_cpu_available():
                         return KernelPath.CPU_INT8_INTMM

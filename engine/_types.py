@@ -20,6 +20,7 @@ BITCONFIG_FORMAT = "allocator.bitconfig/1"
 LAYER_KINDS = ("linear", "conv2d")
 STATUSES = ("optimal", "feasible", "infeasible")
 ROUNDINGS = ("rtn", "gptq")
+CALIBRATION_INPUTS = ("fp32", "sequential")
 
 
 def check_bits(bits: Any, *, where: str = "bits") -> int:
@@ -134,12 +135,17 @@ class BitConfig:
             stay float (weight-only; 8-bit layers then run dequant). Also used for BOPs.
         group_size: Group size of the per-group scales for layers below 8 bits (32, 64,
             128 or 256); None means one scale per output channel. 8-bit layers always use
-            symmetric per-channel scales, the native format of the int8 kernels.
-        symmetric: Symmetric (no zero point) scales for layers below 8 bits.
+            per-channel scales.
+        symmetric: Symmetric (no zero point) scales. 8-bit layers of W8A8 configs are
+            always symmetric (the native format of the int8 kernels); in weight-only configs
+            they follow this flag too, since they run dequant either way.
         rounding: How integers are chosen: `"rtn"` (round to nearest) or `"gptq"` (error
             feedback through the layer's input Hessian; needs calibration data).
         bias_correction: Whether the mean output shift of the rounding error is removed.
         clip_search: Whether scales come from an MSE clipping search rather than min/max.
+        calibration_inputs: Where calibrated rounding takes each layer's inputs from:
+            `"fp32"` (the float model) or `"sequential"` (the model with every earlier layer
+            already quantized).
         smoothing_alpha: SmoothQuant migration strength for 8-bit linears when calibration
             data is given (input channel j is divided by max|x_j|^a / max|w_j|^(1-a) and
             the weight column multiplied by it); None disables it.
@@ -160,6 +166,7 @@ class BitConfig:
     rounding: str = "rtn"
     bias_correction: bool = False
     clip_search: bool = False
+    calibration_inputs: str = "fp32"
     smoothing_alpha: float | None = 0.5
     model: str | None = None
     solver: str | None = None
@@ -188,6 +195,9 @@ class BitConfig:
             )
         if self.rounding not in ROUNDINGS:
             raise InvalidSpecError(f"`rounding` must be one of {ROUNDINGS}, got {self.rounding!r}.")
+        if self.calibration_inputs not in CALIBRATION_INPUTS:
+            raise InvalidSpecError(f"`calibration_inputs` must be one of {CALIBRATION_INPUTS}, "
+                                   f"got {self.calibration_inputs!r}.")
         if self.smoothing_alpha is not None and not 0.0 <= self.smoothing_alpha <= 1.0:
             raise InvalidSpecError(
                 f"`smoothing_alpha` must be in [0, 1] or null, got {self.smoothing_alpha!r}.")
