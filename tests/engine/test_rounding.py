@@ -142,3 +142,52 @@ def test_calibrated_rounding_needs_data():
         apply(TinyCNN(), BitConfig(bits={"fc1": 4}, rounding="gptq"))
     with pytest.raises(InvalidSpecError, match="`rounding`"):
         BitConfig(bits={"fc1": 4}, rounding="awq")
+
+
+def test_fp32_inputs_are_the_same_in_memory_bounded_passes(monkeypatch):
+    """Float-model statistics collected a layer per pass give the same model as one pass,
+    in place too (where a float copy then feeds the later passes)."""
+    import engine._apply as apply_module
+
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    cfg = BitConfig.calibrated({"stem": 4, "dw": 3, "pw": 3, "fc1": 4, "fc2": 8},
+                               activation_bits=None)
+    model = TinyCNN().eval()
+    one_pass = apply(model, cfg, calibration=batches)
+    monkeypatch.setattr(apply_module, "STATS_CHUNK_BYTES", 1)
+    assert len(apply_module._stats_chunks(apply_module.quantizable_modules(model),
+                                          ["stem", "dw", "pw", "fc1", "fc2"])) == 5
+    per_layer = apply(model, cfg, calibration=batches)
+    for name in ("stem", "dw", "pw", "fc1", "fc2"):
+        assert torch.equal(getattr(one_pass, name).qweight, getattr(per_layer, name).qweight)
+    own = TinyCNN().eval()
+    own.load_state_dict(model.state_dict())
+    same = apply(own, cfg, calibration=batches, inplace=True)
+    x = batches[0]
+    with torch.no_grad():
+        assert torch.equal(same(x), one_pass(x))
+
+
+def test_calibration_inputs_is_recorded_and_checked():
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    bits = {"stem": 3, "dw": 3, "pw": 3, "fc1": 3, "fc2": 3}
+    fp32 = BitConfig.calibrated(bits, activation_bits=None)
+    seq = BitConfig.calibrated(bits, activation_bits=None, calibration_inputs="sequential")
+    assert fp32.calibration_inputs == "fp32"
+    assert BitConfig.from_json(seq.to_json()).calibration_inputs == "sequential"
+    a, b = apply(model, fp32, calibration=batches), apply(model, seq, calibration=batches)
+    assert torch.equal(a.stem.qweight, b.stem.qweight)  # the first layer sees the same inputs
+    assert not torch.equal(a.fc1.qweight, b.fc1.qweight)  # later ones do not
+    with pytest.raises(InvalidSpecError, match="`calibration_inputs`.*'quantized'"):
+        BitConfig(bits=bits, calibration_inputs="quantized")
+
+
+def test_weight_only_8_bits_is_asymmetric_w8a8_symmetric():
+    from engine import scheme_for
+
+    assert not scheme_for(BitConfig(bits={}, activation_bits=None), 8).symmetric
+    assert scheme_for(BitConfig(bits={}, activation_bits=8), 8).symmetric
+    assert scheme_for(BitConfig(bits={}, activation_bits=None, symmetric=True), 8).symmetric
