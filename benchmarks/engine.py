@@ -58,9 +58,11 @@ def bench_linear(k: int, n: int, rows: list[int], repeats: int, log) -> dict:
     for m in rows:
         x = torch.randn(m, k, generator=gen)
         _prime(int8 + int4, x)
-        per_row = [KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.CPU_INT8_INTMM]
-        if K.onednn_int8_usable():  # else oneDNN runs its reference code: minutes per call
-            per_row.insert(1, KernelPath.ONEDNN_INT8_DYNAMIC)
+        per_row = [KernelPath.FBGEMM_INT8_DYNAMIC]
+        if K.onednn_int8_usable():  # else oneDNN is inexact or runs its reference code
+            per_row.append(KernelPath.ONEDNN_INT8_DYNAMIC)
+        if K.int_mm_cpu_fast():  # else a plain loop: seconds per call
+            per_row.append(KernelPath.CPU_INT8_INTMM)
         for path in per_row:
             _prime(int8, x, path)
         fp = time_call(lambda i: F.linear(x, weights[i % count]), repeats=repeats).p50_us
@@ -156,6 +158,7 @@ def main() -> int:
         "torch_version": torch.__version__,
         "cpu": engine._platform.cpu_model(),
         "onednn_int8_usable": K.onednn_int8_usable(),
+        "int_mm_cpu_fast": K.int_mm_cpu_fast(),
         "seconds": time.perf_counter() - start,
     }
     print(json.dumps(summary))

@@ -37,6 +37,11 @@ class KernelPath(str, Enum):
     CPU_INT8_INTMM = "cpu-int8-intmm"
     """CPU int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales: where
     oneDNN's int8 matmul is slow or inexact on this CPU (see `onednn_int8_usable`)."""
+    CPU_INT8_EMULATED = "cpu-int8-emulated"
+    """The same per-row int8 arithmetic on an fp32 GEMM of the integer values (exact while
+    the integer sums stay below 2**24): where this CPU has no int8 GEMM that is both exact
+    and fast (AVX2-only CPUs), so W8A8 accuracy is what int8 CPUs measure, with no int8
+    speedup."""
     CUDA_INT8_INTMM = "cuda-int8-intmm"
     """CUDA int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales."""
     CUDA_INT4PACK_BF16 = "cuda-int4pack-bf16"
@@ -137,6 +142,38 @@ def int_mm_cpu_available() -> bool:
         return bool(torch._int_mm(a, a.t().contiguous())[0, 0] == 16)
     except (AttributeError, RuntimeError):
         return False
+
+
+@functools.cache
+def int_mm_cpu_fast() -> bool:
+    """Whether torch._int_mm runs optimized code on this CPU: not on AVX2-only CPUs, where
+    it is a plain loop (an AMD EPYC Milan: 2048x384x1536 in 944 ms, 47x fp32)."""
+    if not int_mm_cpu_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=gen)
+    b = torch.randint(-127, 128, (256, 256), dtype=torch.int8, generator=gen)
+    af, bf = a.float(), b.float()
+    int8_us = time_call(lambda _i: torch._int_mm(a, b), repeats=3, warmup=1).p50_us
+    fp32_us = time_call(lambda _i: af @ bf, repeats=3, warmup=1).p50_us
+    return (int8_us - 200.0) / fp32_us <= 4.0
+
+
+def cpu_int8_linear_path(rows: int) -> KernelPath:
+    """The kernel a symmetric per-channel int8 linear runs on this CPU for `rows` input rows.
+
+    fbgemm's dynamic int8 for a single row, where it is fastest and per-tensor activation
+    scales equal per-row ones (with VNNI only: without it, fbgemm keeps 7-bit activations);
+    otherwise per-row activation scales on oneDNN, else torch._int_mm, where one of them is
+    exact and fast here, else the same arithmetic emulated on an fp32 GEMM.
+    """
+    if rows < ONEDNN_MIN_ROWS and has_vnni() and fbgemm_available():
+        return KernelPath.FBGEMM_INT8_DYNAMIC
+    if onednn_int8_usable():
+        return KernelPath.ONEDNN_INT8_DYNAMIC
+    if int_mm_cpu_fast():
+        return KernelPath.CPU_INT8_INTMM
+    return KernelPath.CPU_INT8_EMULATED
 
 
 @functools.cache
@@ -285,6 +322,16 @@ def int8_intmm_linear_cpu(x2d: torch.Tensor, w_int8_t: torch.Tensor, scales: tor
     the same arithmetic as `onednn_linear` (SmoothQuant included)."""
     qx, row_scale = _int8_rows(x2d, smoothing)
     acc = torch._int_mm(qx, w_int8_t).float().mul_(scales[None, :])
+    return _rescale_rows(acc, row_scale, bias)
+
+
+def int8_emulated_linear_cpu(x2d: torch.Tensor, w_int_t: torch.Tensor, scales: torch.Tensor,
+                             bias: torch.Tensor | None,
+                             smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """`int8_intmm_linear_cpu`'s arithmetic with the int8 weight (K, N) held as float: the
+    integer products are summed by an fp32 GEMM, exactly while the sums stay below 2**24."""
+    qx, row_scale = _int8_rows(x2d, smoothing)
+    acc = (qx.float() @ w_int_t).mul_(scales[None, :])
     return _rescale_rows(acc, row_scale, bias)
 
 

@@ -115,9 +115,10 @@ class QuantizedLayer(nn.Module):
 class QuantLinear(QuantizedLayer):
     """Drop-in replacement of `nn.Linear` with a packed 2..8-bit weight.
 
-    Kernel choice per call (CPU): 8-bit symmetric per-channel runs oneDNN int8 with per-row
-    activation scales (torch._int_mm with the same scales where oneDNN would run its
-    reference code; fbgemm for a single row, where it is faster); 4-bit group-wise runs the
+    Kernel choice per call (CPU): 8-bit symmetric per-channel runs int8 GEMMs as
+    `engine._kernels.cpu_int8_linear_path` picks them (per-row activation scales on oneDNN
+    or torch._int_mm, emulated on an fp32 GEMM where neither is exact and fast on this CPU;
+    fbgemm's dynamic int8 for a single row); 4-bit group-wise runs the
     int4 weight-packed kernel up to 256 rows and dequant beyond (where it is faster); all
     other widths run dequant. `kernel="reference"` forces dequant everywhere.
     """
@@ -154,15 +155,7 @@ class QuantLinear(QuantizedLayer):
             return KernelPath.DEQUANT
         if device.type == "cpu":
             if self._is_native_int8():
-                if rows >= K.ONEDNN_MIN_ROWS:
-                    if K.onednn_int8_usable():
-                        return KernelPath.ONEDNN_INT8_DYNAMIC
-                    if K.int_mm_cpu_available():
-                        return KernelPath.CPU_INT8_INTMM
-                if K.fbgemm_available():
-                    return KernelPath.FBGEMM_INT8_DYNAMIC
-                if K.onednn_available():
-                    return KernelPath.ONEDNN_INT8_DYNAMIC
+                return K.cpu_int8_linear_path(rows)
             if (self._int4pack_ok() and K.int4pack_cpu_available()
                     and rows <= K.INT4PACK_MAX_ROWS_CPU):
                 return KernelPath.INT4PACK_BF16
@@ -187,6 +180,10 @@ class QuantLinear(QuantizedLayer):
             w_t = self._prepare(path, dev, lambda: self.int8_weight().t().contiguous())
             return K.int8_intmm_linear_cpu(x2d, w_t, self.scales[:, 0].float(), bias,
                                            smoothing).to(x2d.dtype)
+        if path is KernelPath.CPU_INT8_EMULATED:  # applies the smoothing itself
+            w_t = self._prepare(path, dev, lambda: self.int8_weight().float().t().contiguous())
+            return K.int8_emulated_linear_cpu(x2d, w_t, self.scales[:, 0].float(), bias,
+                                              smoothing).to(x2d.dtype)
         if smoothing is not None:
             x2d = x2d * smoothing
         if path is KernelPath.FBGEMM_INT8_DYNAMIC:

@@ -26,7 +26,7 @@ cpu_int8 = pytest.mark.skipif(not (K.fbgemm_available() and K.onednn_available()
 
 @cpu_int8
 @pytest.mark.parametrize("path", [KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_DYNAMIC,
-                                  KernelPath.CPU_INT8_INTMM])
+                                  KernelPath.CPU_INT8_INTMM, KernelPath.CPU_INT8_EMULATED])
 def test_int8_linear_paths(path):
     if path is KernelPath.CPU_INT8_INTMM and not K.int_mm_cpu_available():
         pytest.skip("no torch._int_mm on this CPU build")
@@ -38,14 +38,18 @@ def test_int8_linear_paths(path):
 
 @cpu_int8
 def test_per_row_int8_paths_agree():
-    """oneDNN and torch._int_mm run the same per-row arithmetic; auto picks the fast one."""
+    """oneDNN, torch._int_mm and the fp32 emulation run the same per-row arithmetic; auto
+    picks the exact, fast one."""
     if not K.int_mm_cpu_available():
         pytest.skip("no torch._int_mm on this CPU build")
     layer = _linear(8, True, None)
     layer(X)
-    expected = KernelPath.ONEDNN_INT8_DYNAMIC if K.onednn_int8_usable() else KernelPath.CPU_INT8_INTMM
+    expected = K.cpu_int8_linear_path(len(X))
     assert layer.last_kernel == expected.value
     assert sqnr_db(REF, layer(X)) >= 30.0  # the path auto picks is exact
+    emulated = layer.run_path(KernelPath.CPU_INT8_EMULATED, X)
+    assert torch.allclose(layer.run_path(KernelPath.CPU_INT8_INTMM, X), emulated,
+                          rtol=1e-5, atol=1e-5)
     if not K.onednn_int8_exact():
         pytest.skip("oneDNN's int8 matmul saturates on this CPU (the engine does not use it)")
     a = layer.run_path(KernelPath.ONEDNN_INT8_DYNAMIC, X)
@@ -83,7 +87,9 @@ def test_dequant_path_low_bits(bits, floor_db):
 def test_dispatch_by_bits_and_rows():
     int8 = _linear(8, True, None)
     int8(X[:1])
-    assert int8.last_kernel in {KernelPath.FBGEMM_INT8_DYNAMIC.value, KernelPath.DEQUANT.value}
+    assert int8.last_kernel == K.cpu_int8_linear_path(1).value
+    int8(X)
+    assert int8.last_kernel == K.cpu_int8_linear_path(len(X)).value
     int4 = _linear(4, False, 128)
     int4(X[:1])
     small = int4.last_kernel

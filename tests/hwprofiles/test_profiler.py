@@ -119,7 +119,7 @@ def test_layout_correction_and_additivity_rows(tiny_cnn, cnn_table):
     p4 = predict_latency(cnn_table, layers, int4)
     assert p4.layout_correction_us == 0.0  # no int8 conv: layout never changes
     assert p8.layout_correction_us != 0.0
-    linear8 = "onednn-int8" if K.onednn_int8_usable() else "cpu-int8-intmm"
+    linear8 = K.cpu_int8_linear_path(len(x)).value
     assert p8.kernels == {"fbgemm-int8-static": 3, linear8: 2}
     rows = additivity(model, cnn_table, {"int8": int8, "int4": int4}, inputs=x, repeats=2)
     assert [r.config for r in rows] == ["int8", "int4"]

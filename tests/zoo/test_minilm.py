@@ -28,7 +28,7 @@ def test_minilm_all_int8_keeps_cosine():
     q = spec.quantize(BitConfig.uniform(spec.layers(), 8))
     metrics = spec.evaluate(q)
     assert metrics["cosine"] >= 0.999
-    fast = "onednn-int8" if K.onednn_int8_usable() else "cpu-int8-intmm"
+    fast = K.cpu_int8_linear_path(64).value
     assert q.bert.encoder.layer[0].attention.self.query.last_kernel == fast
 
 
