@@ -55,4 +55,7 @@ def test_cached_weights_are_reused_and_corrupt_cache_is_rebuilt(tmp_path, monkey
 def test_lower_bits_cost_accuracy_or_nll(bits):
     spec = need("digits-cnn")
     m = spec.evaluate(spec.quantize(BitConfig.uniform(spec.layers(), bits)))
-    assert m["nll"] >= spec.baseline()["nll"] * 0.95
+    base = spec.baseline()
+    # rounding noise can lower the NLL of a small test set a little (4-bit RTN: 0.0474 vs
+    # 0.0509), but not without a cost somewhere
+    assert m["accuracy"] < base["accuracy"] or m["nll"] >= base["nll"] * 0.95
