@@ -106,7 +106,8 @@ def _measure(spec, template, bits: dict[str, int], *, latency: bool) -> dict[str
 
     cfg = BitConfig(bits=bits, activation_bits=template.activation_bits,
                     group_size=template.group_size, rounding=template.rounding,
-                    bias_correction=template.bias_correction, clip_search=template.clip_search)
+                    bias_correction=template.bias_correction, clip_search=template.clip_search,
+                    calibration_inputs=template.calibration_inputs)
     qmodel = spec.quantize(cfg)
     out: dict[str, Any] = {"metrics": spec.evaluate(qmodel),
                            "size_bytes": engine.model_size_bytes(qmodel)}
