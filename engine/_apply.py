@@ -122,7 +122,7 @@ def apply(
     # fp32 inputs come from the untouched float model; in place, from a float copy when the
     # statistics take more than one pass
     reference = (model if not inplace or len(chunks) <= 1 else copy.deepcopy(model))
-    reference_modules = quantizable_modules(reference)
+    reference_modules = quantizable_modules(reference) if chunks else {}
     stats: dict[str, InputStats] = {}
     for name in order:
         if calibrated and sequential:

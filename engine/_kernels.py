@@ -9,6 +9,7 @@ never stored. Only int8 and int4 have real integer kernels; every other bit-widt
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from contextlib import contextmanager
 from enum import Enum
@@ -83,26 +84,43 @@ def onednn_available() -> bool:
         return False
 
 
-def _onednn_int8_probe() -> tuple[bool, float]:
-    """(exact, int8 time / fp32 time) of oneDNN's int8 matmul on a 64x256x256 GEMM."""
+def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-range int8 operands of the kernel probes: x (64, 256) and w (256, 256)."""
     gen = torch.Generator().manual_seed(0)
-    w = torch.randint(-127, 128, (256, 256), dtype=torch.int8, generator=gen)
-    packed = torch.ops.onednn.qlinear_prepack(w, None)
-    scales, zero = torch.ones(256), torch.zeros(256, dtype=torch.int64)
     x = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=gen)
-    xf, wf = x.float(), w.float()
+    w = torch.randint(-127, 128, (256, 256), dtype=torch.int8, generator=gen)
+    return x, w
 
-    def int8_matmul(_i: int = 0) -> torch.Tensor:
-        return torch.ops.onednn.qlinear_pointwise(
-            x, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], "")
 
-    exact = torch.equal(int8_matmul(), xf @ wf.t())  # integer sums < 2**24: exact in fp32
-    int8_us = time_call(int8_matmul, repeats=3, warmup=1).p50_us
-    fp32_us = time_call(lambda _i: xf @ wf.t(), repeats=3, warmup=1).p50_us
-    return exact, (int8_us - 200.0) / fp32_us
+def _time_vs_fp32(int8_matmul, x: torch.Tensor, w: torch.Tensor) -> float:
+    """(int8 time - 200 us) / fp32 time of x @ wᵀ: at most 4 counts as optimized code."""
+    xf, wf_t = x.float(), w.float().t()
+    int8_us = time_call(lambda _i: int8_matmul(), repeats=3, warmup=1).p50_us
+    fp32_us = time_call(lambda _i: xf @ wf_t, repeats=3, warmup=1).p50_us
+    return (int8_us - 200.0) / fp32_us
 
 
 @functools.cache
+def _onednn_int8_probe() -> tuple[bool, float]:
+    """(exact, `_time_vs_fp32`) of oneDNN's int8 matmul; (False, inf) where it cannot run."""
+    if not onednn_available():
+        return False, math.inf
+    try:
+        x, w = _probe_operands()
+        packed = torch.ops.onednn.qlinear_prepack(w, None)
+        scales, zero = torch.ones(256), torch.zeros(256, dtype=torch.int64)
+
+        def int8_matmul() -> torch.Tensor:
+            return torch.ops.onednn.qlinear_pointwise(
+                x, 1.0, 0, packed, scales, zero, None, 1.0, 0, torch.float32, "none", [], "")
+
+        # integer sums below 2**24 are exact in float32
+        exact = torch.equal(int8_matmul(), x.float() @ w.float().t())
+        return exact, _time_vs_fp32(int8_matmul, x, w)
+    except RuntimeError:
+        return False, math.inf
+
+
 def onednn_int8_exact() -> bool:
     """Whether oneDNN's int8 matmul gives exact integer products on this CPU.
 
@@ -110,15 +128,9 @@ def onednn_int8_exact() -> bool:
     into saturating int16, which turns full-range int8 activations into wrong results (a
     two-layer MLP at 12.7 dB SQNR instead of 45 dB).
     """
-    if not onednn_available():
-        return False
-    try:
-        return _onednn_int8_probe()[0]
-    except RuntimeError:
-        return False
+    return _onednn_int8_probe()[0]
 
 
-@functools.cache
 def onednn_int8_usable() -> bool:
     """Whether oneDNN's int8 matmul is both exact and optimized on this CPU.
 
@@ -126,12 +138,8 @@ def onednn_int8_usable() -> bool:
     its reference int8 matmul on some CPUs with AVX-512 VNNI but no AMX (an AMD EPYC:
     64x384x384 in 78 ms, about 1000x an fp32 matmul).
     """
-    if not onednn_int8_exact():
-        return False
-    try:
-        return _onednn_int8_probe()[1] <= 4.0
-    except RuntimeError:
-        return False
+    exact, slowdown = _onednn_int8_probe()
+    return exact and slowdown <= 4.0
 
 
 @functools.cache
@@ -150,13 +158,9 @@ def int_mm_cpu_fast() -> bool:
     it is a plain loop (an AMD EPYC Milan: 2048x384x1536 in 944 ms, 47x fp32)."""
     if not int_mm_cpu_available():
         return False
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=gen)
-    b = torch.randint(-127, 128, (256, 256), dtype=torch.int8, generator=gen)
-    af, bf = a.float(), b.float()
-    int8_us = time_call(lambda _i: torch._int_mm(a, b), repeats=3, warmup=1).p50_us
-    fp32_us = time_call(lambda _i: af @ bf, repeats=3, warmup=1).p50_us
-    return (int8_us - 200.0) / fp32_us <= 4.0
+    x, w = _probe_operands()
+    w_t = w.t().contiguous()
+    return _time_vs_fp32(lambda: torch._int_mm(x, w_t), x, w) <= 4.0
 
 
 def cpu_int8_linear_path(rows: int) -> KernelPath:
@@ -315,24 +319,19 @@ def int4pack_linear_cuda(x2d, prepared, group_size: int, bias) -> torch.Tensor:
     return y if bias is None else y + bias
 
 
-def int8_intmm_linear_cpu(x2d: torch.Tensor, w_int8_t: torch.Tensor, scales: torch.Tensor,
-                          bias: torch.Tensor | None,
-                          smoothing: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row symmetric int8 activations x per-channel int8 weights (K, N) on torch._int_mm,
-    the same arithmetic as `onednn_linear` (SmoothQuant included)."""
+def int8_rows_linear_cpu(x2d: torch.Tensor, w_t: torch.Tensor, scales: torch.Tensor,
+                         bias: torch.Tensor | None,
+                         smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row symmetric int8 activations x per-channel int8 weights (K, N), the same
+    arithmetic as `onednn_linear` (SmoothQuant included): on torch._int_mm for an int8 `w_t`,
+    or on an fp32 GEMM of the integer values for a float one (exact while the integer sums
+    stay below 2**24)."""
     qx, row_scale = _int8_rows(x2d, smoothing)
-    acc = torch._int_mm(qx, w_int8_t).float().mul_(scales[None, :])
-    return _rescale_rows(acc, row_scale, bias)
-
-
-def int8_emulated_linear_cpu(x2d: torch.Tensor, w_int_t: torch.Tensor, scales: torch.Tensor,
-                             bias: torch.Tensor | None,
-                             smoothing: torch.Tensor | None = None) -> torch.Tensor:
-    """`int8_intmm_linear_cpu`'s arithmetic with the int8 weight (K, N) held as float: the
-    integer products are summed by an fp32 GEMM, exactly while the sums stay below 2**24."""
-    qx, row_scale = _int8_rows(x2d, smoothing)
-    acc = (qx.float() @ w_int_t).mul_(scales[None, :])
-    return _rescale_rows(acc, row_scale, bias)
+    if w_t.dtype == torch.int8:
+        acc = torch._int_mm(qx, w_t).float()
+    else:
+        acc = qx.float() @ w_t
+    return _rescale_rows(acc.mul_(scales[None, :]), row_scale, bias)
 
 
 def int8_intmm_linear_cuda(x2d, w_int8_t: torch.Tensor, scales: torch.Tensor, bias):

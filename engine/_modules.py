@@ -176,14 +176,11 @@ class QuantLinear(QuantizedLayer):
             prep = self._prepare(path, dev, lambda: K.prepare_onednn_linear(
                 self.int8_weight(), self.scales[:, 0]))
             return K.onednn_linear(x2d, prep, bias, smoothing).to(x2d.dtype)
-        if path is KernelPath.CPU_INT8_INTMM:  # applies the smoothing itself
-            w_t = self._prepare(path, dev, lambda: self.int8_weight().t().contiguous())
-            return K.int8_intmm_linear_cpu(x2d, w_t, self.scales[:, 0].float(), bias,
-                                           smoothing).to(x2d.dtype)
-        if path is KernelPath.CPU_INT8_EMULATED:  # applies the smoothing itself
-            w_t = self._prepare(path, dev, lambda: self.int8_weight().float().t().contiguous())
-            return K.int8_emulated_linear_cpu(x2d, w_t, self.scales[:, 0].float(), bias,
-                                              smoothing).to(x2d.dtype)
+        if path in (KernelPath.CPU_INT8_INTMM, KernelPath.CPU_INT8_EMULATED):  # smooths itself
+            dtype = torch.int8 if path is KernelPath.CPU_INT8_INTMM else torch.float32
+            w_t = self._prepare(path, dev, lambda: self.int8_weight().to(dtype).t().contiguous())
+            return K.int8_rows_linear_cpu(x2d, w_t, self.scales[:, 0].float(), bias,
+                                          smoothing).to(x2d.dtype)
         if smoothing is not None:
             x2d = x2d * smoothing
         if path is KernelPath.FBGEMM_INT8_DYNAMIC:
