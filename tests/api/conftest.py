@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from allocator.testing_problems import random_problem
 from api import Settings, create_app
+from tests.conftest import private_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("ALLOCATOR_TEST_PG_URL",
@@ -109,17 +110,26 @@ def api_client(sqlite_url: str) -> Iterator[TestClient]:
 
 
 def wait_for(client: Any, job_id: str, *, timeout_s: float = 300.0,
-             until: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> dict[str, Any]:
-    """Polls a job until its status is in `until`."""
+             until: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+             where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    """Polls a job until its status is in `until` and, given `where`, `where(job)` holds;
+    a finished job returns at once either way."""
     deadline = time.monotonic() + timeout_s
     while True:
         job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in until:
+        finished = job["status"] in ("succeeded", "failed", "cancelled")
+        if finished or (job["status"] in until and (where is None or where(job))):
             return job
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} "
                                  f"after {timeout_s} s")
         time.sleep(0.3)
+
+
+def in_sensitivity(attempt: int = 1) -> Callable[[dict[str, Any]], bool]:
+    """`where` of a job running its sensitivity stage on attempt `attempt`: mid-job, as
+    that stage computes its table (the services here have data directories of their own)."""
+    return lambda job: job["stage"] == "sensitivity" and job["attempts"] == attempt
 
 
 class LiveService:
@@ -184,11 +194,13 @@ class LiveService:
 
 @pytest.fixture
 def live_service(tmp_path: Path) -> Iterator[Any]:
-    """A factory of live services; every one started is stopped at the end."""
+    """A factory of live services over one private data directory per test; every one
+    started is stopped at the end."""
     started: list[LiveService] = []
+    data = private_data_dir(tmp_path / "data")
 
     def make(env: dict[str, str], workers: int = 1) -> LiveService:
-        svc = LiveService({"ALLOCATOR_API_TOKEN": TOKEN, **env},
+        svc = LiveService({"ALLOCATOR_API_TOKEN": TOKEN, "ALLOCATOR_DATA_DIR": str(data), **env},
                           tmp_path / f"service-{uuid.uuid4().hex[:6]}.log", workers)
         started.append(svc)
         return svc.start()

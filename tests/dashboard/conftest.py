@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import private_data_dir
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
 TOKEN = "dashboard-test-token"
@@ -93,8 +95,9 @@ def chromium_path() -> str:
 @contextlib.contextmanager
 def run_service(tmp: Path, **settings: str) -> Iterator[Service]:
     """`api.create_app` under uvicorn in its own process group, with a temporary database,
-    the default data dir (shared model cache), the write token and `settings` (env names
-    without the ALLOCATOR_ prefix); stopped, workers included, on exit."""
+    a data dir of its own (`private_data_dir`: shared trained models, its own sensitivity
+    tables), the write token and `settings` (env names without the ALLOCATOR_ prefix);
+    stopped, workers included, on exit."""
     try:
         import api
 
@@ -104,7 +107,8 @@ def run_service(tmp: Path, **settings: str) -> Iterator[Service]:
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                ALLOCATOR_DATABASE_URL=f"sqlite:///{tmp / 'jobs.sqlite'}",
-               ALLOCATOR_API_TOKEN=TOKEN, ALLOCATOR_WORKERS="1")
+               ALLOCATOR_API_TOKEN=TOKEN, ALLOCATOR_WORKERS="1",
+               ALLOCATOR_DATA_DIR=str(private_data_dir(tmp / "data")))
     env.pop("ALLOCATOR_BROKER_URL", None)
     env.pop("ALLOCATOR_READ_REQUIRES_TOKEN", None)
     env.update({f"ALLOCATOR_{k.upper()}": v for k, v in settings.items()})

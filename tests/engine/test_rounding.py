@@ -83,11 +83,12 @@ def test_depthwise_conv_is_one_problem_per_channel():
 def _mean_output_error(model, qmodel, name, batches):
     errs = []
     for x in batches:
-        ref, got = {}, {}
+        ref: dict[str, torch.Tensor] = {}
+        got: dict[str, torch.Tensor] = {}
         h1 = dict(model.named_modules())[name].register_forward_hook(
-            lambda m, a, o: ref.setdefault("y", o))
+            lambda m, a, o, ref=ref: ref.setdefault("y", o))
         h2 = dict(qmodel.named_modules())[name].register_forward_hook(
-            lambda m, a, o: got.setdefault("y", o))
+            lambda m, a, o, got=got: got.setdefault("y", o))
         with torch.no_grad():
             model(x)
             qmodel(x)
