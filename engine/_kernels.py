@@ -47,6 +47,9 @@ class KernelPath(str, Enum):
     """CUDA int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales."""
     CUDA_INT4PACK_BF16 = "cuda-int4pack-bf16"
     """CUDA int4 weight-packed matmul (tinygemm), bf16 activations."""
+    CUDA_DEQUANT_BF16 = "cuda-dequant-bf16"
+    """CUDA: the packed weight unpacked to bf16 on each call, then cuBLAS's bf16 GEMM: 4-bit
+    layers at row counts where tinygemm is the slower of the two (same bf16 activations)."""
     DEQUANT = "dequant"
     """Packed codes unpacked and scaled to float, then a float matmul/conv: no low-bit kernel."""
 
@@ -58,6 +61,10 @@ INT4PACK_MAX_ROWS_CPU = 256
 # Rows from which int8 linears run oneDNN with per-row activation scales; a single row runs
 # fbgemm, whose per-tensor activation scale is then the same thing and which is faster there.
 ONEDNN_MIN_ROWS = 2
+# Rows above which CUDA 4-bit linears unpack to bf16 for cuBLAS rather than run tinygemm
+# (benchmarks/engine_cuda.py on an H100, GPU time: tinygemm 157 vs 210 us at 128 rows of
+# 4096x4096, 597 vs 226 us at 512; 4096x14336: 521 vs 691, 2035 vs 744).
+INT4PACK_MAX_ROWS_CUDA = 128
 
 
 @contextmanager
@@ -334,18 +341,17 @@ def int8_rows_linear_cpu(x2d: torch.Tensor, w_t: torch.Tensor, scales: torch.Ten
     return _rescale_rows(acc.mul_(scales[None, :]), row_scale, bias)
 
 
-def int8_intmm_linear_cuda(x2d, w_int8_t: torch.Tensor, scales: torch.Tensor, bias):
-    """Per-row symmetric int8 activations x per-channel int8 weights on torch._int_mm."""
-    m = x2d.shape[0]
-    xs = x2d.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
-    qx = torch.round(x2d.float() / xs).clamp_(-127, 127).to(torch.int8)
-    pad = max(0, 32 - m)  # _int_mm needs more than 16 rows
-    if pad:
-        qx = F.pad(qx, (0, 0, 0, pad))
-    acc = torch._int_mm(qx, w_int8_t)[:m]
-    y = acc.float() * xs * scales[None, :]
-    y = y.to(x2d.dtype)
-    return y if bias is None else y + bias
+def int8_intmm_linear_cuda(x2d: torch.Tensor, w_int8_t: torch.Tensor, scales: torch.Tensor,
+                           bias: torch.Tensor | None,
+                           smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-row int8 arithmetic of `int8_rows_linear_cpu` on CUDA's torch._int_mm, which
+    takes more than 16 rows: shorter inputs run zero-padded to 32."""
+    qx, row_scale = _int8_rows(x2d, smoothing)
+    m = qx.shape[0]
+    if m <= 16:
+        qx = F.pad(qx, (0, 0, 0, 32 - m))
+    acc = torch._int_mm(qx, w_int8_t)[:m].float()
+    return _rescale_rows(acc.mul_(scales[None, :]), row_scale, bias)
 
 
 # ----------------------------------------------------------------------------- int8 conv

@@ -120,7 +120,9 @@ class QuantLinear(QuantizedLayer):
     or torch._int_mm, emulated on an fp32 GEMM where neither is exact and fast on this CPU;
     fbgemm's dynamic int8 for a single row); 4-bit group-wise runs the
     int4 weight-packed kernel up to 256 rows and dequant beyond (where it is faster); all
-    other widths run dequant. `kernel="reference"` forces dequant everywhere.
+    other widths run dequant. CUDA: int8 on torch._int_mm (the same per-row arithmetic),
+    4-bit on tinygemm up to `INT4PACK_MAX_ROWS_CUDA` rows and bf16 unpack + cuBLAS beyond.
+    `kernel="reference"` forces dequant everywhere.
     """
 
     def __init__(
@@ -151,7 +153,8 @@ class QuantLinear(QuantizedLayer):
             if self._is_native_int8() and n % 8 == 0 and k % 8 == 0:
                 return KernelPath.CUDA_INT8_INTMM
             if self._int4pack_ok("cuda") and hasattr(torch.ops.aten, "_weight_int4pack_mm"):
-                return KernelPath.CUDA_INT4PACK_BF16
+                return (KernelPath.CUDA_INT4PACK_BF16 if rows <= K.INT4PACK_MAX_ROWS_CUDA
+                        else KernelPath.CUDA_DEQUANT_BF16)
             return KernelPath.DEQUANT
         if device.type == "cpu":
             if self._is_native_int8():
@@ -181,6 +184,10 @@ class QuantLinear(QuantizedLayer):
             w_t = self._prepare(path, dev, lambda: self.int8_weight().to(dtype).t().contiguous())
             return K.int8_rows_linear_cpu(x2d, w_t, self.scales[:, 0].float(), bias,
                                           smoothing).to(x2d.dtype)
+        if path is KernelPath.CUDA_INT8_INTMM:  # smooths itself
+            w_t = self._prepare(path, dev, lambda: self.int8_weight().contiguous().t())
+            return K.int8_intmm_linear_cuda(x2d, w_t, self.scales[:, 0].float(), bias,
+                                            smoothing).to(x2d.dtype)
         if smoothing is not None:
             x2d = x2d * smoothing
         if path is KernelPath.FBGEMM_INT8_DYNAMIC:
@@ -191,13 +198,14 @@ class QuantLinear(QuantizedLayer):
             prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cpu(
                 self.quantized_weight().codes(), self.scales, self.zeros))
             return K.int4pack_linear_cpu(x2d, prep, self.scheme.group_size, bias)
-        if path is KernelPath.CUDA_INT8_INTMM:
-            w_t = self._prepare(path, dev, lambda: self.int8_weight().contiguous().t())
-            return K.int8_intmm_linear_cuda(x2d, w_t, self.scales[:, 0], bias)
         if path is KernelPath.CUDA_INT4PACK_BF16:
             prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cuda(
                 self.quantized_weight().codes(), self.scales, self.zeros))
             return K.int4pack_linear_cuda(x2d, prep, self.scheme.group_size, bias)
+        if path is KernelPath.CUDA_DEQUANT_BF16:
+            y = F.linear(x2d.to(torch.bfloat16), self.dequantized_weight(torch.bfloat16))
+            y = y.to(x2d.dtype)
+            return y if bias is None else y + bias
         if path is KernelPath.DEQUANT:
             return F.linear(x2d, self.dequantized_weight(x2d.dtype), bias)
         raise KernelUnavailableError(f"kernel path {path.value!r} does not run linear layers.")

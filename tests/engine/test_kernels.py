@@ -135,15 +135,3 @@ def test_int4_conv_runs_dequant():
     assert layer.last_kernel == "dequant"
     assert y.shape == F.conv2d(x, w, stride=2, padding=1).shape
     assert sqnr_db(F.conv2d(x, w, stride=2, padding=1), y) > 14
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits, path, floor_db", [
-    (8, KernelPath.CUDA_INT8_INTMM, 30.0), (4, KernelPath.CUDA_INT4PACK_BF16, 18.0)])
-def test_cuda_paths(bits, path, floor_db):
-    layer = _linear(bits, bits == 8, None if bits == 8 else 128).cuda()
-    x = X.cuda()
-    for rows in (1, 48):
-        y = layer(x[:rows])
-        assert layer.last_kernel == path.value
-        assert sqnr_db(REF[:rows], y.cpu()) >= floor_db
