@@ -27,7 +27,8 @@ _UNITS: dict[str, tuple[str, float]] = {
     "GBOPs": ("bops", 1e9), "TBOPs": ("bops", 1e12),
     "us": ("latency", 1.0), "µs": ("latency", 1.0), "ms": ("latency", 1e3), "s": ("latency", 1e6),
 }
-_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-zµ]+)\s*$")
+_PATTERN = re.compile(
+    r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-zµ]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def parse_budget(text: str) -> Budget:
     m = _PATTERN.match(text)
     unit = m.group(3) if m else None
     if unit is not None and unit not in _UNITS:
-        lowered = {u.lower(): u for u in _UNITS if u.lower() in ("bits", "bit", "bops", "us", "ms")}
+        lowered = {u.lower(): u for u in _UNITS
+                   if u.lower() in ("bits", "bit", "bops", "us", "ms")}
         unit = lowered.get(unit.lower(), unit)
     if m is None or unit not in _UNITS:
         raise InvalidSpecError(

@@ -29,14 +29,16 @@ class DemoMLP(nn.Module):
         self.down = nn.Linear(hidden, width)
         with torch.no_grad():
             for lin in (self.up, self.down):
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) / lin.in_features**0.5)
+                w = torch.randn(lin.weight.shape, generator=gen)
+                lin.weight.copy_(w / lin.in_features**0.5)
                 lin.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(torch.nn.functional.gelu(self.up(x)))
 
 
-def run_demo(*, rows: tuple[int, ...] = (1, 32), seed: int = 0, repeats: int = 30) -> list[DemoRow]:
+def run_demo(*, rows: tuple[int, ...] = (1, 32), seed: int = 0,
+             repeats: int = 30) -> list[DemoRow]:
     """Quantizes `DemoMLP` uniformly at 8 and 4 bits and mixed, and measures each."""
     import engine
 
@@ -58,7 +60,8 @@ def run_demo(*, rows: tuple[int, ...] = (1, 32), seed: int = 0, repeats: int = 3
         base_us = None
         for label, cfg in configs.items():
             qmodel = model if cfg is None else engine.apply(model, cfg)
-            timing = engine.time_call(lambda _i, q=qmodel: q(x), repeats=repeats, warmup=3)
+            timing = engine.time_call(lambda _i, q=qmodel, x=x: q(x), repeats=repeats,
+                                      warmup=3)
             with torch.inference_mode():
                 y = qmodel(x)
             base_us = timing.p50_us if base_us is None else base_us

@@ -78,7 +78,8 @@ def _digest(spec) -> dict[str, str]:
 
     _hash_tensors(h_model, dict(spec.build().state_dict()))
     _hash_tensors(h_data, [b.inputs for b in spec.calibration_batches()])
-    return {"model_sha256": h_model.hexdigest()[:16], "calibration_sha256": h_data.hexdigest()[:16]}
+    return {"model_sha256": h_model.hexdigest()[:16],
+            "calibration_sha256": h_data.hexdigest()[:16]}
 
 
 def solve(
@@ -120,8 +121,8 @@ def solve(
             knows latency costs, and time the quantized models against FP32. A latency
             budget turns the table on regardless.
         on_stage: Called as `on_stage(stage, fraction_done)` when each stage starts ("load",
-            "sensitivity", "latency", "solve", "measure") and at the end ("done", 1.0); an exception it
-            raises aborts the run (the job service cancels this way).
+            "sensitivity", "latency", "solve", "measure") and at the end ("done", 1.0); an
+            exception it raises aborts the run (the job service cancels this way).
 
     Returns:
         A `PipelineResult`; `result.config.status` is "infeasible" when the budgets cannot
@@ -209,8 +210,8 @@ def solve(
         ucfg = BitConfig(bits=uniform_sol.bits, activation_bits=act_bits, group_size=group_size,
                          rounding=rounding, bias_correction=calibrated, clip_search=calibrated)
         udet, utiming = _measure(spec, ucfg, fp32_latency)
-        uniform = {"bits": uniform_sol.extra.get("uniform_bits"), "objective": uniform_sol.objective,
-                   "cost": uniform_sol.cost, **udet}
+        uniform = {"bits": uniform_sol.extra.get("uniform_bits"),
+                   "objective": uniform_sol.objective, "cost": uniform_sol.cost, **udet}
         timing["uniform"] = utiming
     extra = dict(config.extra) | {"measured": det, "uniform_baseline": uniform}
     result.config = dataclasses.replace(config, extra=extra)
@@ -236,8 +237,8 @@ def _versions() -> dict[str, str]:
 
     from allocator import __version__
 
-    out = {"allocator": __version__, "torch": torch.__version__, "python": platform.python_version(),
-           "engine": engine.ENGINE_VERSION}
+    out = {"allocator": __version__, "torch": torch.__version__,
+           "python": platform.python_version(), "engine": engine.ENGINE_VERSION}
     try:
         import pulp
 

@@ -158,7 +158,8 @@ class Problem:
         for layer in self.layers:
             if not self.layer_choices(layer):
                 raise InvalidSpecError(
-                    f"`layers[{layer.name!r}]` has no usable bit-width: candidates {list(self.bits)}, "
+                    f"`layers[{layer.name!r}]` has no usable bit-width: "
+                    f"candidates {list(self.bits)}, "
                     f"allowed {layer.allowed_bits}, fixed {layer.fixed_bits}, "
                     f"omega given for {sorted(layer.omega)}.")
 
@@ -169,7 +170,8 @@ class Problem:
         if not isinstance(data, Mapping):
             raise InvalidSpecError("a problem must be a JSON object.")
         if data.get("format") != PROBLEM_FORMAT:
-            raise InvalidSpecError(f"`format` must be {PROBLEM_FORMAT!r}, got {data.get('format')!r}.")
+            raise InvalidSpecError(
+                f"`format` must be {PROBLEM_FORMAT!r}, got {data.get('format')!r}.")
         known = {"format", "model", "bits", "activation_bits", "layers", "ties",
                  "latency_offset_us", "meta"}
         unknown = set(data) - known
@@ -277,7 +279,8 @@ class Problem:
         """
         by_name = {x.name: x for x in self.layers}
         grouped = {n for g in self.ties for n in g}
-        groups = [list(g) for g in self.ties] + [[x.name] for x in self.layers if x.name not in grouped]
+        groups = [list(g) for g in self.ties]
+        groups += [[x.name] for x in self.layers if x.name not in grouped]
         order = {x.name: i for i, x in enumerate(self.layers)}
         groups.sort(key=lambda g: min(order[n] for n in g))
         kinds = sorted({b.kind for b in budgets} | {"bits", "size", "bops"})
@@ -321,7 +324,8 @@ class Problem:
             "avg_bits": math.fsum(x.params * bits[x.name] for x in self.layers) / max(total, 1),
             "size_bytes": math.fsum(self.layer_cost(x, "size", bits[x.name]) or 0.0
                                     for x in self.layers),
-            "bops": math.fsum(self.layer_cost(x, "bops", bits[x.name]) or 0.0 for x in self.layers),
+            "bops": math.fsum(self.layer_cost(x, "bops", bits[x.name]) or 0.0
+                              for x in self.layers),
         }
         lat = [self.layer_cost(x, "latency", bits[x.name]) for x in self.layers]
         if all(v is not None for v in lat):

@@ -35,7 +35,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Print the version.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
@@ -87,7 +88,8 @@ def models(
     rows = []
     console = _console()
     for entry in zoo.MODELS:
-        row = {"name": entry.name, "available": entry.available(), "description": entry.description}
+        row = {"name": entry.name, "available": entry.available(),
+               "description": entry.description}
         if row["available"]:
             with console.status(f"loading {entry.name}..."):
                 spec = zoo.get_model(entry.name)
@@ -130,8 +132,10 @@ def evaluate(
     model: Annotated[str, typer.Option("--model", help="Registered model, or module:factory.")],
     bits: Annotated[str | None, typer.Option(help="Uniform weight bits for every layer.")] = None,
     config: Annotated[str | None, typer.Option(help="allocator.bitconfig/1 JSON file.")] = None,
-    group_size: Annotated[int | None, typer.Option(help="Group size below 8 bits (0: per-channel).")] = None,
-    weight_only: Annotated[bool, typer.Option(help="Keep activations float (no W8A8 kernels).")] = False,
+    group_size: Annotated[
+        int | None, typer.Option(help="Group size below 8 bits (0: per-channel).")] = None,
+    weight_only: Annotated[
+        bool, typer.Option(help="Keep activations float (no W8A8 kernels).")] = False,
     rounding: Annotated[str, typer.Option(help="rtn or gptq (calibrated).")] = "gptq",
     bias_correction: Annotated[bool, typer.Option(help="Remove the mean output shift.")] = True,
     clip_search: Annotated[bool, typer.Option(help="MSE-optimal clipping of scales.")] = True,
@@ -192,7 +196,8 @@ def _parse_bit_list(text: str | None) -> list[int] | None:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise InvalidSpecError(f"`--bits` must be a comma-separated list such as 4,8; got {text!r}.") from None
+        raise InvalidSpecError(
+            f"`--bits` must be a comma-separated list such as 4,8; got {text!r}.") from None
     if not values:
         raise InvalidSpecError(f"`--bits` must name at least one bit-width; got {text!r}.")
     return [check_bits(v, where="--bits") for v in values]
@@ -209,18 +214,23 @@ def _write_json(path: str, data: object) -> None:
 
 @app.command()
 def solve(
-    budget: Annotated[list[str], typer.Option("--budget", help="e.g. 4.5bits, 12MB, 1.2GBOPs, 2.5ms; repeatable.")],
+    budget: Annotated[
+        list[str], typer.Option("--budget",
+                                help="e.g. 4.5bits, 12MB, 1.2GBOPs, 2.5ms; repeatable.")],
     problem: Annotated[str | None, typer.Option(help="allocator.problem/1 JSON file.")] = None,
-    model: Annotated[str | None, typer.Option(help="Registered model (runs the pipeline).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model (runs the pipeline).")] = None,
     solver: Annotated[str, typer.Option(help="ilp, ddpg, fracbits (with --model), greedy, "
                                         "uniform, dp, brute.")] = "ilp",
     bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 4,8.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
-    time_limit: Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")] = 60.0,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", help="Solver time limit (s).")] = 60.0,
     estimator: Annotated[str | None, typer.Option(help="With --model: hutchinson, measured or "
                                                   "fracbits (default: the model's own).")
                          ] = None,
-    rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
+    rounding: Annotated[
+        str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
     weight_only: Annotated[bool | None, typer.Option(
         "--weight-only/--w8a8", help="With --model: keep activations float, or quantize them "
         "on 8-bit layers (default: the model's own).")] = None,
@@ -285,7 +295,8 @@ def _solve_model(model, budget, solver, bits, seed, time_limit, estimator, round
     else:
         _print_pipeline(result)
     if config.status == "infeasible":
-        need = ", ".join(f"{k} -> at least {v}" for k, v in config.extra["infeasible_budgets"].items())
+        need = ", ".join(f"{k} -> at least {v}"
+                         for k, v in config.extra["infeasible_budgets"].items())
         typer.echo(f"infeasible: the budgets cannot all be met ({need}).", err=True)
         raise typer.Exit(EXIT_INFEASIBLE)
 
@@ -357,23 +368,30 @@ def _print_solution(config) -> None:
 @app.command()
 def pareto(
     problem: Annotated[str | None, typer.Option(help="allocator.problem/1 JSON file.")] = None,
-    model: Annotated[str | None, typer.Option(help="Registered model (front measured on the engine).")] = None,
-    measure: Annotated[int | None, typer.Option(help="With --model: measure the first N points (default all).")] = None,
-    png: Annotated[str | None, typer.Option(help="With --model: plot the front to this PNG.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model (front measured on the engine).")] = None,
+    measure: Annotated[
+        int | None,
+        typer.Option(help="With --model: measure the first N points (default all).")] = None,
+    png: Annotated[
+        str | None, typer.Option(help="With --model: plot the front to this PNG.")] = None,
     axis: Annotated[str, typer.Option(help="Cost axis: bits, size, bops or latency.")] = "bits",
     points: Annotated[int, typer.Option(help="Budget values swept.")] = 20,
-    budget: Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")] = None,
+    budget: Annotated[
+        list[str] | None, typer.Option("--budget", help="Budgets held fixed.")] = None,
     bits: Annotated[str | None, typer.Option(help="Candidate bit-widths, e.g. 2,4,8.")] = None,
     estimator: Annotated[str | None, typer.Option(help="With --model: hutchinson, measured or "
                                                   "fracbits (default: the model's own).")
                          ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every stochastic step.")] = 0,
-    rounding: Annotated[str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
+    rounding: Annotated[
+        str, typer.Option(help="With --model: gptq (calibrated) or rtn.")] = "gptq",
     weight_only: Annotated[bool | None, typer.Option(
         "--weight-only/--w8a8", help="With --model: keep activations float, or quantize them "
         "on 8-bit layers (default: the model's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-    out: Annotated[str | None, typer.Option(help="Write the allocator.pareto/1 JSON here.")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Write the allocator.pareto/1 JSON here.")] = None,
 ) -> None:
     """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
     from allocator._budget import parse_budgets
@@ -447,7 +465,8 @@ def apply_command(
     with _console().status(f"quantizing {spec.name}..."):
         qmodel = spec.quantize(cfg)
         path = save_quantized(qmodel, cfg, out)
-    typer.echo(f"saved {spec.name} ({model_size_bytes(qmodel) / 2**20:.2f} MiB in memory) to {path}")
+    typer.echo(f"saved {spec.name} ({model_size_bytes(qmodel) / 2**20:.2f} MiB in memory) "
+               f"to {path}")
 
 
 @app.command()
@@ -478,16 +497,21 @@ def solvers(
 @app.command()
 def sensitivity(
     model: Annotated[str, typer.Option(help="Registered model, or module:factory.")],
-    estimator: Annotated[str, typer.Option(help="hutchinson, measured or fracbits.")] = "hutchinson",
+    estimator: Annotated[
+        str, typer.Option(help="hutchinson, measured or fracbits.")] = "hutchinson",
     seed: Annotated[int, typer.Option(help="Seed of the random probes.")] = 0,
-    out: Annotated[str | None, typer.Option(help="Write the allocator.sensitivity/1 JSON here.")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Write the allocator.sensitivity/1 JSON here.")] = None,
     bits: Annotated[str, typer.Option(help="Candidate bit-widths.")] = "2,3,4,5,6,8",
     rounding: Annotated[str, typer.Option(help="Rounding scored by Ω: gptq or rtn.")] = "gptq",
-    max_probes: Annotated[int | None, typer.Option(help="Hutchinson: probes per layer at most.")] = None,
-    rel_tol: Annotated[float | None, typer.Option(help="Hutchinson: stop at this relative std-error.")] = None,
+    max_probes: Annotated[
+        int | None, typer.Option(help="Hutchinson: probes per layer at most.")] = None,
+    rel_tol: Annotated[
+        float | None, typer.Option(help="Hutchinson: stop at this relative std-error.")] = None,
     time_limit: Annotated[float | None, typer.Option("--time-limit", help="Hutchinson or "
                                                      "fracbits: seconds.")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute even if cached.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Recompute even if cached.")] = False,
     data: Annotated[str | None, typer.Option(help="User model inputs (.pt or .npy).")] = None,
     weights: Annotated[str | None, typer.Option(help="User model weights (.safetensors).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
@@ -501,7 +525,8 @@ def sensitivity(
     for key, value in (("max_probes", max_probes), ("rel_tol", rel_tol),
                        ("time_limit_s", time_limit)):
         if value is not None:
-            if estimator != "hutchinson" and not (estimator == "fracbits" and key == "time_limit_s"):
+            fracbits_limit = estimator == "fracbits" and key == "time_limit_s"
+            if estimator != "hutchinson" and not fracbits_limit:
                 raise CLIUsageError(f"`--{key.replace('_s', '').replace('_', '-')}` applies to "
                                     "the hutchinson estimator only.")
             options[key] = value

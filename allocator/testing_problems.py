@@ -25,5 +25,6 @@ def random_problem(n_layers: int, bits: tuple[int, ...] = (2, 3, 4, 6, 8), *, se
             lat = {b: base * (0.6 + 0.05 * b) * rng.uniform(0.95, 1.05) for b in bits}
         layers.append(ProblemLayer(f"layer{i}", params, params * rng.randint(8, 200), omega,
                                    latency_us=lat))
-    tie_groups = tuple((f"layer{2 * j}", f"layer{2 * j + 1}") for j in range(min(ties, n_layers // 2)))
+    tie_groups = tuple((f"layer{2 * j}", f"layer{2 * j + 1}")
+                       for j in range(min(ties, n_layers // 2)))
     return Problem(layers=tuple(layers), bits=bits, ties=tie_groups, model=f"random-{seed}")

@@ -65,15 +65,16 @@ def bench_linear(k: int, n: int, rows: list[int], repeats: int, log) -> dict:
             per_row.append(KernelPath.CPU_INT8_INTMM)
         for path in per_row:
             _prime(int8, x, path)
-        fp = time_call(lambda i: F.linear(x, weights[i % count]), repeats=repeats).p50_us
+        fp = time_call(lambda i, x=x: F.linear(x, weights[i % count]), repeats=repeats).p50_us
         res = {"fp32_us": fp}
         for label, mods in (("int8", int8), ("int4", int4)):
-            t = time_call(lambda i, ms=mods: ms[i % count](x), repeats=repeats).p50_us
+            t = time_call(lambda i, ms=mods, x=x: ms[i % count](x), repeats=repeats).p50_us
             res[f"{label}_auto_us"] = t
             res[f"{label}_auto_path"] = mods[0].last_kernel
             res[f"{label}_speedup"] = fp / t
         for path in per_row:
-            t = time_call(lambda i, p=path: int8[i % count].run_path(p, x), repeats=repeats)
+            t = time_call(lambda i, p=path, x=x: int8[i % count].run_path(p, x),
+                          repeats=repeats)
             res[f"{path.value}_speedup"] = fp / t.p50_us
         with torch.inference_mode():
             ref = F.linear(x, weights[0])
@@ -81,7 +82,8 @@ def bench_linear(k: int, n: int, rows: list[int], repeats: int, log) -> dict:
             res["int4_sqnr_db"] = engine.sqnr_db(ref, int4[0](x))
         out["rows"][m] = res
         log(f"linear {k}x{n} M={m}: fp32 {fp:,.0f} us, int8 {res['int8_speedup']:.2f}x "
-            f"({res['int8_auto_path']}), int4 {res['int4_speedup']:.2f}x ({res['int4_auto_path']})")
+            f"({res['int8_auto_path']}), int4 {res['int4_speedup']:.2f}x "
+            f"({res['int4_auto_path']})")
     q4 = int4[0].quantized_weight()
     out["int4_bytes_per_weight"] = q4.nbytes / (k * n)
     out["int8_bytes_per_weight"] = int8[0].quantized_weight().nbytes / (k * n)

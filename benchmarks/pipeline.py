@@ -64,7 +64,8 @@ def main() -> int:
     out["minilm_uniform4_cos"] = u["metrics"]["cosine"]
     log(f"MiniLM 5 bits: mixed {out['minilm_mixed_cos_at_5bits']:.4f} at "
         f"{out['minilm_mixed_avg_bits']:.2f} bits vs uniform 4: {out['minilm_uniform4_cos']:.4f}; "
-        f"cold {out['minilm_cold_solve_seconds']:.0f} s, warm {out['minilm_warm_solve_seconds']:.1f} s")
+        f"cold {out['minilm_cold_solve_seconds']:.0f} s, "
+        f"warm {out['minilm_warm_solve_seconds']:.1f} s")
 
     layers = lm.layers()
     int8 = engine.BitConfig.calibrated({x.name: 8 for x in layers})

@@ -350,7 +350,8 @@ def load_quantized(
     try:
         state = load_file(str(src / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
-        raise InvalidSpecError(f"`{src / WEIGHTS_FILE}` is not a valid safetensors file: {e}") from e
+        raise InvalidSpecError(
+            f"`{src / WEIGHTS_FILE}` is not a valid safetensors file: {e}") from e
     # The structure only: the stored tensors replace every quantized value below.
     structure = dataclasses.replace(config, rounding="rtn", bias_correction=False,
                                     clip_search=False)

@@ -142,7 +142,8 @@ def gptq(
             if not static_groups and col % g == 0:
                 fill_qparams(w1[:, :, i : i + g], col // g)
                 s_all = scales.double()
-                z_all = zeros.double() if zeros is not None else torch.full_like(s_all, scheme.offset)
+                z_all = (zeros.double() if zeros is not None
+                         else torch.full_like(s_all, scheme.offset))
             gi = group_of[:, col][:, None, None].expand(-1, rows, 1)  # (G, R, 1)
             s = torch.gather(s_all, 2, gi)[..., 0]
             z = torch.gather(z_all, 2, gi)[..., 0]

@@ -12,7 +12,7 @@ import functools
 import math
 import warnings
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from engine._timing import time_call
 configure()
 
 
-class KernelPath(str, Enum):
+class KernelPath(StrEnum):
     """Names of the execution paths, as they appear in every report."""
 
     FBGEMM_INT8_DYNAMIC = "fbgemm-int8"
@@ -86,7 +86,8 @@ def int4pack_cpu_available() -> bool:
 @functools.cache
 def onednn_available() -> bool:
     try:
-        return hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
+        return (hasattr(torch.ops.onednn, "qlinear_pointwise")
+                and torch.backends.mkldnn.is_available())
     except (AttributeError, RuntimeError):
         return False
 

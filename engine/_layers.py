@@ -75,7 +75,8 @@ def discover_layers(
             if rec is None:
                 order.append(name)
                 seen[name] = {"macs": _macs(module, out), "calls": 1,
-                              "input_shape": tuple(args[0].shape), "output_shape": tuple(out.shape)}
+                              "input_shape": tuple(args[0].shape),
+                              "output_shape": tuple(out.shape)}
             else:
                 rec["macs"] += _macs(module, out)
                 rec["calls"] += 1

@@ -242,7 +242,8 @@ class QuantConv2d(QuantizedLayer):
 
     @property
     def calibrated(self) -> bool:
-        return bool(torch.isfinite(self.input_range).all() and torch.isfinite(self.output_range).all())
+        return bool(torch.isfinite(self.input_range).all()
+                    and torch.isfinite(self.output_range).all())
 
     def select_path(self, device: torch.device) -> KernelPath:
         if self.kernel == "reference" or device.type != "cpu" or not self._is_native_int8():

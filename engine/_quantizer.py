@@ -200,7 +200,8 @@ def quantize(
         The packed `QuantizedWeight`.
     """
     if weight.dim() < 2:
-        raise InvalidSpecError(f"`weight` must have at least 2 dims, got shape {tuple(weight.shape)}.")
+        raise InvalidSpecError(
+            f"`weight` must have at least 2 dims, got shape {tuple(weight.shape)}.")
     if not torch.isfinite(weight).all():
         raise InvalidSpecError("`weight` contains NaN or infinite values; cannot quantize.")
     w2d = weight.detach().reshape(weight.shape[0], -1)

@@ -68,7 +68,8 @@ class Registry(Generic[T]):
         """The component registered as `name`, checking its optional dependencies."""
         e = self.entry(name)
         if not e.available():
-            hint = f" (install the `{e.extra}` extra: pip install 'allocator[{e.extra}]')" if e.extra else ""
+            hint = (f" (install the `{e.extra}` extra: pip install 'allocator[{e.extra}]')"
+                    if e.extra else "")
             raise MissingDependencyError(f"{self.kind} {name!r} is not available here{hint}.")
         return e.target
 

@@ -71,7 +71,8 @@ class ConvGeometry:
 def layer_rows(x: torch.Tensor, conv: ConvGeometry | None,
                mask: torch.Tensor | None = None) -> torch.Tensor:
     """A layer's input as rows grouped like its weight: (G, rows, Kg)."""
-    if conv is not None and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
+    if (conv is not None and conv.kernel_size == (1, 1) and conv.groups == 1
+            and conv.padding == (0, 0)):
         if conv.stride != (1, 1):
             x = x[:, :, :: conv.stride[0], :: conv.stride[1]]
         return x.permute(0, 2, 3, 1).reshape(1, -1, x.shape[1])  # pointwise: no unfold copy
@@ -79,7 +80,8 @@ def layer_rows(x: torch.Tensor, conv: ConvGeometry | None,
         patches = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
         b, k, length = patches.shape
         g = conv.groups
-        return patches.view(b, g, k // g, length).permute(1, 0, 3, 2).reshape(g, b * length, k // g)
+        grouped = patches.view(b, g, k // g, length).permute(1, 0, 3, 2)
+        return grouped.reshape(g, b * length, k // g)
     k = x.shape[-1]
     if mask is not None and x.dim() == mask.dim() + 1 and x.shape[:-1] == mask.shape:
         x = x[mask.bool()]

@@ -194,7 +194,8 @@ class BitConfig:
                 f"got {self.group_size!r}."
             )
         if self.rounding not in ROUNDINGS:
-            raise InvalidSpecError(f"`rounding` must be one of {ROUNDINGS}, got {self.rounding!r}.")
+            raise InvalidSpecError(
+                f"`rounding` must be one of {ROUNDINGS}, got {self.rounding!r}.")
         if self.calibration_inputs not in CALIBRATION_INPUTS:
             raise InvalidSpecError(f"`calibration_inputs` must be one of {CALIBRATION_INPUTS}, "
                                    f"got {self.calibration_inputs!r}.")
@@ -237,7 +238,8 @@ class BitConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BitConfig:
         if not isinstance(data, Mapping):
-            raise InvalidSpecError(f"a bit config must be a JSON object, got {type(data).__name__}.")
+            raise InvalidSpecError(
+                f"a bit config must be a JSON object, got {type(data).__name__}.")
         fmt = data.get("format")
         if fmt != BITCONFIG_FORMAT:
             raise InvalidSpecError(f"`format` must be {BITCONFIG_FORMAT!r}, got {fmt!r}.")

@@ -82,7 +82,8 @@ def estimate(spec, estimator: str = "hutchinson", *, bits: Sequence[int] = DEFAU
     path = None
     if use_cache:
         key = cache_key(spec, estimator, config, seed, bits)
-        path = engine.data_dir() / "sensitivity" / f"{spec.name.replace(':', '_')}-{estimator}-{key}.json"
+        name = f"{spec.name.replace(':', '_')}-{estimator}-{key}.json"
+        path = engine.data_dir() / "sensitivity" / name
         if path.is_file():
             try:
                 return SensitivityTable.load(path)

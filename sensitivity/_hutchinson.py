@@ -49,11 +49,13 @@ class HutchinsonConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.min_probes <= self.max_probes:
             raise engine.InvalidSpecError(
-                f"need 1 <= `min_probes` <= `max_probes`, got {self.min_probes}, {self.max_probes}.")
+                f"need 1 <= `min_probes` <= `max_probes`, "
+                f"got {self.min_probes}, {self.max_probes}.")
         if not self.rel_tol > 0:
             raise engine.InvalidSpecError(f"`rel_tol` must be positive, got {self.rel_tol}.")
         if self.probes_per_batch < 1 or not self.time_limit_s > 0:
-            raise engine.InvalidSpecError("`probes_per_batch` and `time_limit_s` must be positive.")
+            raise engine.InvalidSpecError(
+                "`probes_per_batch` and `time_limit_s` must be positive.")
 
 
 def _math_attention():
@@ -169,9 +171,9 @@ def exact_traces(loss_fn, params: list[torch.Tensor]) -> list[float]:
 
     out = []
     for i, p in enumerate(params):
-        def f(flat, i=i):
+        def f(flat, i=i, shape=p.shape):
             ps = list(params)
-            ps[i] = flat.reshape(p.shape)
+            ps[i] = flat.reshape(shape)
             return loss_fn(ps)
         h = hessian(f)(p.detach().reshape(-1))
         out.append(float(torch.diagonal(h).sum().detach()))

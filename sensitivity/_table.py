@@ -70,7 +70,8 @@ class LayerSensitivity:
                        params=int(data.get("params", 0)), flags=tuple(data.get("flags", ())),
                        extra=dict(data.get("extra", {})))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise InvalidSpecError(f"`layers[{name!r}]` of the sensitivity table is invalid: {e}") from e
+            raise InvalidSpecError(
+                f"`layers[{name!r}]` of the sensitivity table is invalid: {e}") from e
 
 
 @dataclass(frozen=True)

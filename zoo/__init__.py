@@ -43,7 +43,8 @@ def get_model(
         from engine import InvalidSpecError
 
         if data is None:
-            raise InvalidSpecError(f"user model {name!r} needs `data` (a .pt or .npy file of inputs).")
+            raise InvalidSpecError(
+                f"user model {name!r} needs `data` (a .pt or .npy file of inputs).")
         return UserModelSpec(name, data, weights)
     if name not in _INSTANCES:
         _INSTANCES[name] = MODELS.get(name)()

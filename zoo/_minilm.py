@@ -87,7 +87,8 @@ class MiniLMSpec(ModelSpec):
             plays = list(shakespeare_lines())
             self._texts = {"eval": pydoc[:N_EVAL],
                            "calibration": pydoc[N_EVAL : N_EVAL + N_CALIB],
-                           "shakespeare": random.Random(DATA_SEED + 1).sample(plays, N_SHAKESPEARE)}
+                           "shakespeare": random.Random(DATA_SEED + 1).sample(
+                               plays, N_SHAKESPEARE)}
         return self._texts
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:

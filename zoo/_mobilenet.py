@@ -99,7 +99,8 @@ def mobilenet_weights_path() -> Path:
 
 def mobilenet_available() -> bool:
     try:
-        return mobilenet_weights_path().is_file() and importlib.util.find_spec("skimage") is not None
+        return (mobilenet_weights_path().is_file()
+                and importlib.util.find_spec("skimage") is not None)
     except MissingDependencyError:
         return False
 

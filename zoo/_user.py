@@ -58,7 +58,8 @@ def load_inputs(path: str | Path) -> torch.Tensor:
         raise InvalidSpecError(
             f"`data` {str(p)!r} must hold one tensor of inputs, got {type(data).__name__}.")
     if data.dim() < 1 or len(data) < 2:
-        raise InvalidSpecError(f"`data` {str(p)!r} needs at least 2 samples, shape {tuple(data.shape)}.")
+        raise InvalidSpecError(
+            f"`data` {str(p)!r} needs at least 2 samples, shape {tuple(data.shape)}.")
     return data.float() if data.is_floating_point() else data
 
 
@@ -80,7 +81,8 @@ class UserModelSpec(ModelSpec):
         model = load_factory(self._factory_ref)()
         if not isinstance(model, nn.Module):
             raise InvalidSpecError(
-                f"`model` {self._factory_ref!r} returned {type(model).__name__}, not an nn.Module.")
+                f"`model` {self._factory_ref!r} returned {type(model).__name__}, "
+                f"not an nn.Module.")
         if self._weights is not None:
             from safetensors import SafetensorError
             from safetensors.torch import load_file
@@ -91,7 +93,8 @@ class UserModelSpec(ModelSpec):
             try:
                 state = load_file(str(wp))
             except (SafetensorError, OSError) as e:
-                raise InvalidSpecError(f"`weights` {str(wp)!r} is not a safetensors file: {e}") from e
+                raise InvalidSpecError(
+                    f"`weights` {str(wp)!r} is not a safetensors file: {e}") from e
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as e:

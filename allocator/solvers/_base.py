@@ -40,7 +40,8 @@ class Solution:
     diagnosis: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_bitconfig(self, problem: Problem, budgets: Sequence[Budget], **kwargs: Any) -> BitConfig:
+    def to_bitconfig(self, problem: Problem, budgets: Sequence[Budget],
+                     **kwargs: Any) -> BitConfig:
         extra = dict(self.extra)
         if self.diagnosis:
             extra["infeasible_budgets"] = self.diagnosis

@@ -49,19 +49,22 @@ class _AllocationEnv:
                 all_om = [max(v, 1e-30) for u in units for v in u.omega.values()]
                 lo, hi = math.log10(min(all_om)), math.log10(max(all_om))
                 span = max(hi - lo, 1e-9)
-                self._om_lo = np.array([(math.log10(max(u.omega[min(u.choices)], 1e-30)) - lo) / span
-                                        for u in units])
-                self._om_hi = np.array([(math.log10(max(u.omega[max(u.choices)], 1e-30)) - lo) / span
-                                        for u in units])
+
+                def scaled(omega: float) -> float:
+                    return (math.log10(max(omega, 1e-30)) - lo) / span
+
+                self._om_lo = np.array([scaled(u.omega[min(u.choices)]) for u in units])
+                self._om_hi = np.array([scaled(u.omega[max(u.choices)]) for u in units])
                 self._n = n
                 self.best: tuple[float, list[int]] | None = None
 
             def _obs(self) -> np.ndarray:
                 i = min(self.i, self._n - 1)
-                spent = [sum(u.costs[b.kind][c] for u, c in zip(self.units, self.picks, strict=False))
-                         / max(lim, 1e-12) for b, lim in self.rhs] or [0.0]
-                floor = [sum(min(u.costs[b.kind].values()) for u in self.units[i:]) / max(lim, 1e-12)
+                picked = list(zip(self.units, self.picks, strict=False))
+                spent = [sum(u.costs[b.kind][c] for u, c in picked) / max(lim, 1e-12)
                          for b, lim in self.rhs] or [0.0]
+                floor = [sum(min(u.costs[b.kind].values()) for u in self.units[i:])
+                         / max(lim, 1e-12) for b, lim in self.rhs] or [0.0]
                 return np.array([i / self._n, self._size[i], self._om_lo[i], self._om_hi[i],
                                  max(spent), max(floor), 1.0 - max(spent) - max(floor),
                                  len(self.units[i].choices) / 8.0, self.last_action],

@@ -46,7 +46,8 @@ class DynamicProgrammingSolver(BaseSolver):
         budget, limit = rhs[0]
         costs = [{c: u.costs[budget.kind][c] for c in u.choices} for u in units]
         if any(v != int(v) for cs in costs for v in cs.values()):
-            raise InvalidSpecError("solver 'dp' needs integer costs (mean bits, bytes); use 'ilp'.")
+            raise InvalidSpecError(
+                "solver 'dp' needs integer costs (mean bits, bytes); use 'ilp'.")
         cap = int(math.floor(limit + 1e-6 * abs(limit)))
         if cap < 0:
             return None, "infeasible", {}
@@ -78,7 +79,7 @@ class DynamicProgrammingSolver(BaseSolver):
         if best[s] == inf:
             return None, "infeasible", {}
         picks = []
-        for u, cs, arg in zip(reversed(units), reversed(costs), reversed(choice_log), strict=True):
+        for cs, arg in zip(reversed(costs), reversed(choice_log), strict=True):
             c = arg[s]
             picks.append(c)
             s -= int(cs[c] - min(cs.values()))
