@@ -300,11 +300,16 @@ def prepare_int4pack_cpu(codes: torch.Tensor, scales: torch.Tensor, zeros: torch
     return packed, int4_scales_and_zeros(scales, zeros)
 
 
+def bf16_output(y: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
+    """A bf16-activation kernel's output back in the caller's dtype, plus the float bias."""
+    y = y.to(dtype)
+    return y if bias is None else y + bias
+
+
 def int4pack_linear_cpu(x2d, prepared, group_size: int, bias) -> torch.Tensor:
     packed, sz = prepared
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(torch.bfloat16), packed, group_size, sz)
-    y = y.to(x2d.dtype)
-    return y if bias is None else y + bias
+    return bf16_output(y, x2d.dtype, bias)
 
 
 # ----------------------------------------------------------------------------- CUDA
@@ -323,35 +328,25 @@ def prepare_int4pack_cuda(codes: torch.Tensor, scales: torch.Tensor, zeros: torc
 def int4pack_linear_cuda(x2d, prepared, group_size: int, bias) -> torch.Tensor:
     packed, sz = prepared
     y = torch.ops.aten._weight_int4pack_mm(x2d.to(torch.bfloat16), packed, group_size, sz)
-    y = y.to(x2d.dtype)
-    return y if bias is None else y + bias
+    return bf16_output(y, x2d.dtype, bias)
 
 
-def int8_rows_linear_cpu(x2d: torch.Tensor, w_t: torch.Tensor, scales: torch.Tensor,
-                         bias: torch.Tensor | None,
-                         smoothing: torch.Tensor | None = None) -> torch.Tensor:
+def int8_rows_linear(x2d: torch.Tensor, w_t: torch.Tensor, scales: torch.Tensor,
+                     bias: torch.Tensor | None,
+                     smoothing: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row symmetric int8 activations x per-channel int8 weights (K, N), the same
-    arithmetic as `onednn_linear` (SmoothQuant included): on torch._int_mm for an int8 `w_t`,
+    arithmetic as `onednn_linear` (SmoothQuant included): on torch._int_mm for an int8 `w_t`
+    (CPU or CUDA; CUDA's takes more than 16 rows, so shorter inputs run zero-padded to 32),
     or on an fp32 GEMM of the integer values for a float one (exact while the integer sums
     stay below 2**24)."""
     qx, row_scale = _int8_rows(x2d, smoothing)
-    if w_t.dtype == torch.int8:
-        acc = torch._int_mm(qx, w_t).float()
-    else:
-        acc = qx.float() @ w_t
-    return _rescale_rows(acc.mul_(scales[None, :]), row_scale, bias)
-
-
-def int8_intmm_linear_cuda(x2d: torch.Tensor, w_int8_t: torch.Tensor, scales: torch.Tensor,
-                           bias: torch.Tensor | None,
-                           smoothing: torch.Tensor | None = None) -> torch.Tensor:
-    """The per-row int8 arithmetic of `int8_rows_linear_cpu` on CUDA's torch._int_mm, which
-    takes more than 16 rows: shorter inputs run zero-padded to 32."""
-    qx, row_scale = _int8_rows(x2d, smoothing)
     m = qx.shape[0]
-    if m <= 16:
-        qx = F.pad(qx, (0, 0, 0, 32 - m))
-    acc = torch._int_mm(qx, w_int8_t)[:m].float()
+    if w_t.dtype != torch.int8:
+        acc = qx.float() @ w_t
+    else:
+        if qx.is_cuda and m <= 16:
+            qx = F.pad(qx, (0, 0, 0, 32 - m))
+        acc = torch._int_mm(qx, w_t)[:m].float()
     return _rescale_rows(acc.mul_(scales[None, :]), row_scale, bias)
 
 

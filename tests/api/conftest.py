@@ -109,16 +109,19 @@ def api_client(sqlite_url: str) -> Iterator[TestClient]:
         yield client
 
 
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
 def wait_for(client: Any, job_id: str, *, timeout_s: float = 300.0,
-             until: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+             until: tuple[str, ...] = FINISHED,
              where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """Polls a job until its status is in `until` and, given `where`, `where(job)` holds;
     a finished job returns at once either way."""
     deadline = time.monotonic() + timeout_s
     while True:
         job = client.get(f"/jobs/{job_id}").json()
-        finished = job["status"] in ("succeeded", "failed", "cancelled")
-        if finished or (job["status"] in until and (where is None or where(job))):
+        if job["status"] in FINISHED or (job["status"] in until
+                                         and (where is None or where(job))):
             return job
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} "
