@@ -1,11 +1,11 @@
 # Fresh machine: `make demo` (set up, start the service and run the main job on a demo model),
-# `make test` (set up and run the tests).
+# `make test` (set up, lint, type-check and run the default tests).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench-engine lint clean
+.PHONY: demo test test-all bench-engine lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,19 +19,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/allocator serve --demo
 
-test: $(STAMP)
+# The CI's command (.ci/run): lint and type check first, then the default test run.
+test: $(STAMP) lint typecheck
 	# Debian's Chromium for the dashboard's browser tests (tests/dashboard skip without it).
 	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "chromium not installed: the browser tests will skip"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) lint typecheck
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not gpu" -q
 
 bench-engine: $(STAMP)
-	$(PY) benchmarks/engine.py --quick
+	$(PY) -m benchmarks.engine --quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .mypy_cache

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from engine import InvalidSpecError
 
 KINDS = ("bits", "size", "bops", "latency")
+# Budget kind -> the key of its cost in a cost summary (`Problem.evaluate`, BitConfig.cost).
 COST_KEYS = {"bits": "avg_bits", "size": "size_bytes", "bops": "bops", "latency": "latency_us"}
+# A total meets a limit up to this relative (and absolute) slack: float sums of per-layer
+# costs land a few ulps above a budget that an assignment meets exactly.
+REL_TOL = 1e-6
+ABS_TOL = 1e-12
 
 _UNITS: dict[str, tuple[str, float]] = {
     "bits": ("bits", 1.0), "bit": ("bits", 1.0),
@@ -27,6 +32,9 @@ _UNITS: dict[str, tuple[str, float]] = {
     "GBOPs": ("bops", 1e9), "TBOPs": ("bops", 1e12),
     "us": ("latency", 1.0), "µs": ("latency", 1.0), "ms": ("latency", 1e3), "s": ("latency", 1e6),
 }
+# Budget kind -> the unit of its base values (mean bits, bytes, BOPs, microseconds).
+BASE_UNITS = {kind: next(u for u, (k, scale) in _UNITS.items() if k == kind and scale == 1.0)
+              for kind in KINDS}
 _PATTERN = re.compile(
     r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-zµ]+)\s*$")
 
@@ -56,14 +64,21 @@ class Budget:
         """The key of this budget's cost in a BitConfig's `cost` summary."""
         return COST_KEYS[self.kind]
 
-    def holds(self, cost: float, *, rel_tol: float = 1e-6) -> bool:
-        return cost <= self.value * (1 + rel_tol) + 1e-12
+    def holds(self, cost: float) -> bool:
+        """Whether a cost of this kind (in base units) meets the budget (`within`)."""
+        return within(cost, self.value)
 
     def format_value(self, value: float) -> str:
         """A cost of this kind as budget text (the unit the budget was written in)."""
-        unit = _PATTERN.match(self.text).group(3) if _PATTERN.match(self.text) else ""
-        kind, scale = _UNITS.get(unit, (self.kind, 1.0))
+        m = _PATTERN.match(self.text)
+        unit = m.group(3) if m else ""
+        _, scale = _UNITS.get(unit, (self.kind, 1.0))
         return f"{value / scale:.6g}{unit}"
+
+
+def within(total: float, limit: float) -> bool:
+    """Whether `total` meets `limit`: the one tolerance every budget check uses."""
+    return total <= limit + REL_TOL * abs(limit) + ABS_TOL
 
 
 def parse_budget(text: str) -> Budget:

@@ -1,20 +1,49 @@
-"""The pipeline's latency stage: this machine's measured per-layer latency table for a model.
+"""This machine's per-layer latency tables for a model: profiled once, stored, reused.
 
-A stored profile (`hwprofiles` registry, named by model, batch and device) is reused when it
-holds every layer at every candidate bit-width; otherwise the missing measurements are taken
-now (resumable: an interrupted run keeps what it measured) and the profile is stored.
-Tables are taken at the batch the pipeline times whole models on (`spec.latency_batch()`),
-so predicted and measured latency describe the same call.
+`profile_model` measures a model's layers at each candidate bit-width on the engine's real
+kernels and stores the table in the `hwprofiles` registry (named by model, batch and
+device); with `reuse` it keeps what a stored table already holds and measures only what is
+missing. An interrupted run resumes from its partial file. `latency_costs` is the
+pipeline's latency stage: the per-layer costs the solver budgets, taken at the batch the
+pipeline times whole models on (`spec.latency_batch()`), so predicted and measured latency
+describe the same call.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import engine
 from engine import BitConfig, InvalidSpecError
+
+if TYPE_CHECKING:
+    from allocator._spec import ModelSpecLike
+    from hwprofiles import LatencyTable
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """A stored latency table and how it was obtained.
+
+    Attributes:
+        table: The table (`allocator.latency/1`).
+        name: Its name in the profile registry.
+        path: Where it is stored.
+        profile_s: Seconds spent measuring now (0 when the stored table was complete).
+        profiled_now: Whether anything was measured now.
+        layers: The model's layers as traced on the timed batch.
+    """
+
+    table: LatencyTable
+    name: str
+    path: Path
+    profile_s: float
+    profiled_now: bool
+    layers: tuple[engine.LayerSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -27,9 +56,55 @@ class LatencyCosts:
     profiled_now: bool
 
 
-def latency_costs(spec: Any, bits: Sequence[int], *, weight_only: bool = False,
-                  progress: bool = False) -> LatencyCosts:
-    """This machine's latency costs of `spec`'s layers at each of `bits`."""
+def batch_inputs(spec: ModelSpecLike, batch: int | None) -> Any:
+    """The spec's example batch, rebuilt at `batch` rows where the spec allows.
+
+    Text models: the first `batch` evaluation sentences, tokenized (cycled when fewer exist);
+    tensor inputs: evaluation inputs sliced or repeated to `batch` rows.
+    """
+    import torch
+
+    if batch is None:
+        return spec.example_inputs()
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidSpecError(f"`batch` must be an integer >= 1, got {batch!r}.")
+    if hasattr(spec, "encode") and hasattr(spec, "texts"):
+        texts = list(spec.texts()["eval"])
+        return spec.encode([texts[i % len(texts)] for i in range(batch)])
+    batches = [b.inputs for b in spec.evaluation_batches()]
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        pool = torch.cat([b for b in batches if isinstance(b, torch.Tensor)])
+        return pool[torch.arange(batch) % pool.shape[0]]
+    if isinstance(first, dict) and all(isinstance(v, torch.Tensor) for v in first.values()):
+        rows = next(iter(first.values())).shape[0]
+        idx = torch.arange(batch) % rows
+        return {k: v[idx] for k, v in first.items()}
+    raise InvalidSpecError(f"`batch` is not supported for model {spec.name!r} "
+                           "(its inputs cannot be resized); leave it out.")
+
+
+def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = None,
+                  batch: int | None = None, repeats: int | None = None,
+                  weight_only: bool = False, reuse: bool = False,
+                  progress: bool = False) -> ProfileRun:
+    """Measures `spec`'s layers at each of `bits` on this machine and stores the table.
+
+    Args:
+        spec: The model.
+        bits: Candidate weight bit-widths (FP32 is always measured too).
+        inputs: The batch to time (default: the example batch at `batch` rows).
+        batch: Rows of the example batch (default: the model's evaluation batch).
+        repeats: Timed calls per measurement (default: the profiler's).
+        weight_only: Time 8-bit layers weight-only (float activations) instead of W8A8;
+            stored under its own name.
+        reuse: Keep the stored table's measurements and measure only what is missing
+            (nothing when it is complete); without it every shape is measured anew.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        The stored table with its name and path.
+    """
     from hwprofiles import (
         DeviceFingerprint,
         batch_size,
@@ -40,34 +115,48 @@ def latency_costs(spec: Any, bits: Sequence[int], *, weight_only: bool = False,
         save_profile,
     )
 
-    inputs = spec.latency_batch()
+    inputs = batch_inputs(spec, batch) if inputs is None else inputs
     fp32 = spec.build()
-    layers = engine.discover_layers(fp32, inputs, skip=getattr(spec, "skip_layers", ()))
+    layers = engine.discover_layers(fp32, inputs, skip=spec.skip_layers)
     name = profile_name(spec.name, batch_size(inputs), DeviceFingerprint.current())
     if weight_only:
         name += "-weight-only"
+    stored = profiles_dir() / f"{name}.json"
     table = None
-    if (profiles_dir() / f"{name}.json").is_file():
+    if reuse and stored.is_file():
         try:
             table = load_profile(name)
         except InvalidSpecError:
             table = None  # unreadable: profiled anew below and overwritten
     active = [x for x in layers if x.calls > 0]
-    complete = table is not None and table.overhead_us is not None and all(
-        table.has(x.shape_signature, b) for x in active for b in bits)
-    if not complete:
-        partial = profiles_dir() / f".{name}.partial"
-        config = BitConfig(bits={}, activation_bits=None if weight_only else 8)
-        table = profile_layers(fp32, layers, inputs, bits, table=table, progress=progress,
-                               resume_path=partial if table is None else None, config=config,
-                               model_name=spec.name)
-        save_profile(table, name)
-        partial.unlink(missing_ok=True)
-    by_name = {x.name: x for x in layers}
+    if table is not None and table.overhead_us is not None and all(
+            table.has(x.shape_signature, b) for x in active for b in bits):
+        return ProfileRun(table, name, stored, 0.0, False, tuple(layers))
+    partial = profiles_dir() / f".{name}.partial"  # resumes an interrupted run
+    options: dict[str, Any] = {} if repeats is None else {"repeats": repeats}
+    start = time.perf_counter()
+    table = profile_layers(fp32, layers, inputs, bits, table=table, progress=progress,
+                           resume_path=partial if table is None else None,
+                           config=BitConfig(bits={}, activation_bits=None if weight_only else 8),
+                           model_name=spec.name, **options)
+    seconds = time.perf_counter() - start
+    path = save_profile(table, name)
+    partial.unlink(missing_ok=True)
+    return ProfileRun(table, name, path, seconds, True, tuple(layers))
+
+
+def latency_costs(spec: ModelSpecLike, bits: Sequence[int], *, weight_only: bool = False,
+                  progress: bool = False) -> LatencyCosts:
+    """This machine's latency costs of `spec`'s layers at each of `bits` (a stored table
+    when it is complete, else the missing measurements taken now)."""
+    inputs = spec.latency_batch()
+    run = profile_model(spec, bits, inputs=inputs, weight_only=weight_only, reuse=True,
+                        progress=progress)
+    by_name = {x.name: x for x in run.layers}
     missing = [x.name for x in spec.layers() if x.name not in by_name]
     if missing:
         raise InvalidSpecError(f"layers {missing[:3]} of {spec.name!r} did not run on its "
                                "latency batch; latency cannot be budgeted for them.")
-    per_layer = table.layer_latency_us([by_name[x.name] for x in spec.layers()], bits)
+    per_layer = run.table.layer_latency_us([by_name[x.name] for x in spec.layers()], bits)
     costs = {n: {int(b): float(v) for b, v in row.items()} for n, row in per_layer.items()}
-    return LatencyCosts(costs, float(table.overhead_us or 0.0), name, not complete)
+    return LatencyCosts(costs, float(run.table.overhead_us or 0.0), run.name, run.profiled_now)

@@ -8,15 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from allocator._budget import Budget
+from allocator._budget import BASE_UNITS, COST_KEYS, Budget
 from allocator._problem import Problem
-from allocator.solvers import get_solver
-from allocator.solvers._base import Solution
+from allocator.solvers import Solution, get_solver
 from engine import InvalidSpecError
 
 PARETO_FORMAT = "allocator.pareto/1"
-AXES = {"bits": "avg_bits", "size": "size_bytes", "bops": "bops", "latency": "latency_us"}
-_AXIS_UNITS = {"bits": "bits", "size": "B", "bops": "BOPs", "latency": "us"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +26,7 @@ class ParetoFront:
     model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        key = AXES[self.axis]
+        key = COST_KEYS[self.axis]
         return {
             "format": PARETO_FORMAT,
             "model": self.model,
@@ -61,26 +58,24 @@ def pareto_front(problem: Problem, axis: str = "bits", points: int = 20, *,
                  time_limit_s: float = 60.0) -> ParetoFront:
     """Sweeps a budget on `axis` over `points` values between the cheapest and the
     dearest assignment (other `budgets` held fixed) and keeps the non-dominated solutions."""
-    if axis not in AXES:
-        raise InvalidSpecError(f"`axis` must be one of {sorted(AXES)}, got {axis!r}.")
+    if axis not in COST_KEYS:
+        raise InvalidSpecError(f"`axis` must be one of {sorted(COST_KEYS)}, got {axis!r}.")
     if points < 2:
         raise InvalidSpecError(f"`points` must be >= 2, got {points}.")
     if any(b.kind == axis for b in budgets):
         raise InvalidSpecError(f"a fixed {axis} budget cannot also be the swept axis.")
-    units = problem.units(list(budgets) + [Budget(axis, 1.0, f"1{_AXIS_UNITS[axis]}")])
+    units = problem.units(list(budgets) + [Budget(axis, 1.0, f"1{BASE_UNITS[axis]}")])
     lo = sum(min(u.costs[axis].values()) for u in units)
     hi = sum(max(u.costs[axis].values()) for u in units)
-    scale = problem.total_params if axis == "bits" else 1.0
-    offset = problem.latency_offset_us if axis == "latency" else 0.0
-    engine = get_solver(solver)
+    runner = get_solver(solver)
     found: list[Solution] = []
     for i in range(points):
-        value = (lo + (hi - lo) * i / (points - 1)) / scale + offset
-        budget = Budget(axis, max(value, 1e-12), f"{value:.9g}{_AXIS_UNITS[axis]}")
-        sol = engine.solve(problem, [*budgets, budget], time_limit_s=time_limit_s)
+        value = problem.budget_value(axis, lo + (hi - lo) * i / (points - 1))
+        budget = Budget(axis, max(value, 1e-12), f"{value:.9g}{BASE_UNITS[axis]}")
+        sol = runner.solve(problem, [*budgets, budget], time_limit_s=time_limit_s)
         if sol.status != "infeasible":
             found.append(sol)
-    key = AXES[axis]
+    key = COST_KEYS[axis]
     keep = non_dominated([(s.objective, s.cost[key]) for s in found])
     chosen = sorted((found[i] for i in keep), key=lambda s: s.cost[key])
     return ParetoFront(axis, tuple(chosen), tuple(b.text for b in budgets), problem.model)

@@ -1,89 +1,151 @@
 """The main job: model -> sensitivity -> (latency) -> solve -> apply -> measure.
 
-`solve(model, budgets)` runs every stage on a model from the zoo and returns the BitConfig
-with what was measured on the engine, next to the best uniform configuration that fits the
-same budgets. Sensitivity tables come from the cache when the same model, data, estimator
-config and seed were seen. The BitConfig it returns is deterministic for a seed (timings go
-to the report, not into the config), so the same seed writes the same bytes.
+`solve(model, budgets)` runs every stage on a model from the zoo and returns a
+`SolveReport`: the BitConfig with what was measured on the engine, next to the best uniform
+configuration that fits the same budgets. `solve_problem` answers the same question for an
+`allocator.problem/1` document (predicted only) in the same report shape. Sensitivity tables
+come from the cache when the same model, data, estimator config and seed were seen. The
+BitConfig is deterministic for a seed (timings go to the report, not into the config), so
+the same seed writes the same bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import engine
 from allocator._budget import Budget, parse_budgets
+from allocator._evaluate import Measurement, measure_config
 from allocator._latency import LatencyCosts, latency_costs
 from allocator._problem import Problem
 from allocator.solvers import SOLVERS, get_solver
-from engine import BitConfig
+from engine import DEFAULT_BITS, BitConfig
 
-DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
+if TYPE_CHECKING:
+    from allocator._pareto import ParetoFront
+    from allocator._spec import ModelSpecLike
+
+OnStage = Callable[[str, float], None]
 
 
 @dataclass
-class PipelineResult:
-    """The chosen configuration, what was predicted and what was measured."""
+class SolveReport:
+    """The chosen configuration, what was predicted and what was measured.
+
+    Attributes:
+        config: The BitConfig (`allocator.bitconfig/1`), deterministic for a seed.
+        problem: The allocation problem that was solved.
+        settings: The quantization settings of `config` without its bits (rounding, group
+            size, activation bits): what any other assignment of the same model is
+            measured with.
+        measured: The config applied on the engine: metrics, size, kernels, latency, next
+            to FP32 (empty for problem solves and when not measured).
+        uniform: The best uniform configuration under the same budgets (predicted, and
+            measured when `measured` is).
+        timings_s: Seconds per stage.
+    """
 
     config: BitConfig
     problem: Problem
+    settings: BitConfig
     measured: dict[str, Any] = field(default_factory=dict)
     uniform: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
 
-    def report(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The documented report shape of `solve --json` and of a job's result."""
         return {"config": self.config.to_dict(), "measured": self.measured,
                 "uniform": self.uniform, "timings_s": self.timings_s}
 
 
-def problem_for(spec, table, bits: Sequence[int], *, group_size: int | None,
-                latency: LatencyCosts | None = None, weight_only: bool = False) -> Problem:
-    """The allocation problem of a model: Ω from `table`, real packed sizes per bit-width,
-    and this machine's measured latencies where given."""
+def quantization_settings(rounding: str, group_size: int | None,
+                          weight_only: bool) -> BitConfig:
+    """The BitConfig settings (no bits) of a solve: `BitConfig.with_rounding`, with float
+    activations when `weight_only`."""
+    return BitConfig.with_rounding({}, rounding, group_size=group_size,
+                                   activation_bits=None if weight_only else 8)
+
+
+def problem_for(spec: ModelSpecLike, omega: Mapping[str, Mapping[int, float]],
+                bits: Sequence[int], settings: BitConfig,
+                latency: LatencyCosts | None = None) -> Problem:
+    """The allocation problem of a model: Ω per layer and bit-width, real packed sizes
+    under `settings`' schemes, and this machine's measured latencies where given."""
     layers = spec.layers()
-    shape = BitConfig(bits={}, group_size=group_size, activation_bits=None if weight_only else 8)
     sizes = {x.name: {b: float(engine.packed_weight_bytes(
-        x.weight_shape, engine.scheme_for(shape, b))) for b in bits} for x in layers}
-    costs: dict[str, dict] = {"size_bytes": sizes}
+        x.weight_shape, engine.scheme_for(settings, b))) for b in bits} for x in layers}
+    costs: dict[str, dict[str, dict[int, float]]] = {"size_bytes": sizes}
     offset = 0.0
     if latency is not None:
         costs["latency_us"] = latency.latency_us
         offset = latency.offset_us
-    return Problem.from_tables(layers, table.omega(), bits, costs=costs, model=spec.name,
+    return Problem.from_tables(layers, omega, bits, costs=costs, model=spec.name,
                                latency_offset_us=offset)
 
 
-def _measure(spec, config: BitConfig, fp32_latency_us: float | None) -> tuple[dict, dict]:
-    """Deterministic measurements (metrics, bytes) and timings of one config."""
-    qmodel = spec.quantize(config)
-    metrics = spec.evaluate(qmodel)
-    det = {"metrics": metrics, "size_bytes": engine.model_size_bytes(qmodel)}
-    timing: dict[str, Any] = {}
-    if fp32_latency_us is not None:
-        lat = spec.measure_latency_us(qmodel)
-        timing = {"latency_us": lat, "speedup_vs_fp32": fp32_latency_us / lat}
-    det["kernels"] = sorted(engine.kernel_counts(qmodel))
-    return det, timing
+def _digest(spec: ModelSpecLike) -> dict[str, str]:
+    from sensitivity import hash_tensors
+
+    return {"model_sha256": hash_tensors(dict(spec.build().state_dict()))[:16],
+            "calibration_sha256": hash_tensors([b.inputs
+                                                for b in spec.calibration_batches()])[:16]}
 
 
-def _digest(spec) -> dict[str, str]:
-    h_model, h_data = hashlib.sha256(), hashlib.sha256()
-    from sensitivity._estimate import _hash_tensors
+def _spec(model: str | ModelSpecLike) -> ModelSpecLike:
+    import zoo
 
-    _hash_tensors(h_model, dict(spec.build().state_dict()))
-    _hash_tensors(h_data, [b.inputs for b in spec.calibration_batches()])
-    return {"model_sha256": h_model.hexdigest()[:16],
-            "calibration_sha256": h_data.hexdigest()[:16]}
+    return zoo.get_model(model) if isinstance(model, str) else model
+
+
+def _defaults(spec: ModelSpecLike, estimator: str | None,
+              weight_only: bool | None) -> tuple[str, bool]:
+    """The caller's estimator and activation choice, else the model's own defaults."""
+    if estimator is None:
+        estimator = spec.default_estimator
+    if weight_only is None:
+        weight_only = spec.default_activation_bits is None
+    return estimator, weight_only
+
+
+def _budgets(budgets: Sequence[str | Budget]) -> list[Budget]:
+    parsed = [b if isinstance(b, Budget) else parse_budgets([b])[0] for b in budgets]
+    parse_budgets([b.text for b in parsed])  # one budget per kind
+    return parsed
+
+
+def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, seed: int,
+                   settings: BitConfig, latency: bool, progress: bool,
+                   estimator_options: Mapping[str, Any] | None, stage: OnStage,
+                   timings: dict[str, float]) -> tuple[Problem, dict[str, Any], str | None]:
+    """The sensitivity and latency stages: the model's problem, the estimator config that
+    made its Ω, and the latency profile's name (None without latency)."""
+    import sensitivity
+
+    stage("sensitivity", 0.05)
+    t0 = time.perf_counter()
+    options = {"rounding": settings.rounding, "group_size": settings.group_size}
+    table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed,
+                                 options=options | dict(estimator_options or {}),
+                                 progress=progress)
+    timings["sensitivity_s"] = time.perf_counter() - t0
+    lat = None
+    if latency:
+        stage("latency", 0.5)
+        t0 = time.perf_counter()
+        lat = latency_costs(spec, bits, weight_only=settings.activation_bits is None,
+                            progress=progress)
+        timings["latency_s"] = time.perf_counter() - t0
+    problem = problem_for(spec, table.omega(), bits, settings, latency=lat)
+    return problem, dict(table.config), None if lat is None else lat.profile
 
 
 def solve(
-    model: str | Any,
+    model: str | ModelSpecLike,
     budgets: Sequence[str | Budget],
     *,
     solver: str = "ilp",
@@ -96,12 +158,12 @@ def solve(
     latency: bool = True,
     weight_only: bool | None = None,
     time_limit_s: float = 60.0,
-    solver_options: dict[str, Any] | None = None,
-    estimator_options: dict[str, Any] | None = None,
+    solver_options: Mapping[str, Any] | None = None,
+    estimator_options: Mapping[str, Any] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-    on_stage: Callable[[str, float], None] | None = None,
-) -> PipelineResult:
+    on_stage: OnStage | None = None,
+) -> SolveReport:
     """Finds, applies and measures the per-layer bit-widths of a model under budgets.
 
     Args:
@@ -115,121 +177,138 @@ def solve(
         rounding: "gptq" (calibrated: GPTQ + bias correction + clipping search) or "rtn".
         group_size: Scale group size below 8 bits (None: per channel).
         measure: Apply the result on the engine and measure it (and the best uniform).
-        weight_only: Keep activations float (no W8A8 kernels for 8-bit layers); default:
-            the model's `default_activation_bits` decides.
         latency: Read (or measure) this machine's per-layer latency table, so the solve
             knows latency costs, and time the quantized models against FP32. A latency
             budget turns the table on regardless.
+        weight_only: Keep activations float (no W8A8 kernels for 8-bit layers); default:
+            the model's `default_activation_bits` decides.
+        time_limit_s: The solver's time limit.
+        solver_options, estimator_options: Options of the solver's and the estimator's
+            configs.
+        progress: Show progress bars on stderr.
+        log: Called with one line per notable step.
         on_stage: Called as `on_stage(stage, fraction_done)` when each stage starts ("load",
             "sensitivity", "latency", "solve", "measure") and at the end ("done", 1.0); an
             exception it raises aborts the run (the job service cancels this way).
 
     Returns:
-        A `PipelineResult`; `result.config.status` is "infeasible" when the budgets cannot
+        A `SolveReport`; `report.config.status` is "infeasible" when the budgets cannot
         be met, with the smallest feasible value of each in `config.extra`.
 
     Example:
         >>> from allocator import solve
-        >>> result = solve("digits-cnn", ["4bits"])
-        >>> result.config.bits
+        >>> report = solve("digits-cnn", ["4bits"])
+        >>> report.config.bits
     """
-    import sensitivity
-    import zoo
-
     say = log or (lambda _msg: None)
     stage = on_stage or (lambda _stage, _fraction: None)
-    parsed = [b if isinstance(b, Budget) else parse_budgets([b])[0] for b in budgets]
-    parse_budgets([b.text for b in parsed])  # one budget per kind
+    parsed = _budgets(budgets)
     timings: dict[str, float] = {}
     stage("load", 0.0)
     t0 = time.perf_counter()
-    spec = zoo.get_model(model) if isinstance(model, str) else model
+    spec = _spec(model)
     estimator, weight_only = _defaults(spec, estimator, weight_only)
     layers = spec.layers()
     spec.calibration_batches()
     timings["load_s"] = time.perf_counter() - t0
     say(f"{spec.name}: {len(layers)} quantizable layers")
+    settings = quantization_settings(rounding, group_size, weight_only)
+    latency = latency or any(b.kind == "latency" for b in parsed)
+    problem, estimator_config, profile = _model_problem(
+        spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
+        progress=progress, estimator_options=estimator_options, stage=stage, timings=timings)
+    if profile is not None:
+        say(f"latency table {profile}")
 
-    stage("sensitivity", 0.05)
-    t0 = time.perf_counter()
-    options = {"rounding": rounding, "group_size": group_size} | dict(estimator_options or {})
-    table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed, options=options,
-                                 progress=progress)
-    timings["sensitivity_s"] = time.perf_counter() - t0
-
-    lat = None
-    if latency or any(b.kind == "latency" for b in parsed):
-        stage("latency", 0.5)
-        t0 = time.perf_counter()
-        lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
-        timings["latency_s"] = time.perf_counter() - t0
-        say(f"latency table {lat.profile}" + (" (profiled now)" if lat.profiled_now else ""))
-    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat,
-                          weight_only=weight_only)
     stage("solve", 0.6)
     t0 = time.perf_counter()
     options = dict(solver_options or {})
-    if getattr(SOLVERS.get(solver), "model_options", False):  # fracbits, measured DDPG
+    if SOLVERS.get(solver).takes_model:  # fracbits, DDPG (its measured reward)
         options = {"model": spec, "rounding": rounding, "group_size": group_size} | options
     solution = get_solver(solver, **options).solve(
         problem, parsed, seed=seed, time_limit_s=time_limit_s)
     timings["solve_s"] = time.perf_counter() - t0
-    calibrated = rounding == "gptq"
-    repro = {"seed": seed, "estimator": estimator, "estimator_config": dict(table.config),
-             "solver": solver, "bits": list(bits), **_digest(spec),
-             "versions": _versions()}
-    if lat is not None:
-        repro["latency_profile"] = lat.profile
+    repro = {"seed": seed, "estimator": estimator, "estimator_config": estimator_config,
+             "solver": solver, "bits": list(bits), **_digest(spec), "versions": _versions()}
+    if profile is not None:
+        repro["latency_profile"] = profile
     extra: dict[str, Any] = {"reproducibility": repro}
-    details = {k: v for k, v in solution.extra.items() if not k.endswith("seconds")}
+    details = {k: v for k, v in solution.extra.items() if not k.endswith("_s")}
     if details:  # timings stay out: the same seed writes the same bytes
         extra["solver_details"] = details
     if solution.diagnosis:
         extra["infeasible_budgets"] = solution.diagnosis
-    act_bits = None if weight_only else 8
-    config = BitConfig(bits=solution.bits, activation_bits=act_bits, group_size=group_size,
-                       rounding=rounding, bias_correction=calibrated, clip_search=calibrated,
-                       model=spec.name, solver=solver, status=solution.status,
-                       objective=solution.objective, budgets=tuple(b.text for b in parsed),
-                       cost=solution.cost, extra=extra)
-    result = PipelineResult(config, problem, timings_s=timings)
-    if not measure or solution.status == "infeasible":
-        stage("done", 1.0)
-        return result
+    config = dataclasses.replace(
+        settings, bits=solution.bits, model=spec.name, solver=solver, status=solution.status,
+        objective=solution.objective, budgets=tuple(b.text for b in parsed),
+        cost=solution.cost, extra=extra)
+    report = SolveReport(config, problem, settings, timings_s=timings)
+    if measure and solution.status != "infeasible":
+        stage("measure", 0.7)
+        say("applying on the engine and measuring...")
+        t0 = time.perf_counter()
+        _measure_report(spec, report, parsed, latency=latency)
+        timings["measure_s"] = time.perf_counter() - t0
+    stage("done", 1.0)
+    return report
 
-    stage("measure", 0.7)
-    say("applying on the engine and measuring...")
-    t0 = time.perf_counter()
+
+def _measured(m: Measurement, fp32_latency_us: float | None) -> tuple[dict, dict]:
+    """A measurement as the report's deterministic part (metrics, bytes, kernels) and its
+    timing part (latency, speed-up; only when FP32 was timed)."""
+    det = {"metrics": m.metrics, "size_bytes": m.size_bytes, "kernels": sorted(m.kernels)}
+    timing: dict[str, Any] = {}
+    if fp32_latency_us is not None and m.latency_us is not None:
+        timing = {"latency_us": m.latency_us, "speedup_vs_fp32": fp32_latency_us / m.latency_us}
+    return det, timing
+
+
+def _measure_report(spec: ModelSpecLike, report: SolveReport, budgets: Sequence[Budget], *,
+                    latency: bool) -> None:
+    """Measures the report's config and the best uniform one next to FP32, in place."""
     fp32_latency = spec.measure_latency_us(spec.build()) if latency else None
-    det, timing = _measure(spec, config, fp32_latency)
+    det, timing = _measured(measure_config(spec, report.config, latency=latency),
+                            fp32_latency)
     det["fp32_metrics"] = spec.baseline()
     det["fp32_size_bytes"] = engine.model_size_bytes(spec.build())
-    uniform_sol = get_solver("uniform").solve(problem, parsed)
-    uniform = {}
-    if uniform_sol.status != "infeasible":
-        ucfg = BitConfig(bits=uniform_sol.bits, activation_bits=act_bits, group_size=group_size,
-                         rounding=rounding, bias_correction=calibrated, clip_search=calibrated)
-        udet, utiming = _measure(spec, ucfg, fp32_latency)
-        uniform = {"bits": uniform_sol.extra.get("uniform_bits"),
-                   "objective": uniform_sol.objective, "cost": uniform_sol.cost, **udet}
+    best = best_uniform(report.problem, budgets)
+    if best:
+        cfg = dataclasses.replace(report.settings, bits=best.pop("assignment"))
+        udet, utiming = _measured(measure_config(spec, cfg, latency=latency), fp32_latency)
+        report.uniform = best | udet
         timing["uniform"] = utiming
-    extra = dict(config.extra) | {"measured": det, "uniform_baseline": uniform}
-    result.config = dataclasses.replace(config, extra=extra)
-    result.measured = det | timing | ({"fp32_latency_us": fp32_latency} if fp32_latency else {})
-    result.uniform = uniform
-    timings["measure_s"] = time.perf_counter() - t0
-    stage("done", 1.0)
-    return result
+    extra = dict(report.config.extra) | {"measured": det, "uniform_baseline": report.uniform}
+    report.config = dataclasses.replace(report.config, extra=extra)
+    report.measured = det | timing | ({"fp32_latency_us": fp32_latency} if fp32_latency else {})
 
 
+def best_uniform(problem: Problem, budgets: Sequence[Budget]) -> dict[str, Any]:
+    """The best single bit-width under `budgets` (`bits`, `objective`, `cost`,
+    `assignment`), or {} when none fits."""
+    sol = get_solver("uniform").solve(problem, budgets)
+    if sol.status == "infeasible":
+        return {}
+    return {"bits": sol.extra.get("uniform_bits"), "objective": sol.objective,
+            "cost": sol.cost, "assignment": sol.bits}
 
-def _defaults(spec, estimator: str | None, weight_only: bool | None) -> tuple[str, bool]:
-    """The caller's estimator and activation choice, else the model's own defaults."""
-    if estimator is None:
-        estimator = getattr(spec, "default_estimator", "hutchinson")
-    if weight_only is None:
-        weight_only = getattr(spec, "default_activation_bits", 8) is None
-    return estimator, weight_only
+
+def solve_problem(problem: Problem, budgets: Sequence[str | Budget], *, solver: str = "ilp",
+                  seed: int = 0, time_limit_s: float = 60.0) -> SolveReport:
+    """Solves an `allocator.problem/1` problem under budgets: the same report shape as
+    `solve`, predicted only (`measured` empty; `uniform` the best single bit-width).
+
+    Example:
+        >>> from allocator import Problem, solve_problem
+        >>> solve_problem(Problem.load("p.json"), ["4.5bits"]).config.bits
+    """
+    parsed = _budgets(budgets)
+    t0 = time.perf_counter()
+    solution = get_solver(solver).solve(problem, parsed, seed=seed, time_limit_s=time_limit_s)
+    config = solution.to_bitconfig(problem, parsed)
+    uniform = best_uniform(problem, parsed)
+    settings = BitConfig(bits={}, activation_bits=problem.activation_bits)
+    return SolveReport(config, problem, settings, uniform=uniform,
+                       timings_s={"solve_s": time.perf_counter() - t0})
 
 
 def _versions() -> dict[str, str]:
@@ -249,7 +328,7 @@ def _versions() -> dict[str, str]:
 
 
 def pareto(
-    model: str | Any,
+    model: str | ModelSpecLike,
     *,
     axis: str = "bits",
     points: int = 8,
@@ -263,7 +342,7 @@ def pareto(
     latency: bool = True,
     weight_only: bool | None = None,
     progress: bool = False,
-):
+) -> tuple[ParetoFront, list[dict[str, float]]]:
     """The Pareto front of a model along one cost axis, with the first `measure_points`
     points (all by default) applied on the engine and measured.
 
@@ -273,43 +352,34 @@ def pareto(
     Returns:
         (ParetoFront, list of measured metrics dicts aligned with the front's points).
     """
-    import sensitivity
-    import zoo
     from allocator._pareto import pareto_front
 
-    spec = zoo.get_model(model) if isinstance(model, str) else model
+    spec = _spec(model)
     estimator, weight_only = _defaults(spec, estimator, weight_only)
-    options = {"rounding": rounding, "group_size": group_size}
-    table = sensitivity.estimate(spec, estimator, bits=bits, seed=seed, options=options,
-                                 progress=progress)
+    settings = quantization_settings(rounding, group_size, weight_only)
     fixed = parse_budgets(list(budgets))
-    lat = None
-    if latency or axis == "latency" or any(b.kind == "latency" for b in fixed):
-        lat = latency_costs(spec, bits, weight_only=weight_only, progress=progress)
-    problem = problem_for(spec, table, bits, group_size=group_size, latency=lat,
-                          weight_only=weight_only)
+    latency = latency or axis == "latency" or any(b.kind == "latency" for b in fixed)
+    problem, _, _ = _model_problem(
+        spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
+        progress=progress, estimator_options=None, stage=lambda _s, _f: None, timings={})
     front = pareto_front(problem, axis, points, budgets=fixed)
-    calibrated = rounding == "gptq"
     limit = len(front.points) if measure_points is None else measure_points
-    measured = []
-    for p in front.points[:limit]:
-        cfg = BitConfig(bits=p.bits, group_size=group_size, rounding=rounding,
-                        activation_bits=None if weight_only else 8,
-                        bias_correction=calibrated, clip_search=calibrated)
-        measured.append(spec.evaluate(spec.quantize(cfg)))
+    measured = [measure_config(spec, dataclasses.replace(settings, bits=p.bits),
+                               latency=False).metrics for p in front.points[:limit]]
     return front, measured
 
 
-def plot_front(front, measured: list[dict], metric: str, path: str) -> None:
+def plot_front(front: ParetoFront, measured: Sequence[Mapping[str, float]], metric: str,
+               path: str) -> None:
     """A PNG of the front: predicted Ω and the measured metric against cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from allocator._pareto import AXES
+    from allocator._budget import COST_KEYS
 
-    key = AXES[front.axis]
+    key = COST_KEYS[front.axis]
     xs = [p.cost[key] for p in front.points]
     fig, ax1 = plt.subplots(figsize=(7, 4.5))
     ax1.plot(xs, [p.objective for p in front.points], "o-", color="tab:blue",

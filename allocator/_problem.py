@@ -3,41 +3,41 @@
 Solvers see it through `units()`: a tie group (layers that must share a bit-width) is one
 unit whose Ω and costs are the sums over its members; a fixed layer is a unit with one
 choice. Every budget is a linear constraint over the units' choices.
+
+`ProblemDocument` is the file's pydantic model (validation and JSON schema, shared by the
+CLI, the API and the job runner); `Problem.from_dict` validates through it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from allocator._budget import Budget
-from engine import MAX_BITS, MIN_BITS, InvalidSpecError, LayerSpec
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+from allocator._budget import COST_KEYS, Budget
+from engine import (
+    MAX_BITS,
+    MIN_BITS,
+    Document,
+    Integer,
+    InvalidSpecError,
+    LayerSpec,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    dataclass_default,
+    integer,
+    parse_document,
+)
 
 PROBLEM_FORMAT = "allocator.problem/1"
 COST_FIELDS = ("size_bytes", "bops", "latency_us")
-
-
-def _bits_map(value: Any, where: str, *, allow_negative: bool = False) -> dict[int, float]:
-    if not isinstance(value, Mapping) or not value:
-        raise InvalidSpecError(f"`{where}` must map bit-widths to numbers, got {value!r}.")
-    out: dict[int, float] = {}
-    for k, v in value.items():
-        try:
-            b = int(k)
-        except (TypeError, ValueError):
-            raise InvalidSpecError(f"`{where}` has a non-integer bit-width key {k!r}.") from None
-        if not MIN_BITS <= b <= MAX_BITS:
-            raise InvalidSpecError(f"`{where}` has bit-width {b} outside {MIN_BITS}..{MAX_BITS}.")
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise InvalidSpecError(f"`{where}[{b}]` must be a finite number, got {v!r}.")
-        if v < 0 and not allow_negative:
-            raise InvalidSpecError(f"`{where}[{b}]` must be >= 0, got {v!r}.")
-        out[b] = float(v)
-    return out
 
 
 @dataclass(frozen=True)
@@ -78,40 +78,6 @@ class ProblemLayer:
                 out[f] = {str(b): v for b, v in sorted(table.items())}
         return out
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], index: int) -> ProblemLayer:
-        if not isinstance(data, Mapping):
-            raise InvalidSpecError(f"`layers[{index}]` must be an object, got {data!r}.")
-        name = data.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidSpecError(f"`layers[{index}].name` must be a non-empty string.")
-        where = f"layers[{name!r}]"
-        known = {"name", "params", "macs", "omega", "allowed_bits", "fixed_bits", *COST_FIELDS,
-                 "kind", "weight_shape", "trace", "std_error"}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidSpecError(f"`{where}` has unknown field(s) {sorted(unknown)}.")
-        if "omega" not in data:
-            raise InvalidSpecError(f"`{where}.omega` is missing.")
-        ints = {}
-        for f in ("params", "macs"):
-            v = data.get(f, 0)
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or v != int(v):
-                raise InvalidSpecError(f"`{where}.{f}` must be a non-negative integer, got {v!r}.")
-            ints[f] = int(v)
-        allowed = data.get("allowed_bits")
-        if allowed is not None:
-            if not isinstance(allowed, list) or not allowed:
-                raise InvalidSpecError(f"`{where}.allowed_bits` must be a non-empty list.")
-            allowed = tuple(sorted({int(b) for b in allowed}))
-        fixed = data.get("fixed_bits")
-        if fixed is not None and (not isinstance(fixed, int) or isinstance(fixed, bool)):
-            raise InvalidSpecError(f"`{where}.fixed_bits` must be an integer, got {fixed!r}.")
-        costs = {f: _bits_map(data[f], f"{where}.{f}") if data.get(f) is not None else None
-                 for f in COST_FIELDS}
-        return cls(name=name, omega=_bits_map(data["omega"], f"{where}.omega"),
-                   allowed_bits=allowed, fixed_bits=fixed, **ints, **costs)
-
 
 @dataclass(frozen=True)
 class Unit:
@@ -126,7 +92,11 @@ class Unit:
 
 @dataclass(frozen=True)
 class Problem:
-    """A bit-allocation problem; see the module docstring and DESIGN.md for the format."""
+    """A bit-allocation problem; `ProblemDocument` (below) is its `allocator.problem/1` form.
+
+    Built from a document, it checks what spans fields: unique layer names, ties that name
+    known layers once each, a usable bit-width for every layer.
+    """
 
     layers: tuple[ProblemLayer, ...]
     bits: tuple[int, ...]
@@ -143,12 +113,14 @@ class Problem:
         for b in self.bits:
             if not MIN_BITS <= b <= MAX_BITS:
                 raise InvalidSpecError(f"`bits` has {b}, outside {MIN_BITS}..{MAX_BITS}.")
-        names = [x.name for x in self.layers]
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
+        names = Counter(x.name for x in self.layers)
+        if len(names) != len(self.layers):
+            dup = sorted(n for n, count in names.items() if count > 1)
             raise InvalidSpecError(f"`layers` has duplicate names {dup}.")
         seen: set[str] = set()
         for group in self.ties:
+            if not group:
+                raise InvalidSpecError("`ties` has an empty group.")
             for n in group:
                 if n not in names:
                     raise InvalidSpecError(f"`ties` names unknown layer {n!r}.")
@@ -167,38 +139,26 @@ class Problem:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Problem:
-        if not isinstance(data, Mapping):
-            raise InvalidSpecError("a problem must be a JSON object.")
-        if data.get("format") != PROBLEM_FORMAT:
-            raise InvalidSpecError(
-                f"`format` must be {PROBLEM_FORMAT!r}, got {data.get('format')!r}.")
-        known = {"format", "model", "bits", "activation_bits", "layers", "ties",
-                 "latency_offset_us", "meta"}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidSpecError(f"unknown problem field(s) {sorted(unknown)}.")
-        bits = data.get("bits")
-        if not isinstance(bits, list) or not bits:
-            raise InvalidSpecError("`bits` must be a non-empty list of bit-widths.")
-        try:
-            bits_t = tuple(sorted({int(b) for b in bits}))
-        except (TypeError, ValueError):
-            raise InvalidSpecError(f"`bits` must hold integers, got {bits!r}.") from None
-        layers = data.get("layers")
-        if not isinstance(layers, list):
-            raise InvalidSpecError("`layers` must be a list.")
-        ties = data.get("ties", [])
-        if not isinstance(ties, list) or not all(isinstance(g, list) for g in ties):
-            raise InvalidSpecError("`ties` must be a list of lists of layer names.")
-        act = data.get("activation_bits", 8)
-        if not isinstance(act, int) or isinstance(act, bool) or not 1 <= act <= 32:
-            raise InvalidSpecError(f"`activation_bits` must be an integer, got {act!r}.")
-        offset = data.get("latency_offset_us", 0.0)
-        if not isinstance(offset, int | float) or not math.isfinite(offset) or offset < 0:
-            raise InvalidSpecError(f"`latency_offset_us` must be >= 0, got {offset!r}.")
-        return cls(layers=tuple(ProblemLayer.from_dict(x, i) for i, x in enumerate(layers)),
-                   bits=bits_t, activation_bits=act, ties=tuple(tuple(g) for g in ties),
-                   model=data.get("model"), latency_offset_us=float(offset))
+        """Validates an `allocator.problem/1` document (see `ProblemDocument`).
+
+        Raises:
+            InvalidSpecError: The message names the bad field's path and shows its value.
+        """
+        return cls.from_document(parse_document(ProblemDocument, data, what="a problem"))
+
+    @classmethod
+    def from_document(cls, doc: ProblemDocument) -> Problem:
+        """The problem of a validated document (checks across fields happen here)."""
+        layers = tuple(
+            ProblemLayer(name=x.name, params=x.params, macs=x.macs, omega=dict(x.omega),
+                         allowed_bits=(None if x.allowed_bits is None
+                                       else tuple(sorted(set(x.allowed_bits)))),
+                         fixed_bits=x.fixed_bits,
+                         **{f: _copy(getattr(x, f)) for f in COST_FIELDS})
+            for x in doc.layers)
+        return cls(layers=layers, bits=tuple(sorted(set(doc.bits))),
+                   activation_bits=doc.activation_bits, ties=tuple(tuple(g) for g in doc.ties),
+                   model=doc.model, latency_offset_us=doc.latency_offset_us)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": PROBLEM_FORMAT, "model": self.model,
@@ -292,10 +252,9 @@ class Problem:
                 for m in members:
                     known = {b for b in choices if self.layer_cost(m, kind, b) is not None}
                     if not known and kind in {b.kind for b in budgets}:
-                        field_name = {"latency": "latency_us", "size": "size_bytes",
-                                      "bops": "bops"}.get(kind, kind)
                         raise InvalidSpecError(
-                            f"a {kind} budget was given but `layers[{m.name!r}].{field_name}` "
+                            f"a {kind} budget was given but `layers[{m.name!r}]."
+                            f"{COST_KEYS[kind]}` "
                             f"has no value for its bit-widths {sorted(choices)}.")
                     if kind in {b.kind for b in budgets}:
                         choices &= known
@@ -316,6 +275,15 @@ class Problem:
             return budget.value - self.latency_offset_us
         return budget.value
 
+    def budget_value(self, kind: str, total: float) -> float:
+        """The inverse of `budget_rhs`: a sum of unit costs as the value of a `kind` budget
+        (mean bits, bytes, BOPs, or microseconds with the non-layer latency)."""
+        if kind == "bits":
+            return total / max(self.total_params, 1)
+        if kind == "latency":
+            return total + self.latency_offset_us
+        return total
+
     def evaluate(self, bits: Mapping[str, int]) -> tuple[float, dict[str, float]]:
         """Objective (sum of Ω) and the cost summary of a full assignment."""
         objective = math.fsum(x.omega[bits[x.name]] for x in self.layers)
@@ -334,3 +302,89 @@ class Problem:
 
     def cost_of(self, budget: Budget, cost: Mapping[str, float]) -> float | None:
         return cost.get(budget.cost_key)
+
+
+def _copy(table: Mapping[int, float] | None) -> dict[int, float] | None:
+    return None if table is None else dict(table)
+
+
+# -- the document ------------------------------------------------------------------------------
+
+_Bits = integer(MIN_BITS, MAX_BITS, digits=True)  # `"4"` has always been read as 4
+_AllowedBits = integer(digits=True)  # not range-checked: a width no layer can take is unused
+_ActivationBits = integer(1, 32)
+_BitKey = Annotated[_Bits, WithJsonSchema({"type": "string",
+                                           "pattern": f"^[{MIN_BITS}-{MAX_BITS}]$"})]
+_BitsMap = dict[_BitKey, NonNegativeFloat]
+_EXAMPLE = {
+    "format": PROBLEM_FORMAT, "model": "resnet18", "bits": [2, 3, 4, 5, 6, 8],
+    "activation_bits": 8,
+    "layers": [{"name": "layer1.0.conv1", "params": 36864, "macs": 115605504,
+                "omega": {"2": 0.91, "3": 0.20, "4": 0.051, "5": 0.012, "6": 0.003,
+                          "8": 0.0002},
+                "latency_us": {"4": 41.0, "8": 55.0}}]}
+
+
+def _layer_default(name: str) -> Any:
+    return dataclass_default(ProblemLayer, name)
+
+
+def _problem_default(name: str) -> Any:
+    return dataclass_default(Problem, name)
+
+
+class ProblemLayerDocument(Document):
+    """One layer of an `allocator.problem/1` document (see `ProblemLayer`)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": _EXAMPLE["layers"]})
+
+    name: NonEmptyStr = Field(description="Layer name: the module's fully qualified name.")
+    params: NonNegativeInt = Field(
+        0, description="Weight parameters (for mean bits and the default size).")
+    macs: NonNegativeInt = Field(0, description="Multiply-accumulates (for the default BOPs).")
+    omega: _BitsMap = Field(
+        min_length=1,
+        description="Bits -> predicted loss increase when this layer alone is quantized.")
+    allowed_bits: list[_AllowedBits] | None = Field(
+        _layer_default("allowed_bits"), min_length=1,
+        description="Restricts the problem's candidate bits for this layer.")
+    fixed_bits: Integer | None = Field(_layer_default("fixed_bits"),
+                                       description="The layer must take this bit-width.")
+    size_bytes: _BitsMap | None = Field(
+        _layer_default("size_bytes"), min_length=1,
+        description="Bits -> weight size in bytes (default: params * bits / 8).")
+    bops: _BitsMap | None = Field(
+        _layer_default("bops"), min_length=1,
+        description="Bits -> bit operations (default: macs * bits * activation_bits).")
+    latency_us: _BitsMap | None = Field(
+        _layer_default("latency_us"), min_length=1,
+        description="Bits -> latency per forward pass in microseconds (needed by latency "
+                    "budgets).")
+    kind: Any = Field(None, description="Informational (the discovered layer's kind); ignored.")
+    weight_shape: Any = Field(None, description="Informational; ignored.")
+    trace: Any = Field(None, description="Informational (Hessian trace); ignored.")
+    std_error: Any = Field(None, description="Informational (of the trace); ignored.")
+
+
+class ProblemDocument(Document):
+    """The `allocator.problem/1` JSON document: an allocation problem a pipeline computed
+    itself (layers, candidate bits, Ω and costs), to be solved under budgets."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
+
+    format: Literal[PROBLEM_FORMAT] = Field(description="Always `allocator.problem/1`.")
+    model: str | None = Field(_problem_default("model"),
+                              description="Name of the model the problem was made for.")
+    bits: list[_Bits] = Field(min_length=1, description="Candidate weight bit-widths (2..8).")
+    activation_bits: _ActivationBits = Field(_problem_default("activation_bits"),
+                                             description="Activation bits (for BOPs).")
+    layers: list[ProblemLayerDocument] = Field(min_length=1,
+                                               description="The layers, in model order.")
+    ties: list[list[str]] = Field(
+        default_factory=list,
+        description="Groups of layer names that must take one bit-width together.")
+    latency_offset_us: NonNegativeFloat = Field(
+        _problem_default("latency_offset_us"),
+        description="Latency of everything that is not a listed layer, in microseconds.")
+    meta: Any = Field(None, description="Free-form; ignored.")
+

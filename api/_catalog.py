@@ -19,15 +19,14 @@ from engine import StoreError
 
 
 def solvers() -> list[dict[str, Any]]:
-    """Every registered solver with its availability (no torch needed)."""
+    """Every registered solver with its availability and what it needs (class flags: no
+    torch is imported)."""
     from allocator.solvers import SOLVERS
 
     return [{"name": e.name, "available": bool(e.available()), "description": e.description,
-             "extra": e.extra} for e in SOLVERS]
-
-
-# Solvers that import torch (stable-baselines3): they run in jobs only, never in the API.
-HEAVY_SOLVERS = frozenset({"ddpg", "fracbits"})
+             "extra": e.extra, "needs_model": e.target.needs_model,
+             "needs_torch": e.target.needs_torch, "runs_in_api": e.target.runs_in_api}
+            for e in SOLVERS]
 
 
 class Catalog:

@@ -22,7 +22,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
@@ -104,20 +104,21 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL mode and a busy timeout (API and workers share
-    the file), `sqlite://` (memory) one shared connection."""
-    if url.startswith("sqlite"):
-        memory = url in ("sqlite://", "sqlite:///:memory:")
+    the file), `sqlite://` (memory) one shared connection; a plain `postgresql://` URL
+    gets the psycopg 3 driver (the one installed)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        memory = parsed.database in (None, "", ":memory:")
         if not memory:
-            path = url.split("///", 1)[-1]
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs = ({"poolclass": StaticPool} if memory else {})
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
                                **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def upgrade(engine: Engine) -> None:

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from engine import (
     AllocatorError,
@@ -84,6 +85,19 @@ def _loc(loc: tuple | list) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _allow(request: Request, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """The `Allow` header of a 405: the methods documented for the path. Starlette names only
+    those of the first route matching the path, and GET and POST of one path (such as /jobs)
+    are two routes here."""
+    paths = request.app.openapi()["paths"]
+    operations = paths.get(request.url.path) or next(
+        (ops for template, ops in paths.items()
+         if compile_path(template)[0].match(request.url.path)), None)
+    if operations is None:  # not an API path (the dashboard's files): Starlette's answer
+        return headers
+    return {**(headers or {}), "Allow": ", ".join(m.upper() for m in operations)}
+
+
 def install(app: FastAPI) -> None:
     """Registers the handlers that give every error the JSON shape."""
 
@@ -112,9 +126,11 @@ def install(app: FastAPI) -> None:
         return error_response(422, detail, field, value, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), None, None,
-                              getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = _allow(request, headers)
+        return error_response(exc.status_code, str(exc.detail), None, None, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api._store import JobStore
@@ -44,8 +45,13 @@ class Metrics:
 
 def _route_of(scope: Scope) -> str:
     """The matched route template (`/jobs/{job_id}`), so that labels stay few."""
-    route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return path
+    if isinstance(scope.get("endpoint"), StaticFiles):
+        # A mount (the dashboard's /static) hands its prefix down as the root path.
+        return f"{scope.get('root_path', '')}/{{path}}"
+    return "unmatched"
 
 
 class MetricsMiddleware:

@@ -16,13 +16,7 @@ def catalog() -> dict:
     import sensitivity
     import zoo
 
-    models = []
-    for entry in zoo.MODELS:
-        available = bool(entry.available())
-        row = {"name": entry.name, "description": entry.description, "available": available}
-        if not available and entry.extra:
-            row["missing"] = f"install the `{entry.extra}` extra"
-        models.append(row)
+    models = zoo.describe_models()
     estimators = [{"name": e.name, "available": bool(e.available()),
                    "description": e.description} for e in sensitivity.ESTIMATORS]
     profiles = [p.to_dict() for p in hwprofiles.list_profiles()]

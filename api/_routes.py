@@ -1,4 +1,8 @@
-"""HTTP routes: jobs, synchronous solves, catalogs, health and metrics."""
+"""HTTP routes: jobs, synchronous solves, catalogs, settings, health and metrics.
+
+Handlers return plain data; FastAPI checks it against the route's `response_model` and
+serializes it (non-finite floats as null), leaving out keys the data did not have.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +11,56 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from allocator import ProblemDocument
 from api import _validate as check
 from api._auth import require_read, require_write
 from api._errors import ApiError
 from api._schemas import (
-    DEFAULT_BITS,
+    MAX_BUDGETS,
+    MAX_PAGE_SIZE,
+    MAX_SEED,
+    BitConfigPublic,
     BudgetsPublic,
     BudgetsValidate,
     ErrorPublic,
+    EstimatorsPublic,
     HealthPublic,
+    HwProfilesPublic,
     JobCreate,
     JobPublic,
     JobsPublic,
     ModelsPublic,
+    ParetoPublic,
     ResolveCreate,
+    ResolvedPublic,
+    ResultPublic,
+    ServiceSettingsPublic,
     SolveCreate,
     SolversPublic,
     Status,
 )
 from api._service import Service
-from engine import AllocatorError
+from api._store import FINISHED, STAGES, STATUSES
+from engine import (
+    DEFAULT_BITS,
+    MAX_BITS,
+    MIN_BITS,
+    AllocatorError,
+    InvalidSpecError,
+    parse_document,
+)
 
 log = logging.getLogger("allocator.api")
 
 JobId = Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="32 hex digits",
                             examples=["0123456789abcdef0123456789abcdef"])]
 _E = {"model": ErrorPublic}
-ERRORS = {401: _E, 404: _E, 409: _E, 413: _E, 422: _E, 503: _E}
+# 400: a body that cannot be read as text at all (FastAPI's answer); 422: any other bad input.
+ERRORS = {400: _E, 401: _E, 404: _E, 409: _E, 413: _E, 422: _E, 503: _E}
+# Every JSON route: the body holds the keys the data has, no defaults filled in.
+EXACT = {"response_model_exclude_unset": True}
 
 read = APIRouter(dependencies=[Depends(require_read)], responses=ERRORS)
 write = APIRouter(dependencies=[Depends(require_write)], responses=ERRORS)
@@ -49,18 +74,10 @@ def service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(service)]
 
 
-def _json(data: Any, status_code: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status_code)
-
-
-def _raw(*parts: str) -> Response:
-    return Response("".join(parts), media_type="application/json")
-
-
 # -- jobs ----------------------------------------------------------------------------------
 
 
-def _submit(svc: Service, body: JobCreate) -> JSONResponse:
+def _submit(svc: Service, body: JobCreate) -> dict[str, Any]:
     s = svc.settings
     if (body.model is None) == (body.problem is None):
         raise ApiError(422, "`body.model`: give exactly one of `model` (a registered model) and "
@@ -80,24 +97,25 @@ def _submit(svc: Service, body: JobCreate) -> JSONResponse:
         prob = check.problem(body.problem, max_layers=s.sync_max_layers * 10,
                              candidate_bits=bits, budget_list=budgets)
         spec |= {"estimator": None, "bits": list(prob.bits), "measure": False}
-        job = svc.store.create(kind="problem", model=None, spec=spec, problem=body.problem)
+        document = body.problem.model_dump(mode="json", exclude_unset=True)
+        job = svc.store.create(kind="problem", model=None, spec=spec, problem=document)
     svc.submit(job.id)
-    return _json(job.public(), 202)
+    return job.public()
 
 
-@write.post("/jobs", status_code=202, response_model=JobPublic)
+@write.post("/jobs", status_code=202, response_model=JobPublic, **EXACT)
 def create_job(svc: ServiceDep, body: JobCreate) -> Any:
     """Submit a job for a registered model or an allocator.problem/1 document."""
     return _submit(svc, body)
 
 
-@write.post("/jobs/upload", status_code=202, response_model=JobPublic)
+@write.post("/jobs/upload", status_code=202, response_model=JobPublic, **EXACT)
 def create_job_upload(
     svc: ServiceDep,
     file: Annotated[UploadFile, File(description="allocator.problem/1 JSON file")],
-    budgets: Annotated[list[str], Form(min_length=1, max_length=4)],
+    budgets: Annotated[list[str], Form(min_length=1, max_length=MAX_BUDGETS)],
     solver: Annotated[str, Form(min_length=1, max_length=32)] = "ilp",
-    seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+    seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
 ) -> Any:
     """Submit a job for an uploaded allocator.problem/1 file (multipart form)."""
     raw = file.file.read(svc.settings.max_upload_bytes + 1)
@@ -111,50 +129,54 @@ def create_job_upload(
     if not isinstance(data, dict):
         raise ApiError(422, "`file` must hold an allocator.problem/1 object.", "body.file",
                        file.filename)
-    body = JobCreate(problem=data, budgets=budgets, solver=solver, seed=seed, measure=False)
+    try:
+        document = parse_document(ProblemDocument, data, what="`file`")
+    except InvalidSpecError as e:
+        raise ApiError(422, f"`file`: {e}", "body.file", file.filename) from None
+    body = JobCreate(problem=document, budgets=budgets, solver=solver, seed=seed, measure=False)
     return _submit(svc, body)
 
 
-@read.get("/jobs", response_model=JobsPublic)
+@read.get("/jobs", response_model=JobsPublic, **EXACT)
 def read_jobs(
     svc: ServiceDep,
     status: Status | None = None,
     model: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Any:
     """List jobs, newest first, filtered by status and model."""
     jobs, total = svc.store.list(status=status, model=model, limit=limit, offset=offset)
-    return _json({"items": [j.public() for j in jobs], "total": total, "limit": limit,
-                  "offset": offset})
+    return {"items": [j.public() for j in jobs], "total": total, "limit": limit,
+            "offset": offset}
 
 
-@read.get("/jobs/{job_id}", response_model=JobPublic)
+@read.get("/jobs/{job_id}", response_model=JobPublic, **EXACT)
 def read_job(svc: ServiceDep, job_id: JobId) -> Any:
     """A job's status, stage, progress, timings and error."""
-    return _json(svc.store.get(job_id).public())
+    return svc.store.get(job_id).public()
 
 
-@read.get("/jobs/{job_id}/result")
+@read.get("/jobs/{job_id}/result", response_model=ResultPublic, **EXACT)
 def read_job_result(svc: ServiceDep, job_id: JobId) -> Any:
     """The BitConfig, measurements, best uniform and problem of a succeeded job."""
-    return _json(svc.store.result(job_id))
+    return svc.store.result(job_id)
 
 
-@read.get("/jobs/{job_id}/pareto")
+@read.get("/jobs/{job_id}/pareto", response_model=ParetoPublic, **EXACT)
 def read_job_pareto(svc: ServiceDep, job_id: JobId) -> Any:
     """The Pareto front of a succeeded job (allocator.pareto/1 plus measurements)."""
-    return _json(svc.store.front(job_id))
+    return svc.store.front(job_id)
 
 
-@write.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+@write.post("/jobs/{job_id}/cancel", response_model=JobPublic, **EXACT)
 def cancel_job(svc: ServiceDep, job_id: JobId) -> Any:
     """Cancel a queued or running job (409 when it already finished)."""
-    return _json(svc.store.cancel(job_id).public())
+    return svc.store.cancel(job_id).public()
 
 
 def _solve(svc: Service, prob, budget_list, solver: str, seed: int) -> dict[str, Any]:
-    from allocator.solvers import get_solver
+    from allocator import get_solver
 
     try:
         solution = get_solver(solver).solve(prob, budget_list, seed=seed,
@@ -169,7 +191,7 @@ def _solve(svc: Service, prob, budget_list, solver: str, seed: int) -> dict[str,
     return solution.to_bitconfig(prob, budget_list).to_dict()
 
 
-@write.post("/jobs/{job_id}/solve")
+@write.post("/jobs/{job_id}/solve", response_model=ResolvedPublic, **EXACT)
 def resolve_job(svc: ServiceDep, job_id: JobId, body: ResolveCreate) -> Any:
     """Re-solve a job's cached problem with other budgets or another solver (a direct
     answer: the BitConfig, predicted only; no recomputation of sensitivities)."""
@@ -183,67 +205,90 @@ def resolve_job(svc: ServiceDep, job_id: JobId, body: ResolveCreate) -> Any:
     prob = check.problem(data, max_layers=10**9, field="job.problem",
                          candidate_bits=check.bits(body.bits) or job.spec.get("bits"),
                          budget_list=budget_list)
-    config = _solve(svc, prob, budget_list, solver, body.seed)
-    config["job_id"] = job_id
-    return _json(config)
+    return _solve(svc, prob, budget_list, solver, body.seed) | {"job_id": job_id}
 
 
-@write.post("/solve")
+@write.post("/solve", response_model=BitConfigPublic, **EXACT)
 def solve_problem(svc: ServiceDep, body: SolveCreate) -> Any:
     """Solve an allocator.problem/1 document now (small problems; time-limited)."""
     budget_list = check.budgets(body.budgets)
     solver = check.solver(body.solver, in_api=True)
     prob = check.problem(body.problem, max_layers=svc.settings.sync_max_layers,
                          candidate_bits=check.bits(body.bits), budget_list=budget_list)
-    return _json(_solve(svc, prob, budget_list, solver, body.seed))
+    return _solve(svc, prob, budget_list, solver, body.seed)
 
 
-@read.post("/budgets/validate", response_model=BudgetsPublic)
+@read.post("/budgets/validate", response_model=BudgetsPublic, **EXACT)
 def validate_budgets(body: BudgetsValidate) -> Any:
     """Check budget texts against the budget grammar (the CLI's). A read: it changes
     nothing, so a read-only dashboard can check its form."""
     parsed = check.budgets(body.budgets)
-    return _json({"budgets": [{"text": b.text, "kind": b.kind, "value": b.value}
-                              for b in parsed]})
+    return {"budgets": [{"text": b.text, "kind": b.kind, "value": b.value} for b in parsed]}
 
 
-# -- catalogs, health, metrics -------------------------------------------------------------
+# -- catalogs, settings, health, metrics ---------------------------------------------------
 
 
-@read.get("/models", response_model=ModelsPublic)
+@read.get("/models", response_model=ModelsPublic, **EXACT)
 def read_models(svc: ServiceDep) -> Any:
     """Registered models and whether they are installed."""
-    return _json({"models": svc.catalog.get()["models"]})
+    return {"models": svc.catalog.get()["models"]}
 
 
-@read.get("/solvers", response_model=SolversPublic)
+@read.get("/solvers", response_model=SolversPublic, **EXACT)
 def read_solvers() -> Any:
     """Registered solvers and whether they are installed."""
     from api._catalog import solvers
 
-    return _json({"solvers": solvers()})
+    return {"solvers": solvers()}
 
 
-@read.get("/estimators")
+@read.get("/estimators", response_model=EstimatorsPublic, **EXACT)
 def read_estimators(svc: ServiceDep) -> Any:
     """Registered sensitivity estimators."""
-    return _json({"estimators": svc.catalog.get()["estimators"]})
+    return {"estimators": svc.catalog.get()["estimators"]}
 
 
-@read.get("/hwprofiles")
+@read.get("/hwprofiles", response_model=HwProfilesPublic, **EXACT)
 def read_hwprofiles(svc: ServiceDep) -> Any:
     """Stored hardware latency profiles."""
-    return _json({"hwprofiles": svc.catalog.get()["hwprofiles"]})
+    return {"hwprofiles": svc.catalog.get()["hwprofiles"]}
 
 
-@open_routes.get("/health", response_model=HealthPublic, responses={503: _E})
+@open_routes.get("/settings", response_model=ServiceSettingsPublic, **EXACT)
+def read_settings(svc: ServiceDep) -> Any:
+    """What this service offers and expects: default and allowed bit-widths, job statuses
+    and stages, request defaults and limits, and whether requests need the API token.
+    Open like /health, so a client learns whether it needs a token before it has one."""
+    s = svc.settings
+    fields = JobCreate.model_fields
+    return {
+        "default_bits": list(DEFAULT_BITS), "min_bits": MIN_BITS, "max_bits": MAX_BITS,
+        "statuses": list(STATUSES),
+        "active_statuses": [x for x in STATUSES if x not in FINISHED],
+        "stages": list(STAGES),
+        "job_defaults": {name: fields[name].default
+                         for name in ("solver", "estimator", "seed", "measure")},
+        "limits": {"max_budgets": MAX_BUDGETS, "max_upload_bytes": s.max_upload_bytes,
+                   "sync_max_layers": s.sync_max_layers,
+                   "sync_time_limit_s": s.sync_time_limit_s,
+                   "job_time_limit_s": s.job_time_limit_s, "max_page_size": MAX_PAGE_SIZE},
+        "write_requires_token": bool(s.api_token),
+        "read_requires_token": bool(s.api_token) and s.read_requires_token,
+        "workers": svc.mode,
+    }
+
+
+@open_routes.get("/health", response_model=HealthPublic, responses={503: _E}, **EXACT)
 def read_health(svc: ServiceDep) -> Any:
     """200 when the database answers."""
     svc.store.ping()
-    return _json({"status": "ok", "database": "ok", "workers": svc.mode})
+    return {"status": "ok", "database": "ok", "workers": svc.mode}
 
 
-@read.get("/metrics", response_class=Response)
+@read.get("/metrics", response_class=Response,
+          responses={200: {"content": {"text/plain": {}},
+                           "description": "Prometheus text exposition"}})
 def read_metrics(request: Request) -> Any:
     """Prometheus metrics: jobs by status, request latency."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

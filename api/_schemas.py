@@ -1,7 +1,11 @@
 """Request and response models (pydantic): what OpenAPI at /docs describes.
 
 Naming follows the template split: `*Create` is what a client sends, `*Public` what the
-service returns.
+service returns. Routes return plain data and FastAPI checks it against these models.
+Documents the library writes (`allocator.bitconfig/1`, `allocator.pareto/1`) are open:
+keys a newer library adds pass through, keys an older stored document lacks stay absent
+(routes serialize with `response_model_exclude_unset`, so no key appears that the data
+did not have).
 """
 
 from __future__ import annotations
@@ -10,15 +14,32 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_BITS = [2, 3, 4, 5, 6, 8]
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Stage = Literal["queued", "load", "sensitivity", "latency", "solve", "measure", "pareto", "done"]
-BudgetText = Field(min_length=1, max_length=64, examples=["4bits"])
-Bits = list[int]
+from allocator import ProblemDocument
+from api._store import STAGES, STATUSES
+from engine import BITCONFIG_FORMAT, DEFAULT_BITS, MAX_BITS, MIN_BITS
+
+Status = Literal[STATUSES]
+Stage = Literal[STAGES]
+# Budgets one job or solve may combine.
+MAX_BUDGETS = 4
+# Candidate bit-widths a request may name: each of MIN_BITS..MAX_BITS once.
+MAX_CANDIDATE_BITS = MAX_BITS - MIN_BITS + 1
+# Largest page of `GET /jobs`.
+MAX_PAGE_SIZE = 500
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Document(BaseModel):
+    """A JSON document the library writes: keys this model does not name pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+_DEFAULT_BITS_TEXT = ",".join(map(str, DEFAULT_BITS))
+MAX_SEED = 2**31 - 1
 
 
 # Properties to receive on job creation
@@ -28,15 +49,16 @@ class JobCreate(_Strict):
 
     model: str | None = Field(default=None, min_length=1, max_length=128,
                               examples=["digits-cnn"])
-    problem: dict[str, Any] | None = Field(default=None,
-                                           description="allocator.problem/1 document")
-    budgets: list[str] = Field(min_length=1, max_length=4, examples=[["4bits"]])
+    problem: ProblemDocument | None = Field(default=None,
+                                            description="allocator.problem/1 document")
+    budgets: list[str] = Field(min_length=1, max_length=MAX_BUDGETS, examples=[["4bits"]])
     solver: str = Field(default="ilp", min_length=1, max_length=32)
     estimator: str = Field(default="hutchinson", min_length=1, max_length=32)
     bits: list[int] | None = Field(
-        default=None, min_length=1, max_length=7, examples=[[2, 4, 8]],
-        description="Candidate bit-widths (default: 2,3,4,5,6,8 for models, the problem's own)")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+        default=None, min_length=1, max_length=MAX_CANDIDATE_BITS, examples=[[2, 4, 8]],
+        description=f"Candidate bit-widths (default: {_DEFAULT_BITS_TEXT} for models, the "
+                    "problem's own for problems)")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     measure: bool = True
 
 
@@ -76,16 +98,98 @@ class JobsPublic(BaseModel):
 class ResolveCreate(_Strict):
     """A re-solve of a job's stored problem under other budgets or another solver."""
 
-    budgets: list[str] = Field(min_length=1, max_length=4, examples=[["3bits"]])
+    budgets: list[str] = Field(min_length=1, max_length=MAX_BUDGETS, examples=[["3bits"]])
     solver: str = Field(default="ilp", min_length=1, max_length=32)
-    bits: list[int] | None = Field(default=None, min_length=1, max_length=7)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    bits: list[int] | None = Field(default=None, min_length=1, max_length=MAX_CANDIDATE_BITS)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class SolveCreate(ResolveCreate):
     """A synchronous solve of an allocator.problem/1 document."""
 
-    problem: dict[str, Any] = Field(description="allocator.problem/1 document")
+    problem: ProblemDocument = Field(description="allocator.problem/1 document")
+
+
+class CostPublic(_Document):
+    """Predicted cost of an assignment; a key is absent when the problem has no such cost
+    (latency without a latency table), null when it is not finite."""
+
+    avg_bits: float | None = None
+    size_bytes: float | None = None
+    bops: float | None = None
+    latency_us: float | None = None
+
+
+class BitConfigPublic(_Document):
+    """An `allocator.bitconfig/1` document: per-layer weight bits, the engine settings they
+    run with, and what the solver predicted. Only `format` and `bits` are always there
+    (configs stored before a field existed lack it); `extra` is free-form (backend,
+    measurements, `infeasible_budgets`: the smallest value of each unmet budget)."""
+
+    format: Literal[BITCONFIG_FORMAT]
+    bits: dict[str, int]
+    activation_bits: int | None = None
+    group_size: int | None = None
+    symmetric: bool | None = None
+    rounding: str | None = None
+    bias_correction: bool | None = None
+    clip_search: bool | None = None
+    calibration_inputs: str | None = None
+    smoothing_alpha: float | None = None
+    model: str | None = None
+    solver: str | None = None
+    status: str | None = Field(default=None, description="optimal, feasible or infeasible")
+    objective: float | None = None
+    solve_s: float | None = None
+    budgets: list[str] | None = None
+    cost: CostPublic | None = None
+    extra: dict[str, Any] | None = None
+
+
+class ResolvedPublic(BitConfigPublic):
+    """The BitConfig of a re-solve, with the job whose problem it solved."""
+
+    job_id: str
+
+
+class ResultPublic(BaseModel):
+    """A succeeded job's answer, in the report shape of `allocator solve --json`: its
+    BitConfig, what was measured on the engine (model jobs with `measure`), the best uniform
+    bit-width and the seconds per stage, plus the allocation problem it solved."""
+
+    config: BitConfigPublic
+    measured: dict[str, Any]
+    uniform: dict[str, Any]
+    timings_s: dict[str, float]
+    problem: dict[str, Any] | None = Field(description="allocator.problem/1 document")
+
+
+class ParetoPointPublic(_Document):
+    """One non-dominated solution of the sweep."""
+
+    objective: float | None = None
+    cost: CostPublic
+    bits: dict[str, int]
+    status: str | None = None
+    solver: str | None = None
+
+
+class ParetoPublic(_Document):
+    """A job's Pareto front: an `allocator.pareto/1` document plus, aligned with `points`,
+    what was measured (`measured`, null where a point was not), the uniform rows and the
+    job's own answer (`chosen`)."""
+
+    format: str
+    model: str | None = None
+    axis: str | None = None
+    cost_key: str | None = None
+    fixed_budgets: list[str] | None = None
+    points: list[ParetoPointPublic]
+    metric: str | None = None
+    higher_is_better: bool | None = None
+    measured: list[dict[str, Any] | None] | None = None
+    uniform: list[dict[str, Any]] | None = None
+    chosen: dict[str, Any] | None = None
 
 
 class BudgetsValidate(_Strict):
@@ -108,6 +212,7 @@ class ModelPublic(BaseModel):
     name: str
     description: str
     available: bool
+    missing: str | None = Field(default=None, description="What to install, when not available")
 
 
 class ModelsPublic(BaseModel):
@@ -118,15 +223,87 @@ class SolverPublic(BaseModel):
     name: str
     available: bool
     description: str
+    extra: str | None = Field(default=None, description="The package extra it needs, if any")
+    needs_model: bool | None = Field(default=None,
+                                     description="Learns bit-widths on the model (model jobs)")
+    needs_torch: bool | None = None
+    runs_in_api: bool | None = Field(default=None,
+                                     description="Offered by the synchronous solves")
 
 
 class SolversPublic(BaseModel):
     solvers: list[SolverPublic]
 
 
+class EstimatorPublic(BaseModel):
+    name: str
+    available: bool
+    description: str
+
+
+class EstimatorsPublic(BaseModel):
+    estimators: list[EstimatorPublic]
+
+
+class HwProfilePublic(BaseModel):
+    """A stored hardware latency table; an unreadable one carries `error`."""
+
+    name: str
+    path: str
+    device: str
+    batch: int
+    entries: int
+    created: str
+    model: str | None = None
+    error: str | None = None
+
+
+class HwProfilesPublic(BaseModel):
+    hwprofiles: list[HwProfilePublic]
+
+
 class HealthPublic(BaseModel):
     status: str
     database: str
+    workers: str
+
+
+class JobDefaultsPublic(BaseModel):
+    """What a job request gets for the fields it leaves out."""
+
+    solver: str
+    estimator: str
+    seed: int
+    measure: bool
+
+
+class LimitsPublic(BaseModel):
+    """What one request may ask for."""
+
+    max_budgets: int
+    max_upload_bytes: int
+    sync_max_layers: int
+    sync_time_limit_s: float
+    job_time_limit_s: float
+    max_page_size: int
+
+
+class ServiceSettingsPublic(BaseModel):
+    """What the service offers and expects, for clients that build requests (the dashboard
+    reads it instead of repeating the server's facts)."""
+
+    default_bits: list[int] = Field(description="Candidate bit-widths of a model job that "
+                                                "names none")
+    min_bits: int
+    max_bits: int
+    statuses: list[Status]
+    active_statuses: list[Status] = Field(description="Statuses of jobs not yet finished")
+    stages: list[Stage]
+    job_defaults: JobDefaultsPublic
+    limits: LimitsPublic
+    write_requires_token: bool = Field(
+        description="Every write needs `Authorization: Bearer <token>`")
+    read_requires_token: bool
     workers: str
 
 

@@ -184,7 +184,8 @@ class JobStore:
                                   .order_by(JobRow.created_at, JobRow.id)).all())
 
     def result(self, job_id: str) -> dict[str, Any]:
-        """`{"config", "measured", "uniform", "problem"}` of a succeeded job."""
+        """`{"config", "measured", "uniform", "timings_s", "problem"}` of a succeeded job:
+        the report shape of `allocator solve --json`, plus the problem."""
         job = self._finished_ok(job_id)
         with self._session() as s:
             res = s.get(ResultRow, job.id)
@@ -192,7 +193,7 @@ class JobStore:
             if res is None:
                 raise StoreError(f"job {job_id!r} succeeded but has no stored result.")
             return {"config": json.loads(res.config), "measured": json.loads(res.measured),
-                    "uniform": json.loads(res.uniform),
+                    "uniform": json.loads(res.uniform), "timings_s": job.timings_s,
                     "problem": json.loads(prob.problem) if prob else None}
 
     def front(self, job_id: str) -> dict[str, Any]:

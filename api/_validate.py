@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from api._catalog import HEAVY_SOLVERS, Catalog
+from allocator import Problem, ProblemDocument
+from api._catalog import Catalog
 from api._errors import ApiError
-from engine import AllocatorError, InvalidSpecError
+from engine import AllocatorError, InvalidSpecError, UnsupportedBitWidthError, check_bits
 
 
 def budgets(texts: list[str], field: str = "body.budgets") -> list:
     """Parsed budgets (the CLI's grammar); the error names the index of the bad text."""
-    from allocator._budget import parse_budget, parse_budgets
+    from allocator import parse_budget, parse_budgets
 
     for i, text in enumerate(texts):
         try:
@@ -26,13 +27,14 @@ def budgets(texts: list[str], field: str = "body.budgets") -> list:
 
 
 def bits(values: list[int] | None, field: str = "body.bits") -> list[int] | None:
-    """Sorted unique candidate bit-widths, each 2..8."""
+    """Sorted unique candidate bit-widths, each one the engine supports."""
     if values is None:
         return None
     for i, b in enumerate(values):
-        if not 2 <= b <= 8:
-            raise ApiError(422, f"`{field}.{i}` must be a bit-width 2..8, got {b}.",
-                           f"{field}.{i}", b)
+        try:
+            check_bits(b, where=f"{field}.{i}")
+        except UnsupportedBitWidthError as e:
+            raise ApiError(422, str(e), f"{field}.{i}", b) from None
     return sorted(set(values))
 
 
@@ -44,21 +46,23 @@ def _known(kind: str, name: str, names, field: str) -> None:
 
 def solver(name: str, field: str = "body.solver", *, in_api: bool = False,
            has_model: bool = False) -> str:
-    """A registered, installed solver (`in_api`: one that runs without torch; without
-    `has_model`: one that needs only the problem's tables)."""
+    """A registered, installed solver (`in_api`: one that may run in the API process, see
+    `BaseSolver.runs_in_api`; without `has_model`: one that needs only the problem's
+    tables)."""
     from allocator.solvers import SOLVERS
 
     _known("solver", name, SOLVERS.names(), field)
-    if not has_model and getattr(SOLVERS.get(name), "needs_model", False):
+    entry = SOLVERS.entry(name)
+    if not has_model and entry.target.needs_model:
         raise ApiError(422, f"`{field}`: solver {name!r} learns bit-widths on the model "
                             "itself: submit a `model` job, not a problem.", field, name)
-    if not SOLVERS.entry(name).available():
+    if not entry.available():
         raise ApiError(422, f"`{field}`: solver {name!r} is not installed on this service.",
                        field, name)
-    if in_api and name in HEAVY_SOLVERS:
+    if in_api and not entry.target.runs_in_api:
+        in_process = ", ".join(e.name for e in SOLVERS if e.target.runs_in_api)
         raise ApiError(422, f"`{field}`: solver {name!r} runs in jobs only (POST /jobs with "
-                            "the problem); synchronous solves take ilp, greedy, uniform, dp, "
-                            "brute.", field, name)
+                            f"the problem); synchronous solves take {in_process}.", field, name)
     return name
 
 
@@ -76,19 +80,20 @@ def estimator(name: str, catalog: Catalog, field: str = "body.estimator") -> str
     return name
 
 
-def problem(data: Any, *, max_layers: int, field: str = "body.problem",
-            candidate_bits: list[int] | None = None, budget_list: list | None = None):
-    """An `allocator.problem/1` document as a `Problem`, checked against the budgets."""
-    from allocator._problem import Problem
-
-    if not isinstance(data, dict):
-        raise ApiError(422, f"`{field}` must be an allocator.problem/1 object.", field, None)
-    layers = data.get("layers")
+def problem(data: ProblemDocument | dict[str, Any], *, max_layers: int,
+            field: str = "body.problem", candidate_bits: list[int] | None = None,
+            budget_list: list | None = None) -> Problem:
+    """A validated `allocator.problem/1` document (or a stored one, as a dict) as a
+    `Problem`, checked against the layer limit and the budgets."""
+    layers = data.layers if isinstance(data, ProblemDocument) else data.get("layers")
     if isinstance(layers, list) and len(layers) > max_layers:
         raise ApiError(422, f"`{field}.layers` has {len(layers)} layers; this endpoint takes "
                             f"at most {max_layers}.", f"{field}.layers", len(layers))
     try:
-        prob = Problem.from_dict(data)
+        if isinstance(data, ProblemDocument):
+            prob = Problem.from_document(data)
+        else:
+            prob = Problem.from_dict(data)
         if candidate_bits is not None:
             prob = prob.with_bits(candidate_bits)
         if budget_list is not None:

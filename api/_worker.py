@@ -37,7 +37,9 @@ def worker_main(env: dict[str, str], worker_id: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from api._db import make_engine
     from api._runner import run_claimed
+    from engine import configure_runtime
 
+    configure_runtime()  # the kernels' process settings, before any job runs
     # Ctrl-C reaches the whole process group: the parent shuts down and terminates us
     # (SIGTERM, default action); its shutdown returns our running job to the queue.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

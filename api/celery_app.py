@@ -49,7 +49,9 @@ def run_job(job_id: str) -> str:
     """Claims job `job_id` and runs it; "skipped" when another worker has it or it ended."""
     from api._runner import run_claimed
     from api._worker import new_worker_id
+    from engine import configure_runtime
 
+    configure_runtime()  # the kernels' process settings (once per worker process)
     store = _store()
     worker_id = new_worker_id("celery")
     job = store.claim(worker_id, job_id)

@@ -5,7 +5,7 @@ least 256 MB, so every call reads its weights from DRAM as in a real model (hot-
 numbers overstate int8 about 2x). Speed-up = FP32 median time / quantized median time,
 measured in this process on this machine. The last line printed is one JSON object.
 
-    python benchmarks/engine.py --quick
+    python -m benchmarks.engine --quick
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
-# This file is named like the `engine` package; keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import engine  # noqa: E402
-import engine._kernels as K  # noqa: E402
-from engine import (  # noqa: E402
+import engine
+import engine._kernels as K
+from engine import (
     KernelPath,
     QuantConv2d,
     QuantLinear,
@@ -127,6 +123,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    engine.configure_runtime()
     repeats = 15 if args.quick else 50
     start = time.perf_counter()
 
@@ -158,7 +155,7 @@ def main() -> int:
                    "working_set_fp32_mb": WORKING_SET_BYTES >> 20},
         "threads": args.threads,
         "torch_version": torch.__version__,
-        "cpu": engine._platform.cpu_model(),
+        "cpu": engine.cpu_model(),
         "onednn_int8_usable": K.onednn_int8_usable(),
         "int_mm_cpu_fast": K.int_mm_cpu_fast(),
         "seconds": time.perf_counter() - start,

@@ -7,23 +7,21 @@ graph (GPU time alone). Each int4 path is also timed on its own, which sets
 `engine._kernels.INT4PACK_MAX_ROWS_CUDA`. Prints per-shape lines; the last line is one JSON
 object. Needs a GPU.
 
-    PYTHONPATH=. python benchmarks/engine_cuda.py
+    python -m benchmarks.engine_cuda
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import engine  # noqa: E402
-from engine import KernelPath, QuantLinear, QuantScheme, quantize, time_call  # noqa: E402
+import engine
+from engine import KernelPath, QuantLinear, QuantScheme, quantize, time_call
 
 SHAPES = ((4096, 4096), (4096, 14336))
 ROWS = (1, 16, 64, 128, 512, 2048)
@@ -59,9 +57,11 @@ def both(fn: Callable[[], object]) -> dict[str, float]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     if not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device"}))
         return 1
+    engine.configure_runtime()
     dev = torch.device("cuda")
     out: dict = {"device": torch.cuda.get_device_name(0), "torch_version": torch.__version__,
                  "int4pack_max_rows_cuda": engine._kernels.INT4PACK_MAX_ROWS_CUDA,

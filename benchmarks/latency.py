@@ -1,6 +1,6 @@
 """Latency tables: profile time, and whole-model predictions against measurement.
 
-    python benchmarks/latency.py [--models digits-cnn,minilm] [--threads 2]
+    python -m benchmarks.latency [--models digits-cnn,minilm] [--threads 2]
 
 Profiles digits-cnn (its evaluation batch) and MiniLM (32 sentences padded to 128 tokens)
 at 2..8 bits and FP32, then quantizes each model with a few configs (uniform 8, uniform 4,
@@ -16,18 +16,15 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-# benchmarks/engine.py would shadow the `engine` package: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-import engine  # noqa: E402
-import hwprofiles  # noqa: E402
-import zoo  # noqa: E402
-from engine import BitConfig  # noqa: E402
+import engine
+import hwprofiles
+import zoo
+from engine import BitConfig
 
 MINILM_BATCH, MINILM_TOKENS = 32, 128
 
@@ -82,6 +79,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    engine.configure_runtime()
     bits = tuple(int(b) for b in args.bits.split(","))
 
     def log(msg: str) -> None:

@@ -7,25 +7,23 @@ digits-cnn under 4 bits, each against the best uniform configuration at the same
 and whole-model all-int8 / mixed MiniLM speed against FP32 at batch 32 x 128 tokens.
 The last line printed is one JSON object.
 
-    python benchmarks/pipeline.py
+    python -m benchmarks.pipeline
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import torch
 
-import torch  # noqa: E402
-
-import engine  # noqa: E402
-import zoo  # noqa: E402
-from allocator import solve  # noqa: E402
+import engine
+import zoo
+from allocator import solve
 
 
 def log(msg: str) -> None:
@@ -45,7 +43,9 @@ def speed_at_128_tokens(spec, config) -> tuple[float, float]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(2)
+    engine.configure_runtime()
     out: dict = {}
     cache = tempfile.mkdtemp(prefix="allocator-bench-")
     os.environ["ALLOCATOR_DATA_DIR"] = cache  # cold: nothing cached

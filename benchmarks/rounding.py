@@ -6,7 +6,7 @@ activations float (weight-only), so the figures isolate the rounding; the W8A8 f
 (8-bit activations on the int8 kernels) are reported beside them. Calibration: the models'
 own calibration batches (64 crops / 64 sentences). The last line is one JSON object.
 
-    python benchmarks/rounding.py
+    python -m benchmarks.rounding
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import torch
 
-import torch  # noqa: E402
-
-import zoo  # noqa: E402
-from engine import BitConfig  # noqa: E402
+import zoo
+from engine import BitConfig, configure_runtime
 
 
 def run(spec, bits: int, group_size: int | None, calibrated: bool,
@@ -77,6 +74,7 @@ def main() -> int:
                         help="Also each rounding step alone on MobileNetV2 (about 4 min more).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    configure_runtime()
     out: dict = {}
     mb = zoo.get_model("mobilenetv2")
     mb.baseline()

@@ -15,8 +15,8 @@
 Run with nothing else busy on the machine (torch's threads stall when another process
 competes for the cores). The last line is one JSON object.
 
-    python benchmarks/sensitivity.py            # everything (~10-15 min on 2 cores)
-    python benchmarks/sensitivity.py --quick    # skips the MiniLM measured ranking
+    python -m benchmarks.sensitivity            # everything (~10-15 min on 2 cores)
+    python -m benchmarks.sensitivity --quick    # skips the MiniLM measured ranking
 """
 
 from __future__ import annotations
@@ -26,18 +26,15 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-
-import sensitivity  # noqa: E402
-import zoo  # noqa: E402
-from sensitivity._hutchinson import _math_attention  # noqa: E402
-from sensitivity._weight_error import weight_errors  # noqa: E402
+import sensitivity
+import zoo
+from engine import configure_runtime
+from sensitivity import math_attention, weight_errors
 
 
 def hvp_cost(spec, repeats: int = 5) -> dict:
@@ -48,7 +45,7 @@ def hvp_cost(spec, repeats: int = 5) -> dict:
     for p in params:
         p.requires_grad_(True)
     try:
-        with _math_attention():
+        with math_attention():
             fwd_bwd = []
             for _ in range(repeats + 1):
                 t = time.perf_counter()
@@ -112,7 +109,7 @@ def spearman_at(h_table, m_table, bits: int = 4) -> float:
 def fracbits_vs_uniform(spec) -> dict:
     from allocator import solve
     from engine import BitConfig
-    from sensitivity._measured import calibration_loss
+    from sensitivity import calibration_loss
 
     opts = {"rounding": "rtn", "bits": (2, 3, 4, 8), "measure": False, "weight_only": True,
             "latency": False}
@@ -133,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the MiniLM measured ranking")
     args = parser.parse_args()
+    configure_runtime()
     out: dict = {"torch_threads": torch.get_num_threads()}
 
     minilm = zoo.get_model("minilm")

@@ -1,6 +1,6 @@
 """Job-service benchmark: request latency under an open-loop load on loopback (SQLite).
 
-    python benchmarks/service.py [--rate 50] [--duration 20] [--workers 0]
+    python -m benchmarks.service [--rate 50] [--duration 20] [--workers 0]
 
 Starts `allocator serve` in a subprocess over a fresh SQLite file, seeds a few jobs, then
 sends `--rate` requests per second for `--duration` seconds on a fixed schedule (half
@@ -25,11 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import httpx
 
-import httpx  # noqa: E402
-
-from allocator.testing_problems import random_problem  # noqa: E402
+from allocator.testing_problems import random_problem
 
 REPO = Path(__file__).resolve().parents[1]
 

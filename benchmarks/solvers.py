@@ -1,6 +1,6 @@
 """Solver benchmark: ILP speed on large problems, Pareto sweep, heuristics' gap to the ILP.
 
-    python benchmarks/solvers.py [--ddpg-episodes 300]
+    python -m benchmarks.solvers [--ddpg-episodes 300]
 
 Problems are seeded random ones shaped like real tables (allocator.testing_problems). The
 last line printed is one JSON object.
@@ -12,14 +12,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from allocator._budget import parse_budgets  # noqa: E402
-from allocator._pareto import pareto_front  # noqa: E402
-from allocator.solvers import solve  # noqa: E402
-from allocator.testing_problems import random_problem  # noqa: E402
+from allocator import pareto_front, parse_budget
+from allocator.solvers import solve
+from allocator.testing_problems import random_problem
 
 BITS6 = (2, 3, 4, 5, 6, 8)
 
@@ -40,18 +36,19 @@ def main() -> int:
     big = random_problem(1000, BITS6, seed=1, integer_params=False)
     lat_lo = sum(min(x.latency_us.values()) for x in big.layers)
     lat_hi = sum(max(x.latency_us.values()) for x in big.layers)
-    budgets = parse_budgets(["4.5bits", f"{lat_lo + 0.5 * (lat_hi - lat_lo):.1f}us"])
+    budgets = [parse_budget("4.5bits"),
+               parse_budget(f"{lat_lo + 0.5 * (lat_hi - lat_lo):.1f}us")]
     sol, sec = timed(lambda: solve(big, budgets, "ilp"))
     out["ilp_1000x6_2budgets_seconds"], out["ilp_1000x6_status"] = sec, sol.status
 
     mid = random_problem(200, BITS6, seed=2, integer_params=False)
-    sol, sec = timed(lambda: solve(mid, parse_budgets(["4.5bits"]), "ilp"))
+    sol, sec = timed(lambda: solve(mid, [parse_budget("4.5bits")], "ilp"))
     out["ilp_200x6_seconds"], out["ilp_200x6_status"] = sec, sol.status
     front, sec = timed(lambda: pareto_front(mid, "bits", 20))
     out["pareto_200x6_20pts_seconds"], out["pareto_200x6_points"] = sec, len(front.points)
 
     p50 = random_problem(50, (2, 3, 4, 6, 8), seed=7, integer_params=False)
-    b50 = parse_budgets(["4bits"])
+    b50 = [parse_budget("4bits")]
     ilp = solve(p50, b50, "ilp").objective
     greedy = solve(p50, b50, "greedy").objective
     out["greedy_gap_to_ilp_50_layers"] = (greedy - ilp) / ilp

@@ -1,6 +1,6 @@
 """Model zoo figures: FP32 / all-int8 / all-int4 metrics and time per evaluation.
 
-    python benchmarks/zoo.py [--models digits-cnn,minilm]
+    python -m benchmarks.zoo [--models digits-cnn,minilm]
 
 The last line printed is one JSON object: per model and config, the metrics, seconds per
 evaluation and whole-model latency of one evaluation batch.
@@ -12,16 +12,12 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-# benchmarks/engine.py would shadow the `engine` package: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import torch
 
-import torch  # noqa: E402
-
-import engine  # noqa: E402
-import zoo  # noqa: E402
-from engine import BitConfig  # noqa: E402
+import engine
+import zoo
+from engine import BitConfig
 
 
 def main() -> int:
@@ -30,6 +26,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    engine.configure_runtime()
     start = time.perf_counter()
     out: dict = {"torch_version": torch.__version__, "threads": args.threads, "models": {}}
     for name in args.models.split(","):

@@ -5,12 +5,14 @@ kernels (int8 and int4 where the device has them; packed dequant otherwise).
 
 The vocabulary (errors, `BitConfig`, `LayerSpec`, registry, paths) imports without torch, so
 the job service's API process can use it; everything that runs tensors is imported on first
-use of its name.
+use of its name. Importing changes no process-wide state: `configure_runtime()` does (heap
+thresholds for the kernels), called by `apply`, `quantize`, `discover_layers` and `time_call`.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from engine._errors import (
     AllocatorError,
@@ -26,9 +28,32 @@ from engine._errors import (
     UnknownLayerError,
     UnsupportedBitWidthError,
 )
+from engine._formats import (
+    Document,
+    FiniteFloat,
+    Integer,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    dataclass_default,
+    integer,
+    parse_document,
+)
 from engine._paths import atomic_write_bytes, content_hash, data_dir
+from engine._platform import configure_runtime, cpu_flags, cpu_model
 from engine._registry import Registry
-from engine._types import BITCONFIG_FORMAT, MAX_BITS, MIN_BITS, BitConfig, LayerSpec
+from engine._types import (
+    BITCONFIG_FORMAT,
+    DEFAULT_BITS,
+    LAYER_KINDS,
+    MAX_BITS,
+    MIN_BITS,
+    BitConfig,
+    BitConfigDocument,
+    LayerSpec,
+    check_bits,
+)
 
 ENGINE_VERSION = "2"
 
@@ -38,6 +63,7 @@ _TORCH_NAMES: dict[str, tuple[str, ...]] = {
         "model_size_bytes", "quantized_layers", "read_config", "save_quantized", "scheme_for",
         "smoothing_factors",
     ),
+    "engine._gptq": ("gptq",),
     "engine._kernels": ("KernelPath",),
     "engine._layers": (
         "call_model", "discover_layers", "mean_bits", "quantizable_modules", "total_params",
@@ -48,13 +74,14 @@ _TORCH_NAMES: dict[str, tuple[str, ...]] = {
         "QuantizedWeight", "QuantScheme", "compute_qparams", "dequantize_codes",
         "packed_weight_bytes", "quantize", "quantize_codes", "sqnr_db",
     ),
+    "engine._stats": ("ConvGeometry", "InputStats", "collect_input_stats"),
     "engine._timing": ("Timing", "time_call"),
 }
 _LAZY = {name: module for module, names in _TORCH_NAMES.items() for name in names}
 
 
-def __getattr__(name: str):
-    """Tensor-running parts of the engine, imported on first use (they set up the platform)."""
+def __getattr__(name: str) -> Any:
+    """Tensor-running parts of the engine, imported on first use of their names."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
@@ -64,10 +91,13 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BITCONFIG_FORMAT", "ENGINE_VERSION", "MAX_BITS", "MIN_BITS",
+    "LAYER_KINDS", "BitConfigDocument", "Document", "FiniteFloat", "Integer", "NonEmptyStr",
+    "NonNegativeFloat", "NonNegativeInt", "PositiveInt", "dataclass_default", "integer",
+    "parse_document",
+    "BITCONFIG_FORMAT", "DEFAULT_BITS", "ENGINE_VERSION", "MAX_BITS", "MIN_BITS",
     "AllocatorError", "BitConfig", "CLIUsageError", "DuplicateJobError", "FinishedJobError",
     "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",
     "MissingDependencyError", "Registry", "StoreError", "UnknownComponentError",
     "UnknownLayerError", "UnsupportedBitWidthError", "atomic_write_bytes", "content_hash",
-    "data_dir", *_LAZY,
+    "check_bits", "configure_runtime", "cpu_flags", "cpu_model", "data_dir", *_LAZY,
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from engine._errors import InvalidSpecError, UnknownLayerError
 from engine._gptq import bias_correction, gptq, group_qparams
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
+from engine._platform import configure_runtime
 from engine._quantizer import QuantScheme, quantize
 from engine._stats import ConvGeometry, InputStats, collect_input_stats
 from engine._types import BitConfig
@@ -45,7 +46,7 @@ def scheme_for(config: BitConfig, bits: int) -> QuantScheme:
     return QuantScheme(bits, symmetric=config.symmetric, group_size=config.group_size)
 
 
-def _check_names(model: nn.Module, config: BitConfig) -> dict[str, nn.Module]:
+def _check_names(model: nn.Module, config: BitConfig) -> None:
     modules = quantizable_modules(model)
     for name in config.bits:
         m = modules.get(name)
@@ -60,7 +61,6 @@ def _check_names(model: nn.Module, config: BitConfig) -> dict[str, nn.Module]:
             f"`bits` names layer(s) the model cannot quantize: {unknown[:5]}; "
             f"quantizable layers are: {known or 'none'}."
         )
-    return modules
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -100,10 +100,11 @@ def apply(
     Example:
         >>> qmodel = apply(model, BitConfig(bits={"fc1": 8, "fc2": 4}))
     """
+    configure_runtime()
     _validate(config)
     _check_names(model, config)
     act_quant = config.activation_bits == 8
-    batches = None if calibration is None else list(calibration)
+    batches = [] if calibration is None else list(calibration)
     calibrated = config.rounding != "rtn" or config.bias_correction
     if calibrated and not batches:
         raise InvalidSpecError(
@@ -132,7 +133,7 @@ def apply(
             chunk = chunks.pop(0)
             stats = collect_input_stats(reference, {n: reference_modules[n] for n in chunk},
                                         batches)
-        q = _quantize_module(modules[name], config, config.bits[name], smoothing.get(name),
+        q = _quantize_module(name, modules[name], config, config.bits[name], smoothing.get(name),
                              stats.get(name), kernel, act_quant)
         q.to(modules[name].weight.device)
         _set_submodule(target, name, q)
@@ -144,7 +145,8 @@ def apply(
     return target
 
 
-def _stats_chunks(modules: dict[str, nn.Module], order: list[str]) -> list[list[str]]:
+def _stats_chunks(modules: Mapping[str, nn.Linear | nn.Conv2d],
+                  order: list[str]) -> list[list[str]]:
     """Consecutive layers whose x xᵀ sums together fit `STATS_CHUNK_BYTES`."""
     chunks: list[list[str]] = []
     used = STATS_CHUNK_BYTES
@@ -170,8 +172,8 @@ def _validate(config: BitConfig) -> None:
 
 
 def _quantize_module(
-    module: nn.Module, config: BitConfig, bits: int, factors: torch.Tensor | None,
-    stats: InputStats | None, kernel: str, act_quant: bool,
+    name: str, module: nn.Linear | nn.Conv2d, config: BitConfig, bits: int,
+    factors: torch.Tensor | None, stats: InputStats | None, kernel: str, act_quant: bool,
 ) -> QuantizedLayer:
     """One float layer -> its quantized module, with the config's rounding method."""
     scheme = scheme_for(config, bits)
@@ -190,7 +192,8 @@ def _quantize_module(
             mean = mean * inv[None, :]
     scales = zeros = codes = None
     if config.rounding == "gptq":
-        codes, scales, zeros = gptq(w3, hessian, scheme, clip_search=config.clip_search)
+        codes, scales, zeros = gptq(w3, _calibrated(name, hessian), scheme,
+                                    clip_search=config.clip_search)
     elif config.clip_search:
         col_weight = None if hessian is None else hessian.diagonal(dim1=1, dim2=2).mean(0)
         if n_groups > 1:
@@ -201,13 +204,23 @@ def _quantize_module(
     bias = module.bias.detach().float() if module.bias is not None else None
     if config.bias_correction:
         delta = (qweight.dequantize() - weight).reshape(w3.shape)
-        shift = bias_correction(delta, mean).float()
+        shift = bias_correction(delta, _calibrated(name, mean)).float()
         bias = -shift if bias is None else bias - shift
     if conv is not None:
         return QuantConv2d(qweight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                            kernel, act_quant)
     act = None if factors is None else 1.0 / factors
     return QuantLinear(qweight, bias, kernel, act, act_quant)
+
+
+def _calibrated(name: str, stat: torch.Tensor | None) -> torch.Tensor:
+    """A statistic of layer `name`'s inputs, which calibrated rounding cannot do without."""
+    if stat is None:
+        raise InvalidSpecError(
+            f"layer {name!r} never ran on the calibration batches, so `rounding` 'gptq' / "
+            "`bias_correction` have no inputs to fit it to; give batches that reach it or "
+            "leave it out of `bits`.")
+    return stat
 
 
 @torch.no_grad()
@@ -225,7 +238,7 @@ def smoothing_factors(
     modules = quantizable_modules(model)
     absmax: dict[str, torch.Tensor] = {}
 
-    def hook_for(name: str):
+    def hook_for(name: str) -> Callable[[nn.Module, tuple, Any], None]:
         def hook(_m: nn.Module, args: tuple, _out: Any) -> None:
             x = args[0].detach()
             cur = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
@@ -379,6 +392,10 @@ def read_config(path: str | Path) -> BitConfig:
     except OSError as e:
         raise InvalidSpecError(f"cannot read bit config `{p}`: {e.strerror}") from e
     try:
-        return BitConfig.from_dict(json.loads(text))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidSpecError(f"bit config `{p}` is not valid JSON: {e}") from e
+    try:
+        return BitConfig.from_dict(data)
+    except InvalidSpecError as e:
+        raise InvalidSpecError(f"bit config `{p}`: {e}") from e

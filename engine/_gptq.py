@@ -38,7 +38,8 @@ def group_qparams(
     weight = None if col_weight is None else torch.nn.functional.pad(
         col_weight.float(), (0, pad)).view(1, ng, g)
     best_err = torch.full((n, ng), float("inf"))
-    best_s = best_z = None
+    best_s: torch.Tensor | None = None
+    best_z: torch.Tensor | None = None
     for ratio in CLIP_GRID:
         s, z = compute_qparams(w2d, scheme, clip_ratio=ratio)
         zero = z.float() if z is not None else torch.full_like(s, scheme.offset)
@@ -51,6 +52,7 @@ def group_qparams(
         best_s = s if best_s is None else torch.where(better, s, best_s)
         if z is not None:
             best_z = z if best_z is None else torch.where(better, z, best_z)
+    assert best_s is not None  # CLIP_GRID is not empty
     return best_s, best_z
 
 
@@ -109,7 +111,7 @@ def gptq(
         cw = col_weight[gi * g : gi * g + cols.shape[-1]]
         s, z = group_qparams(flat, sub, clip_search=clip_search, col_weight=cw)
         scales[:, :, gi] = s.view(n_problems, rows)
-        if zeros is not None:
+        if zeros is not None and z is not None:  # asymmetric: both
             zeros[:, :, gi] = z.view(n_problems, rows)
 
     static_groups = scheme.group_size is None or act_order
@@ -144,9 +146,9 @@ def gptq(
                 s_all = scales.double()
                 z_all = (zeros.double() if zeros is not None
                          else torch.full_like(s_all, scheme.offset))
-            gi = group_of[:, col][:, None, None].expand(-1, rows, 1)  # (G, R, 1)
-            s = torch.gather(s_all, 2, gi)[..., 0]
-            z = torch.gather(z_all, 2, gi)[..., 0]
+            group = group_of[:, col][:, None, None].expand(-1, rows, 1)  # (G, R, 1)
+            s = torch.gather(s_all, 2, group)[..., 0]
+            z = torch.gather(z_all, 2, group)[..., 0]
             q = (torch.round(w1[:, :, i] / s) + z).clamp_(lo, scheme.qmax)
             codes[:, :, col] = q.to(torch.uint8)
             e = (w1[:, :, i] - (q - z) * s) / u1[:, i, i][:, None]

@@ -11,16 +11,16 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from typing import Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
 
-from engine._platform import configure, has_vnni
+from engine._platform import has_vnni
 from engine._timing import time_call
-
-configure()
 
 
 class KernelPath(StrEnum):
@@ -66,13 +66,21 @@ ONEDNN_MIN_ROWS = 2
 # 4096x4096, 597 vs 226 us at 512; 4096x14336: 521 vs 691, 2035 vs 744).
 INT4PACK_MAX_ROWS_CUDA = 128
 
+# torch's prepacked weights (script objects of its quantized and oneDNN ops): opaque here.
+PackedParams: TypeAlias = Any
+# The prepared layouts of the paths with more than one part.
+OneDNNPrepared: TypeAlias = tuple[PackedParams, torch.Tensor, torch.Tensor]
+Int4Prepared: TypeAlias = tuple[torch.Tensor, torch.Tensor]
+Pair: TypeAlias = tuple[int, int]
+
 
 @contextmanager
-def _quiet_deprecations():
-    """torch's quantized-tensor ops warn that they are deprecated; users need not see it."""
+def _quiet_deprecations() -> Iterator[None]:
+    """Silences torch's "quantized tensors are deprecated" warning around the calls that make
+    them (the fbgemm paths): it is addressed to torch's developers, not to our users."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+        for category in (UserWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", message=r".*deprecated", category=category)
         yield
 
 
@@ -100,7 +108,8 @@ def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
-def _time_vs_fp32(int8_matmul, x: torch.Tensor, w: torch.Tensor) -> float:
+def _time_vs_fp32(int8_matmul: Callable[[], torch.Tensor], x: torch.Tensor,
+                  w: torch.Tensor) -> float:
     """(int8 time - 200 us) / fp32 time of x @ wᵀ: at most 4 counts as optimized code."""
     xf, wf_t = x.float(), w.float().t()
     int8_us = time_call(lambda _i: int8_matmul(), repeats=3, warmup=1).p50_us
@@ -221,7 +230,8 @@ def _quantize_uint8_dynamic(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
 # ----------------------------------------------------------------------------- int8 linear
 
 
-def prepare_fbgemm_linear(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+def prepare_fbgemm_linear(w_int8: torch.Tensor, scales: torch.Tensor,
+                          bias: torch.Tensor | None) -> PackedParams:
     """Packs a symmetric per-channel int8 weight (N, K) for fbgemm's dynamic linear."""
     use_x86_quantized_engine()
     n = w_int8.shape[0]
@@ -232,18 +242,19 @@ def prepare_fbgemm_linear(w_int8: torch.Tensor, scales: torch.Tensor, bias: torc
         return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
 
 
-def fbgemm_linear(x2d: torch.Tensor, packed) -> torch.Tensor:
+def fbgemm_linear(x2d: torch.Tensor, packed: PackedParams) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic(x2d.float(), packed, not has_vnni())
 
 
-def prepare_onednn_linear(w_int8: torch.Tensor, scales: torch.Tensor):
+def prepare_onednn_linear(w_int8: torch.Tensor, scales: torch.Tensor) -> OneDNNPrepared:
     packed = torch.ops.onednn.qlinear_prepack(w_int8.contiguous(), None)
     zero = torch.zeros(w_int8.shape[0], dtype=torch.int64)
     return packed, scales.float().contiguous(), zero
 
 
 def onednn_linear(
-    x2d: torch.Tensor, prepared, bias: torch.Tensor | None, smoothing: torch.Tensor | None = None
+    x2d: torch.Tensor, prepared: OneDNNPrepared, bias: torch.Tensor | None,
+    smoothing: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """int8 GEMM with symmetric per-row activation scales.
 
@@ -295,7 +306,8 @@ def int4_scales_and_zeros(
     return torch.stack([scales, zero_f], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
-def prepare_int4pack_cpu(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None):
+def prepare_int4pack_cpu(codes: torch.Tensor, scales: torch.Tensor,
+                         zeros: torch.Tensor | None) -> Int4Prepared:
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 2)
     return packed, int4_scales_and_zeros(scales, zeros)
 
@@ -306,7 +318,8 @@ def bf16_output(y: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None) 
     return y if bias is None else y + bias
 
 
-def int4pack_linear_cpu(x2d, prepared, group_size: int, bias) -> torch.Tensor:
+def int4pack_linear_cpu(x2d: torch.Tensor, prepared: Int4Prepared, group_size: int,
+                        bias: torch.Tensor | None) -> torch.Tensor:
     packed, sz = prepared
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(torch.bfloat16), packed, group_size, sz)
     return bf16_output(y, x2d.dtype, bias)
@@ -315,7 +328,8 @@ def int4pack_linear_cpu(x2d, prepared, group_size: int, bias) -> torch.Tensor:
 # ----------------------------------------------------------------------------- CUDA
 
 
-def prepare_int4pack_cuda(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None):
+def prepare_int4pack_cuda(codes: torch.Tensor, scales: torch.Tensor,
+                          zeros: torch.Tensor | None) -> Int4Prepared:
     # tinygemm wants (N, K/2) uint8 with the even column in the high nibble.
     c = codes.to(torch.uint8)
     w = (c[:, ::2] << 4 | c[:, 1::2]).contiguous()
@@ -325,7 +339,8 @@ def prepare_int4pack_cuda(codes: torch.Tensor, scales: torch.Tensor, zeros: torc
     return packed, int4_scales_and_zeros(scales.float(), zeros)
 
 
-def int4pack_linear_cuda(x2d, prepared, group_size: int, bias) -> torch.Tensor:
+def int4pack_linear_cuda(x2d: torch.Tensor, prepared: Int4Prepared, group_size: int,
+                         bias: torch.Tensor | None) -> torch.Tensor:
     packed, sz = prepared
     y = torch.ops.aten._weight_int4pack_mm(x2d.to(torch.bfloat16), packed, group_size, sz)
     return bf16_output(y, x2d.dtype, bias)
@@ -353,7 +368,9 @@ def int8_rows_linear(x2d: torch.Tensor, w_t: torch.Tensor, scales: torch.Tensor,
 # ----------------------------------------------------------------------------- int8 conv
 
 
-def prepare_fbgemm_conv(w_int8, scales, bias, stride, padding, dilation, groups):
+def prepare_fbgemm_conv(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                        stride: Pair, padding: Pair, dilation: Pair,
+                        groups: int) -> PackedParams:
     use_x86_quantized_engine()
     n = w_int8.shape[0]
     with _quiet_deprecations():
@@ -366,7 +383,8 @@ def prepare_fbgemm_conv(w_int8, scales, bias, stride, padding, dilation, groups)
         )
 
 
-def fbgemm_conv_static(x, packed, in_qparams: tuple[float, int], out_qparams: tuple[float, int]):
+def fbgemm_conv_static(x: torch.Tensor, packed: PackedParams, in_qparams: tuple[float, int],
+                       out_qparams: tuple[float, int]) -> torch.Tensor:
     x = x.float().contiguous(memory_format=torch.channels_last)
     with _quiet_deprecations():
         qx = torch.quantize_per_tensor(x, in_qparams[0], in_qparams[1], torch.quint8)
@@ -374,7 +392,8 @@ def fbgemm_conv_static(x, packed, in_qparams: tuple[float, int], out_qparams: tu
     return qy.dequantize()
 
 
-def prepare_onednn_conv(w_int8, scales, stride, padding, dilation, groups):
+def prepare_onednn_conv(w_int8: torch.Tensor, scales: torch.Tensor, stride: Pair, padding: Pair,
+                        dilation: Pair, groups: int) -> OneDNNPrepared:
     packed = torch.ops.onednn.qconv_prepack(
         w_int8.contiguous(), scales.float(), 1.0, 0, list(stride), list(padding), list(dilation),
         groups, None,
@@ -382,7 +401,9 @@ def prepare_onednn_conv(w_int8, scales, stride, padding, dilation, groups):
     return packed, scales.float().contiguous(), torch.zeros(w_int8.shape[0], dtype=torch.int64)
 
 
-def onednn_conv_dynamic(x, prepared, bias, stride, padding, dilation, groups):
+def onednn_conv_dynamic(x: torch.Tensor, prepared: OneDNNPrepared, bias: torch.Tensor | None,
+                        stride: Pair, padding: Pair, dilation: Pair,
+                        groups: int) -> torch.Tensor:
     """oneDNN int8 conv with fp32 output; the input's range is taken per call."""
     packed, scales, zero = prepared
     x = x.float().contiguous(memory_format=torch.channels_last)

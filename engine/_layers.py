@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from engine._errors import InvalidSpecError
+from engine._platform import configure_runtime
 from engine._types import LayerSpec
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
@@ -40,7 +41,7 @@ def quantizable_modules(
     }
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
+def _macs(module: nn.Linear | nn.Conv2d, out: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         rows = out.numel() // module.out_features
         return rows * module.in_features * module.out_features
@@ -62,13 +63,14 @@ def discover_layers(
     Returns:
         LayerSpecs in the order the layers first ran (model order for layers never run).
     """
+    configure_runtime()
     modules = quantizable_modules(model, skip)
     seen: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     hooks = []
 
-    def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+    def hook_for(name: str) -> Callable[[nn.Linear | nn.Conv2d, tuple, Any], None]:
+        def hook(module: nn.Linear | nn.Conv2d, args: tuple, out: Any) -> None:
             if not isinstance(out, torch.Tensor):
                 return
             rec = seen.get(name)
@@ -105,12 +107,24 @@ def discover_layers(
             if isinstance(m.padding, str):
                 raise InvalidSpecError(
                     f"layer {name!r}: string padding {m.padding!r} is not supported.")
-            specs.append(LayerSpec(kind="conv2d", groups=m.groups, stride=tuple(m.stride),
-                                   padding=tuple(m.padding), dilation=tuple(m.dilation),
+            specs.append(LayerSpec(kind="conv2d", groups=m.groups, stride=int_pair(m.stride),
+                                   padding=int_pair(m.padding), dilation=int_pair(m.dilation),
                                    **common))
         else:
             specs.append(LayerSpec(kind="linear", **common))
     return specs
+
+
+def int_pair(value: Sequence[int] | str) -> tuple[int, int]:
+    """A conv's (height, width) setting as two ints.
+
+    Raises:
+        InvalidSpecError: `value` is a string (`padding="same"`): not supported.
+    """
+    if isinstance(value, str):
+        raise InvalidSpecError(f"conv padding {value!r} is not supported; use numbers.")
+    first, second = value
+    return int(first), int(second)
 
 
 def total_params(layers: Iterable[LayerSpec]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +18,22 @@ from torch import nn
 
 from engine import _kernels as K
 from engine._errors import KernelUnavailableError
-from engine._kernels import KernelPath
+from engine._kernels import KernelPath, Pair
+from engine._layers import int_pair
 from engine._quantizer import QuantizedWeight, QuantScheme
 
 KERNEL_CHOICES = ("auto", "reference")
+_T = TypeVar("_T")
 
 
 class QuantizedLayer(nn.Module):
     """Common state of the quantized modules: packed weight, scales, zeros, bias."""
+
+    # buffers (registered in __init__; declared for the type checker)
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None
+    bias: torch.Tensor | None
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None, kernel: str = "auto",
                  quantize_activations: bool = True):
@@ -87,23 +95,28 @@ class QuantizedLayer(nn.Module):
         return (s.bits == 4 and s.group_size in K.INT4PACK_GROUP_SIZES
                 and k % s.group_size == 0 and self.out_features % n_multiple == 0)
 
+    def _group_size(self) -> int:
+        """Columns per scale (all of a row when per channel)."""
+        return self.scheme.effective_group_size(self.reduction_size)
+
     # -- lazily prepared kernel layouts ------------------------------------------------------
 
-    def _prepare(self, path: str, device: torch.device, build):
+    def _prepare(self, path: KernelPath, device: torch.device, build: Callable[[], _T]) -> _T:
         key = (path, str(device))
         if key not in self._prepared:
             self._prepared[key] = build()
         return self._prepared[key]
 
-    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), ...: layouts are stale
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor],
+               recurse: bool = True) -> QuantizedLayer:  # .to(), .cuda(): layouts are stale
         self._prepared = {}
         return super()._apply(fn, recurse)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._prepared = {}
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def __getstate__(self):  # deepcopy / pickle: kernel layouts are rebuilt on demand
+    def __getstate__(self) -> dict[str, Any]:  # deepcopy / pickle: layouts are rebuilt
         state = self.__dict__.copy()
         state["_prepared"] = {}
         return state
@@ -136,6 +149,8 @@ class QuantLinear(QuantizedLayer):
     `kernel="reference"` forces dequant everywhere.
     """
 
+    act_smoothing: torch.Tensor | None  # buffer
+
     def __init__(
         self,
         qweight: QuantizedWeight,
@@ -150,11 +165,6 @@ class QuantLinear(QuantizedLayer):
         # were divided by it, so the product is unchanged but activation outliers shrink.
         self.register_buffer("act_smoothing", None if act_smoothing is None
                              else act_smoothing.detach().float().clone())
-
-    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight this layer computes with (smoothing undone)."""
-        w = self.dequantized_weight(dtype)
-        return w if self.act_smoothing is None else w * self.act_smoothing.to(dtype)[None, :]
 
     def select_path(self, rows: int, device: torch.device) -> KernelPath:
         if self.kernel == "reference":
@@ -201,13 +211,13 @@ class QuantLinear(QuantizedLayer):
                 self.int8_weight(), self.scales[:, 0], bias))
             return K.fbgemm_linear(x2d, packed).to(x2d.dtype)
         if path is KernelPath.INT4PACK_BF16:
-            prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cpu(
+            int4 = self._prepare(path, dev, lambda: K.prepare_int4pack_cpu(
                 self.quantized_weight().codes(), self.scales, self.zeros))
-            return K.int4pack_linear_cpu(x2d, prep, self.scheme.group_size, bias)
+            return K.int4pack_linear_cpu(x2d, int4, self._group_size(), bias)
         if path is KernelPath.CUDA_INT4PACK_BF16:
-            prep = self._prepare(path, dev, lambda: K.prepare_int4pack_cuda(
+            int4 = self._prepare(path, dev, lambda: K.prepare_int4pack_cuda(
                 self.quantized_weight().codes(), self.scales, self.zeros))
-            return K.int4pack_linear_cuda(x2d, prep, self.scheme.group_size, bias)
+            return K.int4pack_linear_cuda(x2d, int4, self._group_size(), bias)
         if path is KernelPath.CUDA_DEQUANT_BF16:
             y = F.linear(x2d.to(torch.bfloat16), self.dequantized_weight(torch.bfloat16))
             return K.bf16_output(y, x2d.dtype, bias)
@@ -227,6 +237,9 @@ class QuantConv2d(QuantizedLayer):
     oneDNN's int8 conv with per-call activation ranges before that. Other widths: dequant.
     """
 
+    input_range: torch.Tensor  # buffers: (min, max) seen in calibration, NaN before
+    output_range: torch.Tensor
+
     def __init__(
         self,
         qweight: QuantizedWeight,
@@ -239,8 +252,8 @@ class QuantConv2d(QuantizedLayer):
         quantize_activations: bool = True,
     ):
         super().__init__(qweight, bias, kernel, quantize_activations)
-        self.stride, self.padding = tuple(stride), tuple(padding)
-        self.dilation, self.groups = tuple(dilation), int(groups)
+        self.stride, self.padding = int_pair(stride), int_pair(padding)
+        self.dilation, self.groups = int_pair(dilation), int(groups)
         self.register_buffer("input_range", torch.full((2,), math.nan))
         self.register_buffer("output_range", torch.full((2,), math.nan))
         self.calibrating = False
@@ -259,7 +272,7 @@ class QuantConv2d(QuantizedLayer):
             return KernelPath.ONEDNN_INT8_DYNAMIC
         return KernelPath.DEQUANT
 
-    def _geometry(self):
+    def _geometry(self) -> tuple[Pair, Pair, Pair, int]:
         return self.stride, self.padding, self.dilation, self.groups
 
     def _dequant_conv(self, x: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     if bits == 8:
         return packed[:numel]
     padded = -(-numel // 8) * 8
-    codes = None
+    codes: torch.Tensor | None = None
     start = 0
     for width, offset in _planes(bits):
         nbytes = padded * width // 8
@@ -79,4 +79,5 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         vals = (plane[:, None] >> _shifts(width, plane.device)) & ((1 << width) - 1)
         vals = vals.reshape(-1)
         codes = vals if codes is None else codes | (vals << offset)
+    assert codes is not None  # every width has at least one plane
     return codes[:numel]

@@ -1,4 +1,9 @@
-"""Facts about the machine the kernels run on, and process-wide settings they need."""
+"""Facts about the machine the kernels run on, and the process setting they need.
+
+Nothing here runs on import: `configure_runtime` changes the process (glibc's heap
+thresholds) only when called, which the engine's entry points (`apply`, `quantize`,
+`discover_layers`, `time_call`) and the front doors (CLI, workers) do.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,31 @@ import functools
 import os
 import platform
 import sys
-import warnings
 
+CPUINFO = "/proc/cpuinfo"
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers
 _M_MMAP_THRESHOLD = -3
+_HEAP_THRESHOLD_BYTES = 1 << 30
+
+
+def _cpuinfo_field(key: str, cpuinfo: str) -> str | None:
+    """The value of the first `key : value` line of a cpuinfo file; None where absent."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """ISA flags of the CPU (Linux /proc/cpuinfo); empty where unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+def cpu_flags(cpuinfo: str = CPUINFO) -> frozenset[str]:
+    """ISA flags of the CPU (the `flags` line of Linux's cpuinfo); empty where unknown."""
+    flags = _cpuinfo_field("flags", cpuinfo)
+    return frozenset(flags.split()) if flags else frozenset()
 
 
 def has_vnni() -> bool:
@@ -32,55 +45,31 @@ def has_vnni() -> bool:
     return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def cpu_model(cpuinfo: str = CPUINFO) -> str:
+    """The CPU's model name (Linux's cpuinfo), else what `platform` knows of it."""
+    return (_cpuinfo_field("model name", cpuinfo)
+            or platform.processor() or platform.machine())
 
 
 @functools.cache
-def configure_allocator() -> bool:
-    """Raises glibc's mmap and trim thresholds to 1 GiB so large temporaries reuse heap memory.
+def configure_runtime() -> bool:
+    """Prepares this process for the kernels; idempotent (the first call does the work).
 
-    Freshly mmapped 64 MiB blocks are page-faulted on every call; keeping them in the heap
-    made such allocations 8-9x cheaper here. The trim threshold must rise too, or freed
-    blocks at the top of the heap go back to the OS and fault in again (a 24 MiB
+    Raises glibc's mmap and trim thresholds to 1 GiB so large temporaries reuse heap
+    memory. Freshly mmapped 64 MiB blocks are page-faulted on every call; keeping them in
+    the heap made such allocations 8-9x cheaper here. The trim threshold must rise too, or
+    freed blocks at the top of the heap go back to the OS and fault in again (a 24 MiB
     temporary: 2.2 ms by default, 1.6 ms with the mmap threshold alone, 0.76 ms with both).
-    A no-op (False) where glibc is absent.
+
+    Returns:
+        True when the thresholds were raised; False where glibc is absent or the
+        environment sets `ALLOCATOR_NO_MALLOPT`.
     """
     if not sys.platform.startswith("linux") or os.environ.get("ALLOCATOR_NO_MALLOPT"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-        return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_THRESHOLD_BYTES)
+        return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_THRESHOLD_BYTES))
     except (OSError, AttributeError):
         return False
-
-
-def silence_torch_ao_deprecations() -> None:
-    """Keeps torch's quantized-tensor deprecation warnings off users' terminals.
-
-    The int8 kernels are reached through torch's quantized ops, which warn that the
-    quantized tensor API is deprecated; the warning is for torch's developers, not ours.
-    """
-    for pattern in (
-        r".*torch\.quantize_per_tensor.*deprecated.*",
-        r".*torch\.ao\.quantization.*deprecated.*",
-        r".*quantized tensor.*deprecated.*",
-        r".*deprecated.*torch\.ao.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
-
-
-@functools.cache
-def configure() -> None:
-    """Sets up the process for the kernels once: quiet deprecations, heap thresholds."""
-    silence_torch_ao_deprecations()
-    configure_allocator()

@@ -18,10 +18,8 @@ import torch
 
 from engine._errors import InvalidSpecError
 from engine._packing import pack_codes, unpack_codes
-from engine._platform import configure
+from engine._platform import configure_runtime
 from engine._types import SUPPORTED_GROUP_SIZES, check_bits
-
-configure()
 
 
 @dataclass(frozen=True)
@@ -199,6 +197,7 @@ def quantize(
     Returns:
         The packed `QuantizedWeight`.
     """
+    configure_runtime()
     if weight.dim() < 2:
         raise InvalidSpecError(
             f"`weight` must have at least 2 dims, got shape {tuple(weight.shape)}.")

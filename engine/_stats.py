@@ -10,7 +10,7 @@ left out when a batch is a mapping with an `attention_mask` matching the layer's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine._layers import call_model
+from engine._layers import call_model, int_pair
+from engine._modules import QuantConv2d
 
 
 @dataclass
@@ -58,14 +59,15 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, module: nn.Module) -> ConvGeometry | None:
+        """The geometry of a float or quantized conv; None for any other layer."""
         if isinstance(module, nn.Conv2d):
-            return cls(tuple(module.kernel_size), tuple(module.dilation), tuple(module.padding),
-                       tuple(module.stride), module.groups)
-        shape = getattr(module, "weight_shape", ())
-        if len(shape) == 4:  # a quantized conv
-            return cls((shape[2], shape[3]), tuple(module.dilation), tuple(module.padding),
-                       tuple(module.stride), module.groups)
-        return None
+            kernel_size: Sequence[int] = module.kernel_size
+        elif isinstance(module, QuantConv2d):
+            kernel_size = module.weight_shape[2:]
+        else:
+            return None
+        return cls(int_pair(kernel_size), int_pair(module.dilation), int_pair(module.padding),
+                   int_pair(module.stride), module.groups)
 
 
 def layer_rows(x: torch.Tensor, conv: ConvGeometry | None,
@@ -111,7 +113,7 @@ def collect_input_stats(
     stats: dict[str, InputStats] = {}
     state: dict[str, torch.Tensor | None] = {"mask": None}
 
-    def hook_for(name: str, module: nn.Module):
+    def hook_for(name: str, module: nn.Module) -> Callable[[nn.Module, tuple], None]:
         geometry = ConvGeometry.of(module)
 
         def hook(_m: nn.Module, args: tuple) -> None:

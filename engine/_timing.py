@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine._platform import configure_runtime
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -34,6 +36,7 @@ def time_call(
     Runs `warmup` untimed calls, then at least `repeats` timed ones, continuing until
     `min_time_s` of timed calls have passed. CUDA work is synchronized per call.
     """
+    configure_runtime()
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     with torch.inference_mode():
         for i in range(warmup):

@@ -1,6 +1,8 @@
 """Core value types shared by every package: `LayerSpec` and `BitConfig`.
 
-Both are frozen and round-trip through JSON (`to_dict` / `from_dict`).
+Both are frozen and round-trip through JSON (`to_dict` / `from_dict`); `BitConfigDocument`
+is the pydantic model of the `allocator.bitconfig/1` file, which `BitConfig.from_dict`
+validates through.
 """
 
 from __future__ import annotations
@@ -9,12 +11,25 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import AliasChoices, ConfigDict, Field, StrictBool
 
 from engine._errors import InvalidSpecError, UnsupportedBitWidthError
+from engine._formats import (
+    Document,
+    JsonNumber,
+    NonEmptyStr,
+    dataclass_default,
+    integer,
+    json_number,
+    parse_document,
+)
 
 MIN_BITS = 2
 MAX_BITS = 8
+# The candidate weight bit-widths every front door offers when the caller names none.
+DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
 BITCONFIG_FORMAT = "allocator.bitconfig/1"
 LAYER_KINDS = ("linear", "conv2d")
@@ -153,7 +168,8 @@ class BitConfig:
         solver: Name of the solver that produced it, if any.
         status: `"optimal"`, `"feasible"` or `"infeasible"`, if it came from a solver.
         objective: Solver objective (predicted loss increase), if any.
-        solve_seconds: Wall time of the solve, if any.
+        solve_s: Wall time of the solve in seconds, if any (read from `solve_seconds` in
+            files written before it was renamed).
         budgets: Budget texts the solve was asked to meet.
         cost: Cost summary (`avg_bits`, `size_bytes`, `bops`, `latency_us`, ...).
         extra: Free-form JSON-safe record (measurements, reproducibility data).
@@ -172,7 +188,7 @@ class BitConfig:
     solver: str | None = None
     status: str | None = None
     objective: float | None = None
-    solve_seconds: float | None = None
+    solve_s: float | None = None
     budgets: tuple[str, ...] = ()
     cost: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -216,6 +232,15 @@ class BitConfig:
         return cls(bits=bits, **kwargs)
 
     @classmethod
+    def with_rounding(cls, bits: Mapping[str, int], rounding: str, **kwargs: Any) -> BitConfig:
+        """A config whose rounding is named in one word, as the CLI and the API take it:
+        "gptq" is the calibrated rounding (`calibrated`), "rtn" plain round-to-nearest
+        (no bias correction, no clipping search)."""
+        if rounding == "gptq":
+            return cls.calibrated(bits, **kwargs)
+        return cls(bits=bits, rounding=rounding, **kwargs)
+
+    @classmethod
     def uniform(cls, layers: list[LayerSpec] | list[str], bits: int, **kwargs: Any) -> BitConfig:
         """Every layer at the same bit-width."""
         names = [x.name if isinstance(x, LayerSpec) else x for x in layers]
@@ -237,25 +262,19 @@ class BitConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BitConfig:
-        if not isinstance(data, Mapping):
-            raise InvalidSpecError(
-                f"a bit config must be a JSON object, got {type(data).__name__}.")
-        fmt = data.get("format")
-        if fmt != BITCONFIG_FORMAT:
-            raise InvalidSpecError(f"`format` must be {BITCONFIG_FORMAT!r}, got {fmt!r}.")
-        if "bits" not in data:
-            raise InvalidSpecError("`bits` is missing from the bit config.")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"format"}
-        if unknown:
-            raise InvalidSpecError(f"unknown bit config field(s): {sorted(unknown)}.")
-        kwargs = {k: v for k, v in data.items() if k in known}
-        if "budgets" in kwargs:
-            kwargs["budgets"] = tuple(kwargs["budgets"] or ())
-        try:
-            return cls(**kwargs)
-        except TypeError as e:
-            raise InvalidSpecError(f"invalid bit config: {e}") from e
+        """Validates an `allocator.bitconfig/1` document (see `BitConfigDocument`).
+
+        Raises:
+            InvalidSpecError: The message names the bad field and shows its value.
+        """
+        return cls.from_document(parse_document(BitConfigDocument, data, what="a bit config"))
+
+    @classmethod
+    def from_document(cls, doc: BitConfigDocument) -> BitConfig:
+        """The config of a validated document."""
+        kwargs = {f.name: getattr(doc, f.name) for f in fields(cls)}
+        kwargs["budgets"] = tuple(doc.budgets or ())
+        return cls(**kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> BitConfig:
@@ -264,3 +283,66 @@ class BitConfig:
         except json.JSONDecodeError as e:
             raise InvalidSpecError(f"bit config is not valid JSON: {e}") from e
         return cls.from_dict(data)
+
+
+_BitWidth = integer(minimum=MIN_BITS, maximum=MAX_BITS)
+"""A weight or activation bit-width, 2..8, as documents carry it."""
+_Fraction = json_number(minimum=0.0, maximum=1.0)
+
+
+def _default(name: str) -> Any:
+    return dataclass_default(BitConfig, name)
+
+
+class BitConfigDocument(Document):
+    """The `allocator.bitconfig/1` JSON document: what `BitConfig.to_dict` writes.
+
+    Every field but `format` and `bits` is optional; see `BitConfig` for what each means.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "format": BITCONFIG_FORMAT, "bits": {"layer1.0.conv1": 4, "fc": 8},
+        "budgets": ["4.5bits"], "solver": "ilp", "status": "optimal", "objective": 0.0123,
+        "cost": {"avg_bits": 4.4, "size_bytes": 6155000.0, "bops": 1.2e10,
+                 "latency_us": 812.0}}]})
+
+    format: Literal[BITCONFIG_FORMAT] = Field(description="Always `allocator.bitconfig/1`.")
+    bits: dict[NonEmptyStr, _BitWidth] = Field(
+        description="Layer name (FQN) -> weight bits; layers not listed stay in float.")
+    activation_bits: _BitWidth | None = Field(
+        _default("activation_bits"),
+        description="8: 8-bit layers run W8A8 integer kernels; null: weight-only.")
+    group_size: Literal[SUPPORTED_GROUP_SIZES] | None = Field(
+        _default("group_size"),
+        description="Group size of the scales below 8 bits; null: one per output channel.")
+    symmetric: StrictBool = Field(_default("symmetric"),
+                                  description="Symmetric scales (no zero point).")
+    rounding: Literal[ROUNDINGS] = Field(_default("rounding"),
+                                         description="How weights are rounded to integers.")
+    bias_correction: StrictBool = Field(_default("bias_correction"),
+                                        description="Remove the mean output shift of rounding.")
+    clip_search: StrictBool = Field(_default("clip_search"),
+                                    description="Scales from an MSE clipping search.")
+    calibration_inputs: Literal[CALIBRATION_INPUTS] = Field(
+        _default("calibration_inputs"),
+        description="Layer inputs of calibrated rounding: the float model or the model "
+                    "quantized so far.")
+    smoothing_alpha: _Fraction | None = Field(
+        _default("smoothing_alpha"),
+        description="SmoothQuant migration strength for 8-bit linears, 0..1; null: off.")
+    model: str | None = Field(_default("model"), description="Model the config was made for.")
+    solver: str | None = Field(_default("solver"), description="Solver that produced it.")
+    status: Literal[STATUSES] | None = Field(_default("status"),
+                                             description="Solver status, if any.")
+    objective: JsonNumber | None = Field(
+        _default("objective"), description="Solver objective (predicted loss increase).")
+    solve_s: JsonNumber | None = Field(
+        _default("solve_s"), validation_alias=AliasChoices("solve_s", "solve_seconds"),
+        description="Wall time of the solve, in seconds (`solve_seconds` in older files).")
+    budgets: list[str] | None = Field(default_factory=list,
+                                      description="Budget texts the solve had to meet.")
+    cost: dict[str, JsonNumber] = Field(
+        default_factory=dict,
+        description="Cost summary: `avg_bits`, `size_bytes`, `bops`, `latency_us`, ...")
+    extra: dict[str, Any] = Field(default_factory=dict,
+                                  description="Free-form record (measurements, seeds).")

@@ -25,6 +25,7 @@ from hwprofiles._registry import (
 from hwprofiles._table import (
     LATENCY_FORMAT,
     Gap,
+    LatencyDocument,
     LatencyLookup,
     LatencyTable,
     Measurement,
@@ -33,8 +34,9 @@ from hwprofiles._table import (
 
 __all__ = [
     "DEFAULT_BITS", "LATENCY_FORMAT", "AdditivityRow", "DeviceFingerprint",
-    "FingerprintMismatchWarning", "Gap", "LatencyLookup", "LatencyTable", "Measurement",
-    "Prediction", "ProfileInfo", "TableEntry", "additivity", "batch_size", "import_profile",
+    "FingerprintMismatchWarning", "Gap", "LatencyDocument", "LatencyLookup", "LatencyTable",
+    "Measurement", "Prediction", "ProfileInfo", "TableEntry", "additivity", "batch_size",
+    "import_profile",
     "list_profiles", "load_profile", "predict_latency", "profile_layers", "profile_name",
     "profiles_dir", "save_profile",
 ]

@@ -8,14 +8,12 @@ elsewhere is only a guess here, so using one warns (`FingerprintMismatchWarning`
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from engine import InvalidSpecError
-from engine._platform import cpu_flags, cpu_model
+from engine import InvalidSpecError, cpu_flags, cpu_model
 
 # The ISA flags that change which kernels run or how fast: recorded when present.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -102,22 +100,3 @@ class DeviceFingerprint:
         return {"cpu_model": self.cpu_model, "cores": self.cores,
                 "isa_flags": list(self.isa_flags), "torch_version": self.torch_version,
                 "torch_threads": self.torch_threads, "gpu": self.gpu}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeviceFingerprint:
-        if not isinstance(data, Mapping):
-            raise InvalidSpecError(f"`device` must be a JSON object, got {data!r}.")
-        for name in ("cpu_model", "cores", "torch_version", "torch_threads"):
-            if name not in data:
-                raise InvalidSpecError(f"`device.{name}` is missing from the latency table.")
-        unknown = set(data) - {"cpu_model", "cores", "isa_flags", "torch_version",
-                               "torch_threads", "gpu"}
-        if unknown:
-            raise InvalidSpecError(f"unknown `device` field(s): {sorted(unknown)}.")
-        flags = data.get("isa_flags", [])
-        if not isinstance(flags, list):
-            raise InvalidSpecError(f"`device.isa_flags` must be a list, got {flags!r}.")
-        return cls(cpu_model=data["cpu_model"], cores=data["cores"], isa_flags=tuple(flags),
-                   torch_version=data["torch_version"], torch_threads=data["torch_threads"],
-                   gpu=data.get("gpu"))
-

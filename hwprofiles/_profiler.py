@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 import engine
-from engine import BitConfig, InvalidSpecError, LayerSpec
-from engine._types import check_bits
+from engine import BitConfig, InvalidSpecError, LayerSpec, check_bits
 from hwprofiles._fingerprint import DeviceFingerprint
 from hwprofiles._table import FP32, Gap, LatencyTable, Measurement, TableEntry, bits_key, call_macs
 

@@ -13,6 +13,8 @@ Entries are keyed by `LayerSpec.shape_signature` (weight shape, input shape, con
 geometry), not by layer name, so one table serves every model with the same shapes. Times
 are per call of the layer; `lookup` multiplies by the layer's calls per forward pass.
 A shape the table lacks is interpolated from measured shapes of the same kind by MACs.
+`LatencyDocument` (at the end) is the file's pydantic model: `LatencyTable.from_dict` and
+`load` validate through it.
 """
 
 from __future__ import annotations
@@ -25,14 +27,30 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from engine import MAX_BITS, MIN_BITS, InvalidSpecError, LayerSpec, atomic_write_bytes
+from pydantic import ConfigDict, Field, PlainValidator, StrictBool, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from engine import (
+    LAYER_KINDS,
+    MAX_BITS,
+    MIN_BITS,
+    Document,
+    InvalidSpecError,
+    LayerSpec,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    atomic_write_bytes,
+    dataclass_default,
+    parse_document,
+)
 from hwprofiles._fingerprint import DeviceFingerprint, FingerprintMismatchWarning
 
 LATENCY_FORMAT = "allocator.latency/1"
 FP32 = "fp32"
-LAYER_KINDS = ("linear", "conv2d")
 
 
 def now_iso() -> str:
@@ -77,15 +95,6 @@ def _integer(value: Any, where: str, *, minimum: int = 0) -> int:
     return value
 
 
-def _require(data: Mapping[str, Any], names: Iterable[str], where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise InvalidSpecError(f"`{where}` must be a JSON object, got {data!r}.")
-    for name in names:
-        if name not in data:
-            raise InvalidSpecError(f"`{where}.{name}` is missing from the latency table."
-                                   if where else f"`{name}` is missing from the latency table.")
-
-
 @dataclass(frozen=True)
 class Measurement:
     """Timed calls of one layer shape at one bit-width (or fp32), in microseconds.
@@ -95,7 +104,6 @@ class Measurement:
         p50_us, p90_us: Median and 90th percentile of the per-call times.
         samples: Timed calls.
         timestamp: When it was measured (ISO 8601, UTC).
-        where: Field path used in error messages (not stored).
     """
 
     kernel: str
@@ -103,32 +111,21 @@ class Measurement:
     p90_us: float
     samples: int
     timestamp: str = field(default_factory=now_iso)
-    where: str = field(default="measurement", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        w = self.where
         if not isinstance(self.kernel, str) or not self.kernel:
             raise InvalidSpecError(
-                f"`{w}.kernel` must be a non-empty string, got {self.kernel!r}.")
-        object.__setattr__(self, "p50_us", _number(self.p50_us, f"{w}.p50_us"))
-        object.__setattr__(self, "p90_us", _number(self.p90_us, f"{w}.p90_us"))
-        _integer(self.samples, f"{w}.samples", minimum=1)
+                f"`measurement.kernel` must be a non-empty string, got {self.kernel!r}.")
+        object.__setattr__(self, "p50_us", _number(self.p50_us, "measurement.p50_us"))
+        object.__setattr__(self, "p90_us", _number(self.p90_us, "measurement.p90_us"))
+        _integer(self.samples, "measurement.samples", minimum=1)
         if not isinstance(self.timestamp, str) or not self.timestamp:
-            raise InvalidSpecError(
-                f"`{w}.timestamp` must be an ISO 8601 string, got {self.timestamp!r}.")
+            raise InvalidSpecError(f"`measurement.timestamp` must be an ISO 8601 string, "
+                                   f"got {self.timestamp!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "p50_us": self.p50_us, "p90_us": self.p90_us,
                 "samples": self.samples, "timestamp": self.timestamp}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> Measurement:
-        _require(data, ("kernel", "p50_us", "p90_us", "samples", "timestamp"), where)
-        unknown = set(data) - {"kernel", "p50_us", "p90_us", "samples", "timestamp"}
-        if unknown:
-            raise InvalidSpecError(f"unknown `{where}` field(s): {sorted(unknown)}.")
-        return cls(data["kernel"], data["p50_us"], data["p90_us"], data["samples"],
-                   data["timestamp"], where=where)
 
 
 @dataclass(frozen=True)
@@ -189,29 +186,6 @@ class TableEntry:
             out["transition"] = {k: m.to_dict() for k, m in self.transition.items()}
         return out
 
-    @classmethod
-    def from_dict(cls, signature: str, data: Mapping[str, Any]) -> TableEntry:
-        where = f"entries[{signature!r}]"
-        _require(data, ("kind", "macs", "times"), where)
-        unknown = set(data) - {"kind", "macs", "depthwise", "layers", "times", "transition"}
-        if unknown:
-            raise InvalidSpecError(f"unknown `{where}` field(s): {sorted(unknown)}.")
-        maps = {}
-        for attr in ("times", "transition"):
-            raw = data.get(attr, {})
-            if not isinstance(raw, Mapping):
-                raise InvalidSpecError(f"`{where}.{attr}` must be a JSON object, got {raw!r}.")
-            maps[attr] = {_checked_key(k, f"{where}.{attr}"):
-                          Measurement.from_dict(m, f"{where}.{attr}[{k!r}]")
-                          for k, m in raw.items()}
-        layers = data.get("layers", [])
-        if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
-            raise InvalidSpecError(f"`{where}.layers` must be a list of names, got {layers!r}.")
-        return cls(signature, data["kind"], data["macs"], maps["times"],
-                   depthwise=data.get("depthwise", False), layers=tuple(layers),
-                   transition=maps["transition"])
-
-
 def _checked_key(key: Any, where: str) -> str:
     try:
         return bits_key(key)
@@ -248,12 +222,6 @@ class Gap:
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "native_us": self.native_us, "cl_us": self.cl_us}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> Gap:
-        _require(data, ("layer", "native_us", "cl_us"), where)
-        return cls(data["layer"], _number(data["native_us"], f"{where}.native_us"),
-                   _number(data["cl_us"], f"{where}.cl_us"))
 
 
 class LatencyLookup(NamedTuple):
@@ -423,32 +391,28 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
-        if not isinstance(data, Mapping):
-            raise InvalidSpecError(f"a latency table must be a JSON object, "
-                                   f"got {type(data).__name__}.")
-        fmt = data.get("format")
-        if fmt != LATENCY_FORMAT:
-            raise InvalidSpecError(f"`format` must be {LATENCY_FORMAT!r}, got {fmt!r}.")
-        _require(data, ("device", "batch", "entries"), "")
-        known = {"format", "created", "model", "batch", "repeats", "device", "overhead_us",
-                 "gaps", "entries"}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidSpecError(f"unknown latency table field(s): {sorted(unknown)}.")
-        raw = data["entries"]
-        if not isinstance(raw, Mapping):
-            raise InvalidSpecError(f"`entries` must be a JSON object, got {raw!r}.")
-        entries = {sig: TableEntry.from_dict(sig, e) for sig, e in raw.items()}
-        raw_gaps = data.get("gaps") or []
-        if not isinstance(raw_gaps, list):
-            raise InvalidSpecError(f"`gaps` must be a list, got {raw_gaps!r}.")
-        gaps = tuple(Gap.from_dict(g, f"gaps[{i}]") for i, g in enumerate(raw_gaps))
-        created = data.get("created") or now_iso()
-        if not isinstance(created, str):
-            raise InvalidSpecError(f"`created` must be an ISO 8601 string, got {created!r}.")
-        return cls(device=DeviceFingerprint.from_dict(data["device"]), batch=data["batch"],
-                   entries=entries, repeats=data.get("repeats", 1), model=data.get("model"),
-                   overhead_us=data.get("overhead_us"), gaps=gaps, created=created)
+        """Validates an `allocator.latency/1` document (see `LatencyDocument`).
+
+        Raises:
+            InvalidSpecError: The message names the bad field's path and shows its value.
+        """
+        return cls.from_document(parse_document(LatencyDocument, data, what="a latency table"))
+
+    @classmethod
+    def from_document(cls, doc: LatencyDocument) -> LatencyTable:
+        """The table of a validated document (a missing `created` reads as now)."""
+        entries = {sig: TableEntry(sig, e.kind, e.macs, _measurements(e.times),
+                                   depthwise=e.depthwise, layers=tuple(e.layers),
+                                   transition=_measurements(e.transition))
+                   for sig, e in doc.entries.items()}
+        gaps = tuple(Gap(g.layer, g.native_us, g.cl_us) for g in doc.gaps or ())
+        d = doc.device
+        device = DeviceFingerprint(cpu_model=d.cpu_model, cores=d.cores,
+                                   isa_flags=tuple(d.isa_flags), torch_version=d.torch_version,
+                                   torch_threads=d.torch_threads, gpu=d.gpu)
+        return cls(device=device, batch=doc.batch, entries=entries, repeats=doc.repeats,
+                   model=doc.model, overhead_us=doc.overhead_us, gaps=gaps,
+                   created=doc.created or now_iso())
 
     def save(self, path: str | Path) -> Path:
         """Writes the table atomically (readers never see half a file)."""
@@ -500,3 +464,102 @@ def _piecewise(xs: list[float], ys: list[float], x: float) -> float:
     i = bisect.bisect_right(xs, x)
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+# -- the document ------------------------------------------------------------------------------
+
+def _time_key(key: Any) -> str:
+    try:
+        return bits_key(key)
+    except InvalidSpecError:
+        raise PydanticCustomError(
+            "time_key", "Keys should be 'fp32' or '{low}'..'{high}'",
+            {"low": MIN_BITS, "high": MAX_BITS}) from None
+
+
+TimeKey = Annotated[str, PlainValidator(_time_key),
+                    WithJsonSchema({"type": "string",
+                                    "pattern": f"^({FP32}|[{MIN_BITS}-{MAX_BITS}])$"})]
+
+
+class MeasurementDocument(Document):
+    """Timed calls of one layer shape at one bit-width (see `Measurement`)."""
+
+    kernel: NonEmptyStr = Field(description="Kernel path the calls ran (`fp32` for float).")
+    p50_us: NonNegativeFloat = Field(description="Median time per call, in microseconds.")
+    p90_us: NonNegativeFloat = Field(description="90th percentile per call, in microseconds.")
+    samples: PositiveInt = Field(description="Timed calls.")
+    timestamp: NonEmptyStr = Field(description="When it was measured (ISO 8601, UTC).")
+
+
+class EntryDocument(Document):
+    """The measurements of one layer shape (see `TableEntry`)."""
+
+    kind: Literal[LAYER_KINDS] = Field(description="The layer's kind.")
+    macs: NonNegativeInt = Field(description="MACs of one call at this shape.")
+    depthwise: StrictBool = Field(dataclass_default(TableEntry, "depthwise"),
+                                  description="Whether the shape is a depthwise conv.")
+    layers: list[str] = Field(default_factory=list,
+                              description="Names of the layers profiled with this shape.")
+    times: dict[TimeKey, MeasurementDocument] = Field(
+        description="`fp32` and `2`..`8` -> the measurement, input as the float model has it.")
+    transition: dict[TimeKey, MeasurementDocument] = Field(
+        default_factory=dict,
+        description="The same with a channels-last input, as an int8 conv leaves it (convs).")
+
+
+class GapDocument(Document):
+    """Non-layer time after one layer call (see `Gap`)."""
+
+    layer: NonEmptyStr = Field(description="The layer whose call the gap follows.")
+    native_us: NonNegativeFloat = Field(description="Gap in the float model, microseconds.")
+    cl_us: NonNegativeFloat = Field(description="Gap after a channels-last output.")
+
+
+class DeviceDocument(Document):
+    """The device a table was measured on (see `DeviceFingerprint`)."""
+
+    cpu_model: str = Field(description="CPU model name.")
+    cores: PositiveInt = Field(description="Logical CPUs.")
+    isa_flags: list[str] = Field(default_factory=list,
+                                 description="ISA extensions that change kernel speed.")
+    torch_version: str = Field(description="torch version that measured.")
+    torch_threads: PositiveInt = Field(description="torch threads while measuring.")
+    gpu: str | None = Field(dataclass_default(DeviceFingerprint, "gpu"),
+                            description="CUDA device name, if any.")
+
+
+class LatencyDocument(Document):
+    """The `allocator.latency/1` JSON document: measured per-layer kernel times of one
+    device at one batch size, keyed by layer shape (see `LatencyTable`)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "format": LATENCY_FORMAT, "created": "2026-01-01T00:00:00Z", "model": "minilm",
+        "batch": 32, "repeats": 20,
+        "device": {"cpu_model": "Intel Xeon", "cores": 2, "isa_flags": ["avx2", "fma"],
+                   "torch_version": "2.13.0", "torch_threads": 2, "gpu": None},
+        "overhead_us": 1234.5, "gaps": [],
+        "entries": {"linear/w384x384/in32x384": {
+            "kind": "linear", "macs": 4718592, "depthwise": False, "layers": ["fc"],
+            "times": {"fp32": {"kernel": "fp32", "p50_us": 60.0, "p90_us": 66.0,
+                               "samples": 20, "timestamp": "2026-01-01T00:00:00Z"}}}}}]})
+
+    format: Literal[LATENCY_FORMAT] = Field(description="Always `allocator.latency/1`.")
+    created: str | None = Field(None, description="When the table was started (ISO 8601, "
+                                                  "UTC); missing or empty reads as now.")
+    model: str | None = Field(dataclass_default(LatencyTable, "model"),
+                              description="Name of the model profiled, if any.")
+    batch: PositiveInt = Field(description="Batch size the shapes were measured at.")
+    repeats: PositiveInt = Field(1, description="Timed calls per measurement.")
+    device: DeviceDocument = Field(description="The device the times were measured on.")
+    overhead_us: NonNegativeFloat | None = Field(
+        dataclass_default(LatencyTable, "overhead_us"),
+        description="Non-layer time of the model's forward pass, in microseconds.")
+    gaps: list[GapDocument] | None = Field(
+        None, description="The non-layer time split by the layer call it follows.")
+    entries: dict[str, EntryDocument] = Field(description="Shape signature -> its entry.")
+
+
+def _measurements(times: Mapping[str, MeasurementDocument]) -> dict[str, Measurement]:
+    return {k: Measurement(m.kernel, m.p50_us, m.p90_us, m.samples, m.timestamp)
+            for k, m in times.items()}

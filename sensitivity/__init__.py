@@ -1,16 +1,53 @@
-"""Sensitivity estimators: how much each layer's quantization to b bits costs (Ω)."""
+"""Sensitivity estimators: how much each layer's quantization to b bits costs (Ω).
+
+`estimate(spec, "hutchinson")` runs a registered estimator through the table cache; each
+estimator is a `BaseSensitivityEstimator` built from its frozen config and registered by
+name (`ESTIMATORS`) and by config type (`estimator_for`).
+"""
 
 from __future__ import annotations
 
-from sensitivity._candidates import CandidateWeights, Swapped
-from sensitivity._estimate import DEFAULT_BITS, ESTIMATORS, estimate, load_table, make_config
-from sensitivity._fracbits import CostConstraint, FracBitsConfig, Relaxation, relax
-from sensitivity._hutchinson import HutchinsonConfig, exact_traces, hessian_traces
-from sensitivity._measured import MeasuredConfig
+from sensitivity._base import (
+    ESTIMATORS,
+    BaseSensitivityEstimator,
+    ProgressFn,
+    estimator_for,
+    make_config,
+    register_estimator,
+)
+from sensitivity._candidates import CandidateWeights, Swapped, calibration_loss
+from sensitivity._estimate import estimate, hash_tensors
+from sensitivity._fracbits import (
+    CostConstraint,
+    FracBitsConfig,
+    FracBitsEstimator,
+    Relaxation,
+    relax,
+)
+from sensitivity._hutchinson import (
+    HutchinsonConfig,
+    HutchinsonEstimator,
+    exact_traces,
+    hessian_traces,
+    math_attention,
+)
+from sensitivity._measured import MeasuredConfig, MeasuredEstimator
 from sensitivity._table import SENSITIVITY_FORMAT, LayerSensitivity, SensitivityTable
+from sensitivity._weight_error import weight_errors
 
-__all__ = ["DEFAULT_BITS", "ESTIMATORS", "SENSITIVITY_FORMAT", "CandidateWeights",
-           "CostConstraint", "Swapped",
-           "FracBitsConfig", "HutchinsonConfig", "Relaxation", "relax",
-           "LayerSensitivity", "MeasuredConfig", "SensitivityTable", "estimate",
-           "exact_traces", "hessian_traces", "load_table", "make_config"]
+# The built-in estimators, in the order the CLI and the service list them.
+register_estimator(HutchinsonEstimator,
+                   description="Hessian trace by Hutchinson probes x weight error (HAWQ-V3)")
+register_estimator(MeasuredEstimator,
+                   description="loss change with one layer quantized on the engine")
+register_estimator(FracBitsEstimator,
+                   description="learned fractional bits under a mean-bits budget (FracBits)")
+
+__all__ = [
+    "ESTIMATORS", "SENSITIVITY_FORMAT", "BaseSensitivityEstimator", "CandidateWeights",
+    "CostConstraint", "FracBitsConfig", "FracBitsEstimator", "HutchinsonConfig",
+    "HutchinsonEstimator", "LayerSensitivity", "MeasuredConfig", "MeasuredEstimator",
+    "ProgressFn", "Relaxation", "SensitivityTable", "Swapped", "calibration_loss", "estimate",
+    "estimator_for", "exact_traces", "hash_tensors", "hessian_traces", "make_config",
+    "math_attention", "register_estimator", "relax", "weight_errors",
+]

@@ -22,6 +22,26 @@ from torch.func import functional_call
 import engine
 
 
+def weight_only_config(bits: Mapping[str, int], *, rounding: str,
+                       group_size: int | None) -> engine.BitConfig:
+    """The engine config every estimator quantizes with: weights only, and "gptq" meaning
+    the engine's calibrated rounding (`BitConfig.calibrated`), "rtn" plain round-to-nearest.
+
+    Raises:
+        InvalidSpecError: `rounding` or `group_size` is not one the engine supports.
+    """
+    return engine.BitConfig.with_rounding(bits, rounding, activation_bits=None,
+                                          group_size=group_size)
+
+
+def calibration_loss(spec: Any, model: nn.Module) -> float:
+    """The spec's loss of `model` over its calibration batches, weighted by batch size."""
+    batches = spec.calibration_batches()
+    with torch.inference_mode():
+        total = math.fsum(float(spec.loss(model, b)) * b.size for b in batches)
+    return total / sum(b.size for b in batches)
+
+
 class Swapped(nn.Module):
     """The float model with some parameters replaced by given tensors."""
 
@@ -58,9 +78,8 @@ class CandidateWeights:
         self.weights: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.names}
         self.biases: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.names}
         for b in self.bits:
-            cfg = engine.BitConfig(bits={n: b for n in self.names}, activation_bits=None,
-                                   group_size=group_size, rounding=rounding,
-                                   bias_correction=calibrated, clip_search=calibrated)
+            cfg = weight_only_config({n: b for n in self.names}, rounding=rounding,
+                                     group_size=group_size)
             qmodel = engine.apply(model, cfg, calibration=inputs)
             for n, layer in engine.quantized_layers(qmodel).items():
                 if n in wanted:
@@ -80,8 +99,4 @@ class CandidateWeights:
 
     def loss(self, assignment: Mapping[str, int]) -> float:
         """The spec's calibration loss (distillation to FP32) of a mixed assignment."""
-        model = Swapped(self.spec.build(), self.overrides(assignment))
-        batches = self.spec.calibration_batches()
-        with torch.inference_mode():
-            total = math.fsum(float(self.spec.loss(model, b)) * b.size for b in batches)
-        return total / sum(b.size for b in batches)
+        return calibration_loss(self.spec, Swapped(self.spec.build(), self.overrides(assignment)))

@@ -12,30 +12,20 @@ import hashlib
 import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 import engine
-from engine import InvalidSpecError, Registry
-from sensitivity._fracbits import FracBitsConfig, fracbits
-from sensitivity._hutchinson import HutchinsonConfig, hutchinson
-from sensitivity._measured import MeasuredConfig, measured
+from engine import DEFAULT_BITS, InvalidSpecError
+from sensitivity._base import ESTIMATORS, BaseSensitivityEstimator, make_config
 from sensitivity._table import SensitivityTable
 
-DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
-ESTIMATORS: Registry[tuple[type, Any]] = Registry("estimator")
-ESTIMATORS.register("hutchinson", (HutchinsonConfig, hutchinson),
-                    description="Hessian trace by Hutchinson probes x weight error (HAWQ-V3)")
-ESTIMATORS.register("measured", (MeasuredConfig, measured),
-                    description="loss change with one layer quantized on the engine")
-ESTIMATORS.register("fracbits", (FracBitsConfig, fracbits),
-                    description="learned fractional bits under a mean-bits budget (FracBits)")
 
-
-def _hash_tensors(h, obj: Any) -> None:
+def _feed(h: Any, obj: Any) -> None:
+    """Adds `obj` to the hash: tensors by dtype, shape and bytes; mappings by sorted key;
+    sequences in order; anything else by its repr."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(str((t.dtype, tuple(t.shape))).encode())
@@ -43,42 +33,61 @@ def _hash_tensors(h, obj: Any) -> None:
     elif isinstance(obj, Mapping):
         for k in sorted(obj):
             h.update(str(k).encode())
-            _hash_tensors(h, obj[k])
+            _feed(h, obj[k])
     elif isinstance(obj, list | tuple):
         for v in obj:
-            _hash_tensors(h, v)
+            _feed(h, v)
     else:
         h.update(repr(obj).encode())
 
 
-def cache_key(spec, estimator: str, config: Any, seed: int, bits: Sequence[int]) -> str:
+def hash_tensors(obj: Any) -> str:
+    """SHA-256 (hex) of tensors nested in mappings, lists and tuples: the digest the cache
+    key and the pipeline's reproducibility record give model weights and calibration data.
+
+    Args:
+        obj: A tensor, or mappings / lists / tuples of them (other leaves hash by repr).
+    """
     h = hashlib.sha256()
-    _hash_tensors(h, dict(spec.build().state_dict()))
-    _hash_tensors(h, [(b.inputs, b.target) for b in spec.calibration_batches()])
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def cache_key(spec: Any, estimator: str, config: Any, seed: int, bits: Sequence[int]) -> str:
+    """The table cache's key: model weights, calibration batches, estimator, config, seed,
+    bits and engine version (the config enters as `asdict`, so renaming a config field
+    invalidates the cache)."""
+    h = hashlib.sha256()
+    _feed(h, dict(spec.build().state_dict()))
+    _feed(h, [(b.inputs, b.target) for b in spec.calibration_batches()])
     h.update(json.dumps({"estimator": estimator, "config": asdict(config), "seed": seed,
                          "bits": list(bits), "engine": engine.ENGINE_VERSION},
                         sort_keys=True).encode())
     return h.hexdigest()[:20]
 
 
-def make_config(estimator: str, options: Mapping[str, Any] | None = None):
-    config_cls, _ = ESTIMATORS.get(estimator)
-    options = dict(options or {})
-    known = {f.name for f in fields(config_cls)}
-    unknown = set(options) - known
-    if unknown:
-        raise InvalidSpecError(f"estimator {estimator!r} has no option(s) {sorted(unknown)}; "
-                               f"options: {sorted(known)}.")
-    return config_cls(**options)
-
-
-def estimate(spec, estimator: str = "hutchinson", *, bits: Sequence[int] = DEFAULT_BITS,
+def estimate(spec: Any, estimator: str = "hutchinson", *, bits: Sequence[int] = DEFAULT_BITS,
              seed: int = 0, options: Mapping[str, Any] | None = None, use_cache: bool = True,
              progress: bool = False) -> SensitivityTable:
-    """Ω for every layer of `spec` x `bits` with the named estimator (cached)."""
+    """Ω for every layer of `spec` x `bits` with the named estimator (cached).
+
+    Args:
+        spec: The model (a zoo spec: `name`, `build`, `layers`, `calibration_batches`,
+            `loss`).
+        estimator: A registered estimator name (`ESTIMATORS.names()`).
+        bits: Candidate weight bit-widths (deduplicated and sorted).
+        seed: Seed of the estimator's random choices.
+        options: The estimator config's fields, by name (`make_config`).
+        use_cache: Read and write the table cache under `engine.data_dir()`.
+        progress: Show a progress bar on the terminal.
+
+    Raises:
+        UnknownComponentError: `estimator` is not registered.
+        InvalidSpecError: A bad option or bit-width.
+    """
     config = make_config(estimator, options)
-    _, fn = ESTIMATORS.get(estimator)
-    bits = sorted({engine._types.check_bits(b, where="bits") for b in bits})
+    runner = ESTIMATORS.get(estimator)(config)
+    bits = sorted({engine.check_bits(b, where="bits") for b in bits})
     path = None
     if use_cache:
         key = cache_key(spec, estimator, config, seed, bits)
@@ -90,31 +99,21 @@ def estimate(spec, estimator: str = "hutchinson", *, bits: Sequence[int] = DEFAU
             except InvalidSpecError as e:
                 warnings.warn(f"sensitivity cache {path} is corrupt ({e}); recomputing.",
                               stacklevel=2)
-    table = _run(spec, estimator, fn, bits, config, seed, progress)
+    table = _run(runner, spec, bits, seed, progress)
     if path is not None:
         table.save(path)
     return table
 
 
-def _run(spec, estimator, fn, bits, config, seed, show: bool) -> SensitivityTable:
+def _run(runner: BaseSensitivityEstimator, spec: Any, bits: list[int], seed: int,
+         show: bool) -> SensitivityTable:
     if not show:
-        return fn(spec, list(bits), config, seed)
+        return runner.estimate(spec, bits, seed=seed)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    layers = len(spec.layers())
-    if estimator == "hutchinson":
-        total, unit = layers * config.max_probes, "layer-probes"
-    elif estimator == "fracbits":
-        total, unit = config.steps, "steps"
-    else:
-        total, unit = layers * len(bits), "layer x bits"
-    with Progress(TextColumn(f"{estimator} on {spec.name}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} " + unit), TimeElapsedColumn(),
-                  transient=True) as bar:
-        task = bar.add_task("", total=total)
-        return fn(spec, list(bits), config, seed,
-                  progress=lambda n=1: bar.advance(task, n))
-
-
-def load_table(path: str | Path) -> SensitivityTable:
-    return SensitivityTable.load(path)
+    with Progress(TextColumn(f"{runner.name} on {spec.name}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} " + runner.progress_unit),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("", total=runner.progress_total(spec, bits))
+        return runner.estimate(spec, bits, seed=seed,
+                               progress=lambda n: bar.advance(task, n))

@@ -28,14 +28,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 import engine
-from sensitivity._candidates import CandidateWeights, Swapped
+from sensitivity._base import BaseSensitivityEstimator, ProgressFn
+from sensitivity._candidates import CandidateWeights, Swapped, weight_only_config
 from sensitivity._table import LayerSensitivity, SensitivityTable
 
 
@@ -66,14 +67,14 @@ class FracBitsConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise engine.InvalidSpecError(f"`steps` must be >= 1, got {self.steps}.")
-        if not self.lr > 0 or not self.time_limit_s > 0:
+        if not self.lr > 0:
+            raise engine.InvalidSpecError(f"`lr` must be positive, got {self.lr}.")
+        if not self.time_limit_s > 0:
             raise engine.InvalidSpecError(
-                f"`lr` and `time_limit_s` must be positive, got {self.lr}, {self.time_limit_s}.")
+                f"`time_limit_s` must be positive, got {self.time_limit_s}.")
         if not 0 <= self.momentum < 1:
             raise engine.InvalidSpecError(f"`momentum` must be in [0, 1), got {self.momentum}.")
-        if self.rounding not in ("gptq", "rtn"):
-            raise engine.InvalidSpecError(
-                f"`rounding` must be 'gptq' or 'rtn', got {self.rounding!r}.")
+        weight_only_config({}, rounding=self.rounding, group_size=self.group_size)
         if self.budget_bits is not None and not self.budget_bits > 0:
             raise engine.InvalidSpecError(
                 f"`budget_bits` must be positive, got {self.budget_bits}.")
@@ -96,7 +97,7 @@ class Relaxation:
     loss_gradient_per_bit: list[float]
     steps: int
     stop_reason: str
-    seconds: float
+    elapsed_s: float
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -172,9 +173,9 @@ def _project(bits: torch.Tensor, choices: list[tuple[int, ...]],
     return torch.clamp(bits - hi, lows, highs)
 
 
-def relax(spec, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]],
+def relax(spec: Any, groups: Sequence[Sequence[str]], choices: Sequence[Sequence[int]],
           constraints: Sequence[CostConstraint], config: FracBitsConfig, seed: int,
-          progress: Callable[[int], None] | None = None) -> Relaxation:
+          progress: ProgressFn | None = None) -> Relaxation:
     """Learns fractional bit-widths per group of layers under the cost constraints.
 
     Each step: the distillation loss's gradient per bit on one calibration batch, smoothed
@@ -246,25 +247,37 @@ def noise_law_omega(b_learned: float, grad_per_bit: float,
     return {b: kappa * (4.0 ** -b - 4.0 ** -top) for b in bits}
 
 
-def fracbits(spec, bits: list[int], config: FracBitsConfig, seed: int,
-             progress=None) -> SensitivityTable:
-    """The FracBits estimator: learned bits under a mean-bits budget, and Ω from them."""
-    start = time.perf_counter()
-    layers = spec.layers()
-    bits = sorted(bits)
-    target = config.budget_bits if config.budget_bits is not None else (bits[0] + bits[-1]) / 2
-    total = sum(x.params for x in layers)
-    con = CostConstraint("bits", [{b: float(x.params * b) for b in bits} for x in layers],
-                         target * total)
-    relaxed = relax(spec, [(x.name,) for x in layers], [tuple(bits)] * len(layers), [con],
-                    config, seed, progress)
-    out = {}
-    for x, b, g in zip(layers, relaxed.bits, relaxed.loss_gradient_per_bit, strict=True):
-        flags = ("nonnegative_gradient",) if g >= 0 else ()
-        out[x.name] = LayerSensitivity(
-            noise_law_omega(b, g, bits), probes=relaxed.steps, stop_reason="learned",
-            params=x.params, flags=flags,
-            extra={"fractional_bits": b, "loss_gradient_per_bit": g, "budget_bits": target,
-                   "optimization_stop": relaxed.stop_reason})
-    return SensitivityTable(out, tuple(bits), "fracbits", seed, spec.name, asdict(config),
-                            time.perf_counter() - start)
+class FracBitsEstimator(BaseSensitivityEstimator):
+    """Bits learned by `relax` under a mean-bits budget, and Ω from the loss gradient per
+    bit at the learned point (`noise_law_omega`)."""
+
+    config_cls = FracBitsConfig
+    progress_unit = "steps"
+    config: FracBitsConfig
+
+    def progress_total(self, spec: Any, bits: Sequence[int]) -> int:
+        return self.config.steps
+
+    def estimate(self, spec: Any, bits: Sequence[int], *, seed: int,
+                 progress: ProgressFn | None = None) -> SensitivityTable:
+        start = time.perf_counter()
+        config = self.config
+        layers = spec.layers()
+        bits = sorted(bits)
+        target = (config.budget_bits if config.budget_bits is not None
+                  else (bits[0] + bits[-1]) / 2)
+        total = sum(x.params for x in layers)
+        con = CostConstraint("bits", [{b: float(x.params * b) for b in bits} for x in layers],
+                             target * total)
+        relaxed = relax(spec, [(x.name,) for x in layers], [tuple(bits)] * len(layers), [con],
+                        config, seed, progress)
+        out = {}
+        for x, b, g in zip(layers, relaxed.bits, relaxed.loss_gradient_per_bit, strict=True):
+            flags = ("nonnegative_gradient",) if g >= 0 else ()
+            out[x.name] = LayerSensitivity(
+                noise_law_omega(b, g, bits), probes=relaxed.steps, stop_reason="learned",
+                params=x.params, flags=flags,
+                extra={"fractional_bits": b, "loss_gradient_per_bit": g, "budget_bits": target,
+                       "optimization_stop": relaxed.stop_reason})
+        return SensitivityTable(out, tuple(bits), self.name, seed, spec.name, asdict(config),
+                                time.perf_counter() - start)

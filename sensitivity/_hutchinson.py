@@ -13,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 import engine
+from sensitivity._base import BaseSensitivityEstimator, ProgressFn
+from sensitivity._candidates import weight_only_config
 from sensitivity._table import LayerSensitivity, SensitivityTable
 from sensitivity._weight_error import weight_errors
 
@@ -53,13 +56,18 @@ class HutchinsonConfig:
                 f"got {self.min_probes}, {self.max_probes}.")
         if not self.rel_tol > 0:
             raise engine.InvalidSpecError(f"`rel_tol` must be positive, got {self.rel_tol}.")
-        if self.probes_per_batch < 1 or not self.time_limit_s > 0:
+        if self.probes_per_batch < 1:
             raise engine.InvalidSpecError(
-                "`probes_per_batch` and `time_limit_s` must be positive.")
+                f"`probes_per_batch` must be >= 1, got {self.probes_per_batch}.")
+        if not self.time_limit_s > 0:
+            raise engine.InvalidSpecError(
+                f"`time_limit_s` must be positive, got {self.time_limit_s}.")
+        weight_only_config({}, rounding=self.rounding, group_size=self.group_size)
 
 
-def _math_attention():
-    """The default CPU flash attention has no double backward; the math kernel does."""
+def math_attention() -> contextlib.AbstractContextManager[None]:
+    """A context where attention runs on the math kernel: the default CPU flash attention
+    has no double backward, which Hessian-vector products need."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -86,8 +94,8 @@ class _Samples:
         return math.sqrt(var / n)
 
 
-def hessian_traces(spec, names: list[str], config: HutchinsonConfig, seed: int,
-                   progress=None) -> dict[str, tuple[_Samples, str]]:
+def hessian_traces(spec: Any, names: list[str], config: HutchinsonConfig, seed: int,
+                   progress: ProgressFn | None = None) -> dict[str, tuple[_Samples, str]]:
     """Layer -> (trace samples, stop reason)."""
     model = spec.build()
     modules = engine.quantizable_modules(model)
@@ -106,7 +114,7 @@ def hessian_traces(spec, names: list[str], config: HutchinsonConfig, seed: int,
             step += 1
             active = [n for n in names if n not in reasons]
             params = [weights[n] for n in active]
-            with _math_attention():
+            with math_attention():
                 loss = spec.loss(model, batch)
                 grads = torch.autograd.grad(loss, params, create_graph=True)
                 for _ in range(config.probes_per_batch):
@@ -135,34 +143,45 @@ def hessian_traces(spec, names: list[str], config: HutchinsonConfig, seed: int,
     return {n: (samples[n], reasons[n]) for n in names}
 
 
-def hutchinson(spec, bits: list[int], config: HutchinsonConfig, seed: int,
-               progress=None) -> SensitivityTable:
-    """Ω_l(b) = Tr(H_l)/n_l · weight_error_l(b) for every layer of `spec`."""
-    start = time.perf_counter()
-    layers = spec.layers()
-    names = [x.name for x in layers]
-    traces = hessian_traces(spec, names, config, seed, progress)
-    inputs = [b.inputs for b in spec.calibration_batches()]
-    errors = weight_errors(spec.build(), names, inputs, bits, rounding=config.rounding,
-                           group_size=config.group_size)
-    out = {}
-    for x in layers:
-        s, reason = traces[x.name]
-        trace, se = s.mean, s.std_error
-        flags = []
-        if not math.isfinite(trace):
-            flags.append("nonfinite_trace")
-        elif trace < 0:
-            flags.append("negative_trace")
-        # Ω must be >= 0 for the solvers: a negative or non-finite trace counts as 0 (flagged)
-        per_param = max(trace, 0.0) / max(x.params, 1) if math.isfinite(trace) else 0.0
-        out[x.name] = LayerSensitivity(
-            omega={b: per_param * errors[x.name][b] for b in bits}, trace=trace,
-            std_error=se if math.isfinite(se) else None, probes=len(s.values),
-            stop_reason=reason, params=x.params, flags=tuple(flags))
-    return SensitivityTable(out, tuple(bits), "hutchinson", seed, spec.name,
-                            {k: v for k, v in asdict(config).items()},
-                            time.perf_counter() - start)
+class HutchinsonEstimator(BaseSensitivityEstimator):
+    """Ω_l(b) = Tr(H_l)/n_l · weight_error_l(b): each layer's Hessian trace from Hutchinson
+    probes, times how far the engine's rounding moves its weight at b bits."""
+
+    config_cls = HutchinsonConfig
+    progress_unit = "layer-probes"
+    config: HutchinsonConfig
+
+    def progress_total(self, spec: Any, bits: Sequence[int]) -> int:
+        return len(spec.layers()) * self.config.max_probes
+
+    def estimate(self, spec: Any, bits: Sequence[int], *, seed: int,
+                 progress: ProgressFn | None = None) -> SensitivityTable:
+        start = time.perf_counter()
+        config = self.config
+        bits = list(bits)
+        layers = spec.layers()
+        names = [x.name for x in layers]
+        traces = hessian_traces(spec, names, config, seed, progress)
+        inputs = [b.inputs for b in spec.calibration_batches()]
+        errors = weight_errors(spec.build(), names, inputs, bits, rounding=config.rounding,
+                               group_size=config.group_size)
+        out = {}
+        for x in layers:
+            s, reason = traces[x.name]
+            trace, se = s.mean, s.std_error
+            flags = []
+            if not math.isfinite(trace):
+                flags.append("nonfinite_trace")
+            elif trace < 0:
+                flags.append("negative_trace")
+            # Ω >= 0 for the solvers: a negative or non-finite trace counts as 0 (flagged)
+            per_param = max(trace, 0.0) / max(x.params, 1) if math.isfinite(trace) else 0.0
+            out[x.name] = LayerSensitivity(
+                omega={b: per_param * errors[x.name][b] for b in bits}, trace=trace,
+                std_error=se if math.isfinite(se) else None, probes=len(s.values),
+                stop_reason=reason, params=x.params, flags=tuple(flags))
+        return SensitivityTable(out, tuple(bits), self.name, seed, spec.name, asdict(config),
+                                time.perf_counter() - start)
 
 
 def exact_traces(loss_fn, params: list[torch.Tensor]) -> list[float]:

@@ -6,14 +6,14 @@ models. Weights only (activations float), with the rounding the pipeline applies
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar
-
-import torch
+from typing import Any, ClassVar
 
 import engine
+from sensitivity._base import BaseSensitivityEstimator, ProgressFn
+from sensitivity._candidates import calibration_loss, weight_only_config
 from sensitivity._table import LayerSensitivity, SensitivityTable
 
 
@@ -30,36 +30,43 @@ class MeasuredConfig:
     rounding: str = "gptq"
     group_size: int | None = 128
 
-
-def calibration_loss(spec, model) -> float:
-    with torch.inference_mode():
-        losses = [float(spec.loss(model, b)) * b.size for b in spec.calibration_batches()]
-    return math.fsum(losses) / sum(b.size for b in spec.calibration_batches())
+    def __post_init__(self) -> None:
+        weight_only_config({}, rounding=self.rounding, group_size=self.group_size)
 
 
-def measured(spec, bits: list[int], config: MeasuredConfig, seed: int,
-             progress=None) -> SensitivityTable:
-    start = time.perf_counter()
-    model = spec.build()
-    base = calibration_loss(spec, model)
-    inputs = [b.inputs for b in spec.calibration_batches()]
-    calibrated = config.rounding == "gptq"
-    out = {}
-    for x in spec.layers():
-        omega, raw = {}, {}
-        for b in bits:
-            cfg = engine.BitConfig(bits={x.name: b}, group_size=config.group_size,
-                                   activation_bits=None, rounding=config.rounding,
-                                   bias_correction=calibrated, clip_search=calibrated)
-            qmodel = engine.apply(model, cfg, calibration=inputs if calibrated else None)
-            raw[b] = calibration_loss(spec, qmodel) - base
-            omega[b] = max(raw[b], 0.0)
-            if progress is not None:
-                progress(1)
-        flags = ("negative_delta_loss",) if any(v < 0 for v in raw.values()) else ()
-        out[x.name] = LayerSensitivity(omega, probes=len(bits), stop_reason="measured",
-                                       params=x.params, flags=flags,
-                                       extra={"delta_loss": {str(k): v for k, v in raw.items()},
-                                              "base_loss": base})
-    return SensitivityTable(out, tuple(bits), "measured", seed, spec.name, asdict(config),
-                            time.perf_counter() - start)
+class MeasuredEstimator(BaseSensitivityEstimator):
+    """Ω_l(b) = the calibration loss with layer l alone at b bits minus the FP32 loss
+    (clamped at 0; a negative raw change flags the layer)."""
+
+    config_cls = MeasuredConfig
+    progress_unit = "layer x bits"
+    config: MeasuredConfig
+
+    def progress_total(self, spec: Any, bits: Sequence[int]) -> int:
+        return len(spec.layers()) * len(bits)
+
+    def estimate(self, spec: Any, bits: Sequence[int], *, seed: int,
+                 progress: ProgressFn | None = None) -> SensitivityTable:
+        start = time.perf_counter()
+        config = self.config
+        model = spec.build()
+        base = calibration_loss(spec, model)
+        calibrated = config.rounding == "gptq"
+        inputs = [b.inputs for b in spec.calibration_batches()] if calibrated else None
+        out = {}
+        for x in spec.layers():
+            omega, raw = {}, {}
+            for b in bits:
+                cfg = weight_only_config({x.name: b}, rounding=config.rounding,
+                                         group_size=config.group_size)
+                qmodel = engine.apply(model, cfg, calibration=inputs)
+                raw[b] = calibration_loss(spec, qmodel) - base
+                omega[b] = max(raw[b], 0.0)
+                if progress is not None:
+                    progress(1)
+            flags = ("negative_delta_loss",) if any(v < 0 for v in raw.values()) else ()
+            out[x.name] = LayerSensitivity(
+                omega, probes=len(bits), stop_reason="measured", params=x.params, flags=flags,
+                extra={"delta_loss": {str(k): v for k, v in raw.items()}, "base_loss": base})
+        return SensitivityTable(out, tuple(bits), self.name, seed, spec.name, asdict(config),
+                                time.perf_counter() - start)

@@ -7,6 +7,10 @@ JSON format `allocator.sensitivity/1`:
      "layers": {"conv1": {"omega": {"2": 0.91, ...}, "trace": 12.3, "std_error": 0.4,
                           "probes": 64, "stop_reason": "converged", "params": 288,
                           "flags": []}}}
+
+`SensitivityDocument` (pydantic) is the format's one validator: it names the bad field and
+refuses a missing `layers`, a NaN, infinite or negative Ω and unknown stop reasons; every
+layer must have Ω at every bit-width of `bits`. Saving writes what was loaded, byte for byte.
 """
 
 from __future__ import annotations
@@ -17,9 +21,24 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from engine import InvalidSpecError, atomic_write_bytes
+from pydantic import AliasChoices, Field
+
+from engine import (
+    MAX_BITS,
+    MIN_BITS,
+    Document,
+    FiniteFloat,
+    InvalidSpecError,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    atomic_write_bytes,
+    dataclass_default,
+    integer,
+    parse_document,
+)
 
 SENSITIVITY_FORMAT = "allocator.sensitivity/1"
 STOP_REASONS = ("converged", "max_probes", "time_limit", "measured", "learned")
@@ -59,20 +78,6 @@ class LayerSensitivity:
                 "probes": self.probes, "stop_reason": self.stop_reason, "params": self.params,
                 "flags": list(self.flags), **({"extra": dict(self.extra)} if self.extra else {})}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], name: str) -> LayerSensitivity:
-        try:
-            omega = {int(b): (math.nan if v is None else float(v))
-                     for b, v in data["omega"].items()}
-            return cls(omega=omega, trace=data.get("trace"), std_error=data.get("std_error"),
-                       probes=int(data.get("probes", 0)),
-                       stop_reason=str(data.get("stop_reason", "converged")),
-                       params=int(data.get("params", 0)), flags=tuple(data.get("flags", ())),
-                       extra=dict(data.get("extra", {})))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise InvalidSpecError(
-                f"`layers[{name!r}]` of the sensitivity table is invalid: {e}") from e
-
 
 @dataclass(frozen=True)
 class SensitivityTable:
@@ -84,7 +89,7 @@ class SensitivityTable:
     seed: int | None
     model: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    elapsed_s: float = 0.0
     created: float = field(default_factory=time.time)
 
     def omega(self) -> dict[str, dict[int, float]]:
@@ -94,23 +99,36 @@ class SensitivityTable:
     def to_dict(self) -> dict[str, Any]:
         return {"format": SENSITIVITY_FORMAT, "model": self.model, "estimator": self.estimator,
                 "seed": self.seed, "config": dict(self.config), "bits": list(self.bits),
-                "seconds": self.seconds, "created": self.created,
+                "elapsed_s": self.elapsed_s, "created": self.created,
                 "layers": {n: s.to_dict() for n, s in self.layers.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SensitivityTable:
-        if not isinstance(data, Mapping) or data.get("format") != SENSITIVITY_FORMAT:
-            got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise InvalidSpecError(f"`format` must be {SENSITIVITY_FORMAT!r}, got {got!r}.")
-        for key in ("layers", "bits", "estimator"):
-            if key not in data:
-                raise InvalidSpecError(f"`{key}` is missing from the sensitivity table.")
-        layers = {n: LayerSensitivity.from_dict(v, n) for n, v in data["layers"].items()}
-        return cls(layers=layers, bits=tuple(int(b) for b in data["bits"]),
-                   estimator=str(data["estimator"]), seed=data.get("seed"),
-                   model=data.get("model"), config=dict(data.get("config", {})),
-                   seconds=float(data.get("seconds", 0.0)),
-                   created=float(data.get("created", 0.0)))
+        """Validates an `allocator.sensitivity/1` document (see `SensitivityDocument`).
+
+        Raises:
+            InvalidSpecError: The message names the bad field's path and shows its value.
+        """
+        return cls.from_document(
+            parse_document(SensitivityDocument, data, what="a sensitivity table"))
+
+    @classmethod
+    def from_document(cls, doc: SensitivityDocument) -> SensitivityTable:
+        """The table of a validated document; every layer must have Ω at every bit-width."""
+        bits = tuple(doc.bits)
+        layers = {}
+        for name, x in doc.layers.items():
+            missing = sorted(set(bits) - set(x.omega))
+            if missing:
+                raise InvalidSpecError(f"`layers[{name!r}].omega` has no value for bits "
+                                       f"{missing}; the table's `bits` are {list(bits)}.")
+            layers[name] = LayerSensitivity(
+                omega=dict(x.omega), trace=x.trace, std_error=x.std_error, probes=x.probes,
+                stop_reason=x.stop_reason, params=x.params, flags=tuple(x.flags),
+                extra=dict(x.extra))
+        return cls(layers=layers, bits=bits, estimator=doc.estimator, seed=doc.seed,
+                   model=doc.model, config=dict(doc.config), elapsed_s=doc.elapsed_s,
+                   created=doc.created)
 
     def save(self, path: str | Path) -> None:
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
@@ -125,3 +143,55 @@ class SensitivityTable:
             raise InvalidSpecError(f"cannot read sensitivity table `{p}`: {e.strerror}") from e
         except json.JSONDecodeError as e:
             raise InvalidSpecError(f"sensitivity table `{p}` is not valid JSON: {e}") from e
+
+
+# -- the document ------------------------------------------------------------------------------
+
+BitWidth = integer(MIN_BITS, MAX_BITS, digits=True)  # keys are strings of digits in JSON
+
+
+def _layer_default(name: str) -> Any:
+    return dataclass_default(LayerSensitivity, name)
+
+
+def _table_default(name: str) -> Any:
+    return dataclass_default(SensitivityTable, name)
+
+
+class LayerSensitivityDocument(Document):
+    """One layer of an `allocator.sensitivity/1` document (see `LayerSensitivity`)."""
+
+    omega: dict[BitWidth, NonNegativeFloat] = Field(
+        min_length=1, description="Bits -> expected loss increase (finite, >= 0).")
+    trace: FiniteFloat | None = Field(_layer_default("trace"),
+                                      description="Hessian trace estimate, if any.")
+    std_error: NonNegativeFloat | None = Field(_layer_default("std_error"),
+                                               description="Standard error of the trace.")
+    probes: NonNegativeInt = Field(_layer_default("probes"),
+                                   description="Probes or evaluations used.")
+    stop_reason: Literal[STOP_REASONS] = Field(_layer_default("stop_reason"),
+                                               description="Why estimation stopped.")
+    params: NonNegativeInt = Field(_layer_default("params"),
+                                   description="Weight parameters of the layer.")
+    flags: list[str] = Field(default_factory=list,
+                             description="Marks such as `negative_trace`.")
+    extra: dict[str, Any] = Field(default_factory=dict,
+                                  description="Estimator-specific values.")
+
+
+class SensitivityDocument(Document):
+    """The `allocator.sensitivity/1` JSON document: what `SensitivityTable.to_dict` writes."""
+
+    format: Literal[SENSITIVITY_FORMAT] = Field(
+        description="Always `allocator.sensitivity/1`.")
+    model: str | None = Field(_table_default("model"), description="Model name.")
+    estimator: NonEmptyStr = Field(description="Estimator that made the table.")
+    seed: integer() | None = Field(description="Seed of the run.", default=None)
+    config: dict[str, Any] = Field(default_factory=dict, description="Estimator settings.")
+    bits: list[BitWidth] = Field(min_length=1, description="Candidate bit-widths.")
+    elapsed_s: NonNegativeFloat = Field(
+        _table_default("elapsed_s"), validation_alias=AliasChoices("elapsed_s", "seconds"),
+        description="Wall time of the estimate, in seconds (`seconds` in older files).")
+    created: FiniteFloat = Field(0.0, description="Unix time the table was made.")
+    layers: dict[NonEmptyStr, LayerSensitivityDocument] = Field(
+        min_length=1, description="Layer name -> its Ω and what the estimate rests on.")

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 import engine
-from engine._gptq import gptq
-from engine._stats import ConvGeometry, InputStats, collect_input_stats
-
-ROUNDINGS = ("rtn", "gptq")
+from engine import ConvGeometry, InputStats, collect_input_stats, gptq
+from sensitivity._candidates import weight_only_config
 
 
-def scheme(bits: int, group_size: int | None) -> engine.QuantScheme:
+def _scheme(bits: int, group_size: int | None) -> engine.QuantScheme:
+    # NOTE: a W8A8 config (default `activation_bits`), so 8 bits is symmetric here while
+    # the weight-only configs of the other estimators make it asymmetric; kept so that
+    # tables and cache keys stay as they were.
     return engine.scheme_for(engine.BitConfig(bits={}, group_size=group_size), bits)
 
 
@@ -39,16 +40,17 @@ def layer_weight_errors(
     stats: InputStats | None = None,
 ) -> dict[int, float]:
     """Bits -> weight-error factor of one layer under the given rounding."""
+    clip_search = weight_only_config({}, rounding=rounding, group_size=group_size).clip_search
     w = module.weight.detach().float()
     out = {}
     for b in bits:
-        sch = scheme(b, group_size)
+        sch = _scheme(b, group_size)
         if rounding == "rtn":
             wq = engine.quantize(w, sch).dequantize()
             out[b] = float(((wq - w) ** 2).sum())
             continue
         w3 = _grouped(module, w)
-        codes, scales, zeros = gptq(w3, stats.hessian, sch, clip_search=True)
+        codes, scales, zeros = gptq(w3, stats.hessian, sch, clip_search=clip_search)
         wq = engine.quantize(w, sch, scales=scales, zeros=zeros, codes=codes).dequantize()
         delta = (wq - w).reshape(w3.shape).double()
         sigma = stats.xtx / max(stats.rows, 1)  # (G, Kg, Kg)
@@ -60,11 +62,10 @@ def layer_weight_errors(
 
 def weight_errors(
     model: nn.Module, names: Sequence[str], inputs: Iterable[Any], bits: Sequence[int], *,
-    rounding: str = "gptq", group_size: int | None = 128, progress=None,
+    rounding: str = "gptq", group_size: int | None = 128,
 ) -> dict[str, dict[int, float]]:
     """Layer -> bits -> weight-error factor for every named layer."""
-    if rounding not in ROUNDINGS:
-        raise engine.InvalidSpecError(f"`rounding` must be one of {ROUNDINGS}, got {rounding!r}.")
+    weight_only_config({}, rounding=rounding, group_size=group_size)
     modules = engine.quantizable_modules(model)
     stats = {}
     if rounding == "gptq":
@@ -73,6 +74,4 @@ def weight_errors(
     for name in names:
         out[name] = layer_weight_errors(modules[name], bits, rounding=rounding,
                                         group_size=group_size, stats=stats.get(name))
-        if progress is not None:
-            progress()
     return out

@@ -67,3 +67,87 @@ def test_models_json(capsys):
     assert {"digits-mlp", "digits-cnn", "minilm", "mobilenetv2"} <= set(rows)
     if rows["minilm"]["available"]:
         assert rows["minilm"]["quantizable_layers"] == 36
+
+
+def test_parse_bits_keeps_order_drops_duplicates_and_names_the_flag():
+    from allocator.cli._options import parse_bits
+    from engine import DEFAULT_BITS, InvalidSpecError
+
+    assert parse_bits("8,4,4, 2") == (8, 4, 2)
+    assert parse_bits(None) == DEFAULT_BITS
+    for bad in ("", "4,x", "4,9", "1"):
+        with pytest.raises(InvalidSpecError, match="--bits"):
+            parse_bits(bad)
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "allocator.cli", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"allocator {__version__}"
+
+
+@pytest.fixture
+def problem_file(tmp_path):
+    from allocator.testing_problems import random_problem
+
+    path = tmp_path / "p.json"
+    random_problem(8, seed=0).save(path)
+    return path
+
+
+def test_solve_problem_json_is_the_report_and_out_the_bitconfig(problem_file, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "cfg.json"
+    assert main(["solve", "--problem", str(problem_file), "--budget", "4bits", "--bits", "2,4,8",
+                 "--json", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"config", "measured", "uniform", "timings_s"}
+    assert report["measured"] == {} and report["uniform"]["bits"] in (2, 4)
+    config = report["config"]
+    assert config["format"] == "allocator.bitconfig/1" and config["status"] == "optimal"
+    assert set(config["bits"].values()) <= {2, 4, 8} and config["cost"]["avg_bits"] <= 4.0
+    assert json.loads(out.read_text()) == config
+
+
+def test_solve_infeasible_exits_3_with_the_least_budget(problem_file, capsys):
+    assert main(["solve", "--problem", str(problem_file), "--budget", "1bits"]) == 3
+    err = capsys.readouterr().err
+    assert "infeasible" in err and "at least 2bits" in err
+
+
+def test_solve_and_pareto_need_one_source(problem_file, capsys):
+    for command in (["solve", "--budget", "4bits"], ["pareto"]):
+        assert main(command) == 2
+        assert "exactly one of `--problem` and `--model`" in capsys.readouterr().err
+        assert main([*command, "--problem", str(problem_file), "--model", "digits-cnn"]) == 2
+
+
+def test_pareto_problem_json(problem_file, capsys):
+    import json
+
+    assert main(["pareto", "--problem", str(problem_file), "--points", "4", "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert front["format"] == "allocator.pareto/1" and front["cost_key"] == "avg_bits"
+    assert all("measured" not in p for p in front["points"])
+    assert main(["pareto", "--problem", str(problem_file), "--points", "4"]) == 0
+    assert "Pareto front along bits" in capsys.readouterr().out
+
+
+def test_solvers_json(capsys):
+    import json
+
+    assert main(["solvers", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"ilp", "greedy", "uniform"} <= {r["name"] for r in data["solvers"]}
+    assert isinstance(data["ilp_backends"], list)
+
+
+def test_demo_measures_each_config_against_fp32():
+    from allocator.cli._demo import run_demo
+
+    rows = {r.config: r for r in run_demo(rows=(1,), repeats=1)}
+    assert list(rows) == ["fp32", "int8", "int4 g128", "mixed up4/down8", "int3 g128 (dequant)"]
+    assert rows["fp32"].speedup == 1.0 and rows["fp32"].kernels == "float"
+    assert rows["fp32"].size_bytes > rows["int8"].size_bytes > rows["int4 g128"].size_bytes
+    assert rows["int8"].sqnr_db > rows["int4 g128"].sqnr_db > rows["int3 g128 (dequant)"].sqnr_db

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from engine import Registry
 from zoo._base import Batch, ModelSpec
@@ -51,4 +52,31 @@ def get_model(
     return _INSTANCES[name]
 
 
-__all__ = ["MODELS", "Batch", "ModelSpec", "UserModelSpec", "get_model"]
+def describe_models(*, details: bool = False) -> list[dict[str, Any]]:
+    """One row per registered model, for listings (`allocator models`, the API catalog).
+
+    Each row has `name`, `available` and `description`, and `missing` (the extra to
+    install) when the model is not available here.
+
+    Args:
+        details: Also load each available model and add `params`, `quantizable_layers`,
+            `quantizable_params` and `metric` (its primary metric) to its row.
+    """
+    rows = []
+    for entry in MODELS:
+        row: dict[str, Any] = {"name": entry.name, "available": bool(entry.available()),
+                               "description": entry.description}
+        if not row["available"]:
+            if entry.extra:
+                row["missing"] = f"install the `{entry.extra}` extra"
+        elif details:
+            spec = get_model(entry.name)
+            layers = spec.layers()
+            row |= {"params": spec.params(), "quantizable_layers": len(layers),
+                    "quantizable_params": sum(x.params for x in layers),
+                    "metric": spec.primary_metric}
+        rows.append(row)
+    return rows
+
+
+__all__ = ["MODELS", "Batch", "ModelSpec", "UserModelSpec", "describe_models", "get_model"]

@@ -1,41 +1,47 @@
-"""Solvers by name (`get_solver("ilp")`), all behind `BaseSolver`'s contract."""
+"""Solvers by name (`get_solver("ilp")`) or by config (`solver_for(IlpConfig())`), all
+behind `BaseSolver`'s contract.
+
+Importing this package registers the built-ins, in this order: ilp, greedy, uniform, brute,
+dp, fracbits, ddpg. None of them imports torch before it solves.
+"""
 
 from __future__ import annotations
-
-import importlib.util
 
 from allocator.solvers._base import (
     SOLVERS,
     BaseSolver,
     Solution,
-    diagnose,
+    SolverConfig,
+    config_from_dict,
     get_solver,
+    register_solver,
     solve,
+    solver_for,
 )
-from allocator.solvers._exact import BruteForceSolver, DynamicProgrammingSolver
-from allocator.solvers._fracbits import FracBitsSolver, round_to_budget
-from allocator.solvers._ilp import IlpSolver, available_backends
-from allocator.solvers._simple import GreedySolver, UniformSolver
+from allocator.solvers._diagnosis import diagnose
+from allocator.solvers._feasibility import feasible, uniform_assignment
+from allocator.solvers._ilp_program import available_backends
 
+# The built-ins register themselves when imported: this order is the registry's.
+# isort: off
+from allocator.solvers._ilp import IlpConfig, IlpSolver
+from allocator.solvers._simple import GreedyConfig, GreedySolver, UniformConfig, UniformSolver
+from allocator.solvers._exact import (
+    BruteForceConfig,
+    BruteForceSolver,
+    DynamicProgrammingConfig,
+    DynamicProgrammingSolver,
+)
+from allocator.solvers._fracbits import FracBitsSolver, FracBitsSolverConfig, round_to_budget
+from allocator.solvers._ddpg import DdpgConfig, DdpgSolver
+# isort: on
 
-def _rl_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("stable_baselines3", "gymnasium"))
-
-
-SOLVERS.register("ilp", IlpSolver, available=lambda: bool(available_backends()), extra="solvers",
-                 description="exact integer linear program (PuLP: HiGHS or CBC)")
-SOLVERS.register("greedy", GreedySolver, description="lower the cheapest-Ω-per-cost layer first")
-SOLVERS.register("uniform", UniformSolver, description="best feasible single bit-width")
-SOLVERS.register("brute", BruteForceSolver, description="exhaustive oracle (small problems)")
-SOLVERS.register("dp", DynamicProgrammingSolver,
-                 description="knapsack DP oracle (one budget, integer costs)")
-SOLVERS.register("fracbits", FracBitsSolver,
-                 description="FracBits: bits learned on the model (needs --model), rounded to fit")
-from allocator.solvers._ddpg import DdpgSolver  # noqa: E402  (imports SB3 only when solving)
-
-SOLVERS.register("ddpg", DdpgSolver, available=_rl_available, extra="rl",
-                 description="HAQ-style DDPG agent (stable-baselines3), Ω proxy reward")
-
-
-__all__ = ["SOLVERS", "BaseSolver", "FracBitsSolver", "Solution", "available_backends",
-           "diagnose", "get_solver", "round_to_budget", "solve"]
+__all__ = [
+    "SOLVERS", "BaseSolver", "Solution", "SolverConfig", "config_from_dict", "get_solver",
+    "register_solver", "solve", "solver_for",
+    "BruteForceConfig", "BruteForceSolver", "DdpgConfig", "DdpgSolver",
+    "DynamicProgrammingConfig", "DynamicProgrammingSolver", "FracBitsSolver",
+    "FracBitsSolverConfig", "GreedyConfig", "GreedySolver", "IlpConfig", "IlpSolver",
+    "UniformConfig", "UniformSolver",
+    "available_backends", "diagnose", "feasible", "round_to_budget", "uniform_assignment",
+]

@@ -14,16 +14,20 @@ pipeline passes). The best repaired assignment seen is returned, with its gap to
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from allocator._problem import Unit
-from allocator.solvers._base import BaseSolver
+from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._feasibility import Rhs
+from allocator.solvers._ilp_program import available_backends, solve_ilp
 from allocator.solvers._repair import repair
-from engine import InvalidSpecError, MissingDependencyError
+from engine import BitConfig, InvalidSpecError, MissingDependencyError
 
 N_FEATURES = 9
 
@@ -117,45 +121,83 @@ class _MeasuredLoss:
         return self.evaluations[key]
 
 
-class DdpgSolver(BaseSolver):
-    """HAQ-style DDPG agent (stable-baselines3).
+REWARDS = ("proxy", "measured")
 
-    Args:
+
+@dataclass(frozen=True)
+class DdpgConfig(SolverConfig):
+    """Settings of the `ddpg` solver.
+
+    Attributes:
         episodes: Training episodes (one episode = one pass over the layers).
         sigma: Standard deviation of the exploration noise on actions in [0, 1].
-        report_gap: Also solve the ILP to report the optimality gap (when available).
+        report_gap: Also solve the ILP (in the time left) to report the optimality gap.
         reward: "proxy" (minus the summed Ω) or "measured" (minus the model's calibration
-            loss with the assignment's engine-rounded weights; needs `model`).
-        model, rounding, group_size: The model spec and the rounding the measured reward
-            scores (the pipeline passes them).
+            loss with the assignment's engine-rounded weights; needs the model).
+        rounding: Rounding of the weights the measured reward scores ("gptq" or "rtn").
+        group_size: Their group size below 8 bits (None: per channel).
     """
 
-    name = "ddpg"
-    model_options: ClassVar[bool] = True
+    name: ClassVar[str] = "ddpg"
+    episodes: int = 300
+    sigma: float = 0.3
+    report_gap: bool = True
+    reward: str = "proxy"
+    rounding: str = "gptq"
+    group_size: int | None = 128
 
-    def __init__(self, episodes: int = 300, sigma: float = 0.3, report_gap: bool = True,
-                 reward: str = "proxy", model: Any = None, rounding: str = "gptq",
-                 group_size: int | None = 128) -> None:
-        if episodes < 1:
-            raise InvalidSpecError(f"`episodes` must be >= 1, got {episodes}.")
-        if reward not in ("proxy", "measured"):
-            raise InvalidSpecError(f"`reward` must be 'proxy' or 'measured', got {reward!r}.")
-        if reward == "measured" and model is None:
+    def __post_init__(self) -> None:
+        if not isinstance(self.episodes, int) or isinstance(self.episodes, bool) \
+                or self.episodes < 1:
+            raise InvalidSpecError(f"`episodes` must be an integer >= 1, got {self.episodes!r}.")
+        if not isinstance(self.sigma, int | float) or not 0 <= self.sigma < math.inf:
+            raise InvalidSpecError(f"`sigma` must be a finite number >= 0, got {self.sigma!r}.")
+        if not isinstance(self.report_gap, bool):
+            raise InvalidSpecError(f"`report_gap` must be true or false, got "
+                                   f"{self.report_gap!r}.")
+        if self.reward not in REWARDS:
+            raise InvalidSpecError(f"`reward` must be one of {REWARDS}, got {self.reward!r}.")
+        # `rounding` and `group_size` follow the engine's rules
+        BitConfig(bits={}, rounding=self.rounding, group_size=self.group_size)
+
+
+def _rl_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("stable_baselines3", "gymnasium"))
+
+
+@register_solver(DdpgConfig, available=_rl_available, extra="rl",
+                 description="HAQ-style DDPG agent (stable-baselines3), Ω proxy reward")
+class DdpgSolver(BaseSolver):
+    """HAQ-style DDPG agent (stable-baselines3); see the module docstring.
+
+    Args:
+        config: Its settings.
+        model: The model spec the measured reward evaluates (the pipeline passes it).
+    """
+
+    takes_model = True
+    needs_torch = True
+    config: DdpgConfig
+
+    def __init__(self, config: DdpgConfig | None = None, *, model: Any = None) -> None:
+        super().__init__(config)
+        if self.config.reward == "measured" and model is None:
             raise InvalidSpecError("`reward` 'measured' evaluates configs on the model: run it "
                                    "through the pipeline (`allocator solve --model M`).")
-        self.episodes, self.sigma, self.report_gap = episodes, sigma, report_gap
-        self.reward, self.model = reward, model
-        self.rounding, self.group_size = rounding, group_size
+        self.model = model
 
-    def _measure(self, units) -> _MeasuredLoss:
+    def _measure(self, units: list[Unit]) -> _MeasuredLoss:
         from sensitivity import CandidateWeights
 
         bits = sorted({c for u in units for c in u.choices})
         cands = CandidateWeights(self.model, bits, [n for u in units for n in u.names],
-                                 rounding=self.rounding, group_size=self.group_size)
+                                 rounding=self.config.rounding,
+                                 group_size=self.config.group_size)
         return _MeasuredLoss(units, cands)
 
-    def solve_units(self, units, rhs, *, seed, time_limit_s):
+    def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
+                    time_limit_s: float) -> Answer:
+        deadline = time.monotonic() + time_limit_s
         try:
             import torch
             from stable_baselines3 import DDPG
@@ -166,11 +208,11 @@ class DdpgSolver(BaseSolver):
                 "solver 'ddpg' needs the `rl` extra (stable-baselines3, gymnasium).") from e
         if repair(units, rhs, [min(u.choices) for u in units]) is None:
             return None, "infeasible", {}
+        config = self.config
         torch.manual_seed(seed)
-        measure = self._measure(units) if self.reward == "measured" else None
+        measure = self._measure(units) if config.reward == "measured" else None
         env = _AllocationEnv(units, rhs, measure)
-        steps = self.episodes * len(units)
-        deadline = time.monotonic() + time_limit_s
+        steps = config.episodes * len(units)
 
         class _Deadline(BaseCallback):
             def _on_step(self) -> bool:
@@ -179,7 +221,7 @@ class DdpgSolver(BaseSolver):
         # One update per four layer steps, at episode ends: the cost of training is in the
         # gradient steps, not in the environment.
         model = DDPG("MlpPolicy", env, seed=seed, verbose=0, learning_starts=min(steps // 4, 1000),
-                     action_noise=NormalActionNoise(np.zeros(1), self.sigma * np.ones(1)),
+                     action_noise=NormalActionNoise(np.zeros(1), config.sigma * np.ones(1)),
                      train_freq=(1, "episode"), gradient_steps=max(1, len(units) // 4),
                      batch_size=128, policy_kwargs={"net_arch": [64, 64]}, device="cpu")
         start = time.perf_counter()
@@ -192,24 +234,22 @@ class DdpgSolver(BaseSolver):
             obs, _, done, _, _ = env.step(action)
         if env.best is None:
             return None, "infeasible", {}
-        extra: dict[str, Any] = {"episodes": self.episodes, "reward": self.reward,
-                                 "train_seconds": time.perf_counter() - start,
+        extra: dict[str, Any] = {"episodes": config.episodes, "reward": config.reward,
+                                 "train_s": time.perf_counter() - start,
                                  "best_objective": env.best[0]}
         if measure is not None:
             extra["measured_configs"] = len(measure.evaluations)
-        elif self.report_gap:
-            extra |= _gap_to_ilp(units, rhs, env.best[0])
+        elif config.report_gap:
+            extra |= _gap_to_ilp(units, rhs, env.best[0], deadline - time.monotonic())
         return env.best[1], "feasible", extra
 
 
-def _gap_to_ilp(units, rhs, objective: float) -> dict[str, Any]:
-    try:
-        from allocator.solvers._ilp import available_backends, solve_ilp
-    except ImportError:
+def _gap_to_ilp(units: list[Unit], rhs: Rhs, objective: float,
+                time_limit_s: float) -> dict[str, Any]:
+    """The ILP's optimum and the gap to it, when an ILP backend finds it in time."""
+    if time_limit_s <= 0 or not available_backends():
         return {}
-    if not available_backends():
-        return {}
-    picks, status, _ = solve_ilp(units, rhs, [u.omega for u in units], time_limit_s=60.0)
+    picks, status, _ = solve_ilp(units, rhs, [u.omega for u in units], time_limit_s=time_limit_s)
     if picks is None:
         return {}
     best = sum(u.omega[c] for u, c in zip(units, picks, strict=True))

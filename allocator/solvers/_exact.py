@@ -4,43 +4,96 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
+from dataclasses import dataclass
+from typing import ClassVar
 
-from allocator.solvers._base import BaseSolver, feasible
+from allocator._budget import REL_TOL
+from allocator._problem import Unit
+from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._feasibility import Rhs, feasible
 from engine import InvalidSpecError
 
-BRUTE_MAX_COMBINATIONS = 2_000_000
-DP_MAX_STATES = 5_000_000
+# Assignments enumerated between two looks at the clock.
+_CLOCK_EVERY = 1 << 16
 
 
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidSpecError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class BruteForceConfig(SolverConfig):
+    """Settings of the `brute` solver.
+
+    Attributes:
+        max_assignments: The most assignments it enumerates; larger problems are refused.
+    """
+
+    name: ClassVar[str] = "brute"
+    max_assignments: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        _positive_int("max_assignments", self.max_assignments)
+
+
+@register_solver(BruteForceConfig, description="exhaustive oracle (small problems)")
 class BruteForceSolver(BaseSolver):
-    """Enumerates every assignment (up to 2 million)."""
+    """Enumerates every assignment (up to `max_assignments`); out of time, the best one seen
+    is "feasible"."""
 
-    name = "brute"
     exact = True
+    config: BruteForceConfig
 
-    def solve_units(self, units, rhs, *, seed, time_limit_s):
+    def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
+                    time_limit_s: float) -> Answer:
+        deadline = time.monotonic() + time_limit_s
         combos = math.prod(len(u.choices) for u in units)
-        if combos > BRUTE_MAX_COMBINATIONS:
+        if combos > self.config.max_assignments:
             raise InvalidSpecError(
                 f"solver 'brute' enumerates {combos:,} assignments (limit "
-                f"{BRUTE_MAX_COMBINATIONS:,}); use 'ilp'.")
+                f"{self.config.max_assignments:,}); use 'ilp'.")
         best, best_obj = None, math.inf
-        for picks in itertools.product(*(u.choices for u in units)):
+        for i, picks in enumerate(itertools.product(*(u.choices for u in units))):
+            if i % _CLOCK_EVERY == 0 and i and time.monotonic() > deadline:
+                found = "infeasible" if best is None else "feasible"
+                return best, found, {"time_limit_reached": True}
             obj = math.fsum(u.omega[c] for u, c in zip(units, picks, strict=True))
             if obj < best_obj - 1e-15 and feasible(units, rhs, picks):
                 best, best_obj = list(picks), obj
         return (best, "optimal", {}) if best is not None else (None, "infeasible", {})
 
 
+@dataclass(frozen=True)
+class DynamicProgrammingConfig(SolverConfig):
+    """Settings of the `dp` solver.
+
+    Attributes:
+        max_states: The most DP states (units x budget slack); larger problems are refused.
+    """
+
+    name: ClassVar[str] = "dp"
+    max_states: int = 5_000_000
+
+    def __post_init__(self) -> None:
+        _positive_int("max_states", self.max_states)
+
+
+@register_solver(DynamicProgrammingConfig,
+                 description="knapsack DP oracle (one budget, integer costs)")
 class DynamicProgrammingSolver(BaseSolver):
     """Knapsack dynamic programming for one budget whose unit costs are integers (mean
-    bits: params x bits; sizes in whole bytes). Exact on such problems."""
+    bits: params x bits; sizes in whole bytes). Exact on such problems; out of time, none
+    is found."""
 
-    name = "dp"
     exact = True
     max_budgets = 1
+    config: DynamicProgrammingConfig
 
-    def solve_units(self, units, rhs, *, seed, time_limit_s):
+    def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
+                    time_limit_s: float) -> Answer:
+        deadline = time.monotonic() + time_limit_s
         if len(rhs) != 1:
             raise InvalidSpecError(f"solver 'dp' takes exactly one budget, got {len(rhs)}.")
         budget, limit = rhs[0]
@@ -48,7 +101,7 @@ class DynamicProgrammingSolver(BaseSolver):
         if any(v != int(v) for cs in costs for v in cs.values()):
             raise InvalidSpecError(
                 "solver 'dp' needs integer costs (mean bits, bytes); use 'ilp'.")
-        cap = int(math.floor(limit + 1e-6 * abs(limit)))
+        cap = int(math.floor(limit + REL_TOL * abs(limit)))
         if cap < 0:
             return None, "infeasible", {}
         min_total = sum(min(cs.values()) for cs in costs)
@@ -56,13 +109,14 @@ class DynamicProgrammingSolver(BaseSolver):
             return None, "infeasible", {}
         # states: offset above each unit's minimum cost, bounded by the slack
         slack = cap - int(min_total)
-        if slack * len(units) > DP_MAX_STATES:
-            slack = DP_MAX_STATES // max(len(units), 1)
+        if slack * len(units) > self.config.max_states:
             raise InvalidSpecError("problem too large for solver 'dp'; use 'ilp'.")
         inf = math.inf
         best = [0.0] + [inf] * slack  # best[s]: least Ω using exactly s slack so far
         choice_log: list[list[int]] = []
         for u, cs in zip(units, costs, strict=True):
+            if time.monotonic() > deadline:
+                return None, "infeasible", {"time_limit_reached": True}
             base = min(cs.values())
             nxt = [inf] * (slack + 1)
             arg = [-1] * (slack + 1)

@@ -11,15 +11,21 @@ spends what is left, most Ω saved per unit of budget first.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from allocator._problem import Unit
-from allocator.solvers._base import BaseSolver, feasible
+from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._feasibility import Rhs, feasible
 from allocator.solvers._repair import fill, lower_until_feasible
 from engine import InvalidSpecError
 
+if TYPE_CHECKING:
+    from sensitivity import FracBitsConfig
 
-def round_to_budget(units: list[Unit], rhs, fractional: list[float]) -> list[int] | None:
+
+def round_to_budget(units: list[Unit], rhs: Rhs, fractional: list[float]) -> list[int] | None:
     """Integer choices from fractional bits that meet every budget (None: none can)."""
     lows, highs, position = [], [], []
     for u, b in zip(units, fractional, strict=True):
@@ -47,35 +53,77 @@ def round_to_budget(units: list[Unit], rhs, fractional: list[float]) -> list[int
     return fill(units, rhs, rounded(thresholds[lo_i]))
 
 
-class FracBitsSolver(BaseSolver):
-    """FracBits on the model given at construction (see the module docstring)."""
+@dataclass(frozen=True)
+class FracBitsSolverConfig(SolverConfig):
+    """Settings of the `fracbits` solver: the relaxation's (`sensitivity.FracBitsConfig`,
+    which validates them and owns the defaults) and the quantization of the candidate
+    weights. Its time limit is the solve's.
 
-    name = "fracbits"
-    needs_model: ClassVar[bool] = True
-    model_options: ClassVar[bool] = True
+    Attributes:
+        steps: Adam steps (None: the relaxation's default).
+        lr: Adam learning rate, in bits per step (None: the relaxation's default).
+        momentum: Momentum of the smoothed loss gradient (None: the relaxation's default).
+        rounding: Rounding of the candidate weights ("gptq" or "rtn"), as the model is
+            quantized (the pipeline passes its own).
+        group_size: Group size of the scales below 8 bits (None: per channel).
+    """
 
-    def __init__(self, model: Any = None, **options: Any) -> None:
+    name: ClassVar[str] = "fracbits"
+    steps: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    rounding: str = "gptq"
+    group_size: int | None = 128
+
+    def __post_init__(self) -> None:
+        self.relaxation()
+
+    def relaxation(self, time_limit_s: float | None = None) -> FracBitsConfig:
+        """The relaxation's config (`time_limit_s` None: its default)."""
         from sensitivity import FracBitsConfig
 
-        self.model = model
-        self.options = options
-        FracBitsConfig(**options)  # validate now, with the caller's names
+        unset = {"steps", "lr", "momentum"}
+        options = {k: v for k, v in dataclasses.asdict(self).items()
+                   if v is not None or k not in unset}
+        if time_limit_s is not None:
+            options["time_limit_s"] = time_limit_s
+        return FracBitsConfig(**options)
 
-    def solve_units(self, units, rhs, *, seed, time_limit_s):
-        from sensitivity import CostConstraint, FracBitsConfig, relax
+
+@register_solver(FracBitsSolverConfig,
+                 description="FracBits: bits learned on the model (needs --model), rounded to fit")
+class FracBitsSolver(BaseSolver):
+    """FracBits on the model given at construction (see the module docstring).
+
+    Args:
+        config: Its settings.
+        model: The model spec whose bits it learns (the pipeline passes it).
+    """
+
+    takes_model = True
+    needs_model = True
+    needs_torch = True
+    config: FracBitsSolverConfig
+
+    def __init__(self, config: FracBitsSolverConfig | None = None, *, model: Any = None) -> None:
+        super().__init__(config)
+        self.model = model
+
+    def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
+                    time_limit_s: float) -> Answer:
+        from sensitivity import CostConstraint, relax
 
         if self.model is None:
             raise InvalidSpecError(
                 "solver 'fracbits' learns bit-widths on the model itself: run it through the "
                 "pipeline (`allocator solve --model M --solver fracbits`) or pass `model=`.")
-        config = FracBitsConfig(**({"time_limit_s": time_limit_s} | self.options))
         constraints = [CostConstraint(b.text, [u.costs[b.kind] for u in units], limit)
                        for b, limit in rhs]
         relaxed = relax(self.model, [u.names for u in units], [u.choices for u in units],
-                        constraints, config, seed)
+                        constraints, self.config.relaxation(time_limit_s), seed)
         picks = round_to_budget(units, rhs, relaxed.bits)
         learned = zip(units, relaxed.bits, strict=True)
         extra = {"fractional_bits": {n: round(b, 4) for u, b in learned for n in u.names},
                  "relaxation_steps": relaxed.steps, "relaxation_stop": relaxed.stop_reason,
-                 "relaxation_seconds": round(relaxed.seconds, 3)}
+                 "relaxation_s": round(relaxed.elapsed_s, 3)}
         return (None, "infeasible", extra) if picks is None else (picks, "feasible", extra)

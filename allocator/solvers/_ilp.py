@@ -1,160 +1,43 @@
-"""`ilp`: the exact allocation as an integer linear program (HAWQ-V3), solved with PuLP.
-
-One binary per layer (unit) and bit-width, one-hot per unit; each budget is a linear
-constraint. Objective and constraints are normalized (coefficients of order 1): with raw Ω
-in the 1e-6..1e2 range, backends were measured to stop "Optimal" up to 17% above the optimum.
-"""
+"""`ilp`: the exact allocation as an integer linear program (`_ilp_program`)."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
-import sys
-from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from allocator._budget import Budget
 from allocator._problem import Unit
-from allocator.solvers._base import BaseSolver
-from engine import InvalidSpecError, MissingDependencyError
-
-BACKENDS = ("HiGHS", "PULP_CBC_CMD", "COIN_CMD")
-GAP_REL, GAP_ABS = 1e-7, 1e-9
-
-
-def pulp_available() -> bool:
-    return importlib.util.find_spec("pulp") is not None
+from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._feasibility import Rhs
+from allocator.solvers._ilp_program import BACKENDS, available_backends, solve_ilp
+from engine import InvalidSpecError
 
 
-def available_backends() -> list[str]:
-    if not pulp_available():
-        return []
-    import pulp
+@dataclass(frozen=True)
+class IlpConfig(SolverConfig):
+    """Settings of the `ilp` solver.
 
-    return [b for b in BACKENDS if b in pulp.listSolvers(onlyAvailable=True)]
-
-
-@contextlib.contextmanager
-def _stdout_silenced() -> Iterator[None]:
-    """Backends print banners from C code straight to fd 1; `--json` output must stay one
-    JSON document, so fd 1 points at /dev/null while they run."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _backend(name: str, time_limit_s: float):
-    import pulp
-
-    available = available_backends()
-    if name == "auto":
-        if not available:
-            raise MissingDependencyError(
-                "no ILP backend: install the `solvers` extra (highspy) or CBC.")
-        name = available[0]
-    elif name not in available:
-        raise InvalidSpecError(f"ILP `backend` {name!r} is not available here; "
-                               f"available: {available or 'none'}.")
-    # Gaps far below the default: Ω spans orders of magnitude, and HiGHS' default absolute
-    # gap (1e-6 of the scaled objective) let solutions 1e-4 above the optimum through as
-    # "optimal". With the objective rescaled to the optimum (solve_ilp), these are relative.
-    return name, pulp.getSolver(name, msg=False, timeLimit=time_limit_s, gapRel=GAP_REL,
-                                gapAbs=GAP_ABS)
-
-
-def solve_ilp(units: list[Unit], rhs: list[tuple[Budget, float]],
-              objective: list[Mapping[int, float]], *, time_limit_s: float,
-              backend: str = "auto") -> tuple[list[int] | None, str, dict[str, Any]]:
-    """Minimizes sum objective[u][b] x[u,b] under the budgets; returns picks, status, facts.
-
-    The objective is divided by a scale close to the optimum, so that the backend's gap and
-    feasibility tolerances act on numbers of order 1: the best feasible uniform assignment's
-    objective (an upper bound), else the largest coefficient; when the optimum found is
-    still far below the scale, the problem is solved once more scaled by that optimum.
+    Attributes:
+        backend: PuLP solver name (one of `BACKENDS`), or "auto" for the first installed.
     """
-    scale = _uniform_objective(units, rhs, objective)
-    if not scale > 0:
-        scale = max((abs(v) for o in objective for v in o.values()), default=1.0) or 1.0
-    picks, status, facts = _solve_scaled(units, rhs, objective, scale, time_limit_s, backend)
-    if picks is not None:
-        found = sum(objective[i][b] for i, b in enumerate(picks))
-        if 0 < found < 1e-3 * scale:
-            again = _solve_scaled(units, rhs, objective, found, time_limit_s, backend)
-            if again[0] is not None:
-                refound = sum(objective[i][b] for i, b in enumerate(again[0]))
-                if refound <= found:
-                    picks, status, facts = again
-    return picks, status, facts
+
+    name: ClassVar[str] = "ilp"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", *BACKENDS):
+            raise InvalidSpecError(f"`backend` must be 'auto' or one of {list(BACKENDS)}, "
+                                   f"got {self.backend!r}.")
 
 
-def _uniform_objective(units, rhs, objective) -> float:
-    """Objective of the best feasible uniform assignment (0 if none is feasible)."""
-    from allocator.solvers._base import feasible
-
-    best = 0.0
-    for target in sorted({c for u in units for c in u.choices}):
-        picks = [max([c for c in u.choices if c <= target] or [min(u.choices)]) for u in units]
-        if feasible(units, rhs, picks):
-            value = sum(objective[i][c] for i, c in enumerate(picks))
-            best = value if best == 0.0 else min(best, value)
-    return best
-
-
-def _solve_scaled(units, rhs, objective, scale, time_limit_s, backend):
-    import pulp
-
-    name, solver = _backend(backend, time_limit_s)
-    prob = pulp.LpProblem("bit_allocation", pulp.LpMinimize)
-    new_var = getattr(prob, "add_variable", None)  # PuLP >= 3.3; LpVariable before
-    if new_var is None:
-        def new_var(name: str, cat: str):
-            return pulp.LpVariable(name, cat=cat)
-    x = [{b: new_var(f"x_{i}_{b}", cat="Binary") for b in u.choices}
-         for i, u in enumerate(units)]
-    prob += pulp.lpSum(objective[i][b] / scale * v for i, xs in enumerate(x)
-                       for b, v in xs.items())
-    for i, xs in enumerate(x):
-        prob += pulp.lpSum(xs.values()) == 1, f"one_{i}"
-    for j, (budget, limit) in enumerate(rhs):
-        if limit <= 0:
-            return None, "infeasible", {"backend": name}
-        prob += (pulp.lpSum(u.costs[budget.kind][b] / limit * x[i][b]
-                            for i, u in enumerate(units) for b in u.choices) <= 1.0,
-                 f"budget_{j}")
-    with _stdout_silenced():
-        prob.solve(solver)
-    sol_status = prob.sol_status
-    facts = {"backend": name}
-    if sol_status == pulp.LpSolutionInfeasible or prob.status == pulp.LpStatusInfeasible:
-        return None, "infeasible", facts
-    if sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        return None, "infeasible", facts
-    picks = [max(xs, key=lambda b, xs=xs: xs[b].value() or 0.0) for xs in x]
-    status = "optimal" if sol_status == pulp.LpSolutionOptimal else "feasible"
-    return picks, status, facts
-
-
+@register_solver(IlpConfig, available=lambda: bool(available_backends()), extra="solvers",
+                 description="exact integer linear program (PuLP: HiGHS or CBC)")
 class IlpSolver(BaseSolver):
-    """Exact: integer linear program over one-hot bit choices (PuLP; HiGHS or CBC).
+    """Exact: integer linear program over one-hot bit choices (PuLP; HiGHS or CBC)."""
 
-    Args:
-        backend: PuLP solver name, or "auto" for the first available of HiGHS, CBC.
-    """
-
-    name = "ilp"
     exact = True
+    config: IlpConfig
 
-    def __init__(self, backend: str = "auto") -> None:
-        self.backend = backend
-
-    def solve_units(self, units, rhs, *, seed, time_limit_s):
+    def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
+                    time_limit_s: float) -> Answer:
         return solve_ilp(units, rhs, [u.omega for u in units], time_limit_s=time_limit_s,
-                         backend=self.backend)
+                         backend=self.config.backend)

@@ -5,29 +5,27 @@ from __future__ import annotations
 
 import math
 
+from allocator._budget import REL_TOL
 from allocator._problem import Unit
-from allocator.solvers._base import feasible
+from allocator.solvers._feasibility import Rhs, feasible
 
 
-def _totals(units: list[Unit], rhs, picks: list[int]) -> list[float]:
+def _totals(units: list[Unit], rhs: Rhs, picks: list[int]) -> list[float]:
     return [sum(u.costs[b.kind][c] for u, c in zip(units, picks, strict=True)) / max(lim, 1e-12)
             for b, lim in rhs]
 
 
-def _delta(u: Unit, rhs, old: int, new: int) -> list[float]:
+def _delta(u: Unit, rhs: Rhs, old: int, new: int) -> list[float]:
     return [(u.costs[b.kind][new] - u.costs[b.kind][old]) / max(lim, 1e-12) for b, lim in rhs]
 
 
-_TOL = 1e-6
-
-
-def lower_until_feasible(units: list[Unit], rhs, picks: list[int]) -> list[int] | None:
+def lower_until_feasible(units: list[Unit], rhs: Rhs, picks: list[int]) -> list[int] | None:
     """Lowers bits, the layer losing the least Ω per unit of over-spent budget saved first,
     until every budget holds (None when even the lowest bits do not fit). Budget totals
     are kept incrementally, normalized to 1 = the limit."""
     picks = list(picks)
     totals = _totals(units, rhs, picks)
-    while any(t > 1 + _TOL for t in totals):
+    while any(t > 1 + REL_TOL for t in totals):
         best, best_score = None, math.inf
         for i, u in enumerate(units):
             lower = [c for c in u.choices if c < picks[i]]
@@ -35,7 +33,7 @@ def lower_until_feasible(units: list[Unit], rhs, picks: list[int]) -> list[int] 
                 continue
             nxt = max(lower)
             d = _delta(u, rhs, picks[i], nxt)
-            saved = -sum(di for di, t in zip(d, totals, strict=True) if t > 1 + _TOL)
+            saved = -sum(di for di, t in zip(d, totals, strict=True) if t > 1 + REL_TOL)
             if saved > 0:
                 score = (u.omega[nxt] - u.omega[picks[i]]) / saved
                 if score < best_score:
@@ -48,7 +46,7 @@ def lower_until_feasible(units: list[Unit], rhs, picks: list[int]) -> list[int] 
     return picks
 
 
-def fill(units: list[Unit], rhs, picks: list[int]) -> list[int]:
+def fill(units: list[Unit], rhs: Rhs, picks: list[int]) -> list[int]:
     """Raises bits, the most Ω saved per unit of budget used first, while every budget
     still holds."""
     picks = list(picks)
@@ -64,7 +62,7 @@ def fill(units: list[Unit], rhs, picks: list[int]) -> list[int]:
             if gain <= 0:
                 continue
             d = _delta(u, rhs, picks[i], nxt)
-            if any(t + di > 1 + _TOL for t, di in zip(totals, d, strict=True)):
+            if any(t + di > 1 + REL_TOL for t, di in zip(totals, d, strict=True)):
                 continue
             score = gain / max(sum(d), 1e-12)
             if score > best_score:
@@ -76,7 +74,7 @@ def fill(units: list[Unit], rhs, picks: list[int]) -> list[int]:
         totals = [t + di for t, di in zip(totals, d, strict=True)]
 
 
-def repair(units: list[Unit], rhs, picks: list[int]) -> list[int] | None:
+def repair(units: list[Unit], rhs: Rhs, picks: list[int]) -> list[int] | None:
     """Meets the budgets (`lower_until_feasible`), then spends what is left (`fill`)."""
     lowered = lower_until_feasible(units, rhs, picks)
     if lowered is None:

@@ -2,32 +2,50 @@
 
 from __future__ import annotations
 
-from allocator.solvers._base import BaseSolver, feasible
+from dataclasses import dataclass
+from typing import ClassVar
+
+from allocator._problem import Unit
+from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._feasibility import Rhs, feasible, uniform_picks
 from allocator.solvers._repair import lower_until_feasible
 
 
+@dataclass(frozen=True)
+class GreedyConfig(SolverConfig):
+    """Settings of the `greedy` solver (it has none)."""
+
+    name: ClassVar[str] = "greedy"
+
+
+@register_solver(GreedyConfig, description="lower the cheapest-Ω-per-cost layer first")
 class GreedySolver(BaseSolver):
     """Starts at the highest bits and repeatedly lowers the layer that loses the least Ω per
     unit of budgeted cost saved, until every budget holds."""
 
-    name = "greedy"
-
-    def solve_units(self, units, rhs, *, seed, time_limit_s):
+    def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
+                    time_limit_s: float) -> Answer:
         picks = lower_until_feasible(units, rhs, [max(u.choices) for u in units])
         return (None, "infeasible", {}) if picks is None else (picks, "feasible", {})
 
 
+@dataclass(frozen=True)
+class UniformConfig(SolverConfig):
+    """Settings of the `uniform` solver (it has none)."""
+
+    name: ClassVar[str] = "uniform"
+
+
+@register_solver(UniformConfig, description="best feasible single bit-width")
 class UniformSolver(BaseSolver):
-    """The best feasible single bit-width for every layer (nearest allowed choice below it
-    where a layer cannot take it)."""
+    """The best feasible single bit-width for every layer (`uniform_choice` where a layer
+    cannot take it)."""
 
-    name = "uniform"
-
-    def solve_units(self, units, rhs, *, seed, time_limit_s):
-        candidates = sorted({c for u in units for c in u.choices}, reverse=True)
+    def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
+                    time_limit_s: float) -> Answer:
         best = None
-        for target in candidates:
-            picks = [max([c for c in u.choices if c <= target] or [min(u.choices)]) for u in units]
+        for target in sorted({c for u in units for c in u.choices}, reverse=True):
+            picks = uniform_picks(units, target)
             if feasible(units, rhs, picks):
                 obj = sum(u.omega[c] for u, c in zip(units, picks, strict=True))
                 if best is None or obj < best[0]:

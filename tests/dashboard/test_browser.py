@@ -65,6 +65,7 @@ def _submit_through_form(page: Any, service: Service) -> str:
     page.wait_for_selector("#jobs-table tbody tr")
     page.wait_for_selector("#model-select option[value='digits-cnn']", state="attached")
     assert page.inner_text("#token-state") == "read-only"
+    assert page.is_visible(".read-only-hint")  # this service needs a token to write
 
     # Read-only: reads work, a write is refused with a visible message, not a blank page.
     page.select_option("#model-select", "digits-cnn")
@@ -74,6 +75,7 @@ def _submit_through_form(page: Any, service: Service) -> str:
     assert "token" in page.inner_text("#form-error").lower()
 
     _save_token(page)
+    assert page.is_hidden(".read-only-hint")
 
     # The budget text is checked with the service's grammar, the error shown inline.
     page.fill("#budget-input", "4bitz")
@@ -250,6 +252,34 @@ def test_reads_behind_the_token_load_once_it_is_saved(page: Any, tmp_path: Path)
         assert "No jobs yet" in page.inner_text("#jobs-table tbody")
         assert page.is_hidden("#banner")
         assert page.locator("#model-select option").count() >= 1
+
+
+def test_form_follows_the_service_settings_and_asks_no_token_it_does_not_need(
+        page: Any, tmp_path: Path) -> None:
+    with run_service(tmp_path, workers="0", api_token="") as tokenless:
+        settings = tokenless.get("/settings")
+        assert settings["write_requires_token"] is False
+        page.goto(tokenless.base + "/")
+        page.wait_for_selector("#model-select option[value='digits-cnn']", state="attached")
+        # No token to enter, no read-only hint.
+        assert page.is_hidden("#token-form")
+        assert page.locator(".read-only-hint").count() == 0
+        # Bit-widths, their defaults and the statuses are the service's.
+        values = "xs => xs.map(x => x.value)"
+        offered = page.eval_on_selector_all("input[name=bits]", values)
+        assert offered == [str(b) for b in range(settings["min_bits"], settings["max_bits"] + 1)]
+        checked = page.eval_on_selector_all("input[name=bits]:checked", values)
+        assert checked == [str(b) for b in settings["default_bits"]]
+        statuses = page.eval_on_selector_all("#status-filter option", values)
+        assert statuses == ["", *settings["statuses"]]
+        assert page.input_value("#solver-select") == settings["job_defaults"]["solver"]
+        assert page.input_value("#estimator-select") == settings["job_defaults"]["estimator"]
+
+        page.click("#submit-job")
+        page.wait_for_function("document.getElementById('job-form').dataset.lastJob")
+        assert page.inner_text("#form-error") == ""
+        job = tokenless.get(f"/jobs/{page.get_attribute('#job-form', 'data-last-job')}")
+        assert job["bits"] == settings["default_bits"] and job["model"] == "digits-cnn"
 
 
 def test_problem_job_front_on_the_latency_axis(page: Any, service: Service) -> None:

@@ -192,3 +192,20 @@ def test_weight_only_8_bits_is_asymmetric_w8a8_symmetric():
     assert not scheme_for(BitConfig(bits={}, activation_bits=None), 8).symmetric
     assert scheme_for(BitConfig(bits={}, activation_bits=8), 8).symmetric
     assert scheme_for(BitConfig(bits={}, activation_bits=None, symmetric=True), 8).symmetric
+
+
+@pytest.mark.parametrize("rounding, bias_correction", [("gptq", False), ("rtn", True)])
+def test_calibrated_rounding_names_a_layer_the_batches_never_reach(rounding, bias_correction):
+    class Unused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = torch.nn.Linear(8, 8)
+            self.unused = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    cfg = BitConfig({"used": 4, "unused": 4}, rounding=rounding,
+                    bias_correction=bias_correction, activation_bits=None)
+    with pytest.raises(InvalidSpecError, match="'unused' never ran on the calibration"):
+        apply(Unused(), cfg, calibration=[torch.randn(4, 8)])

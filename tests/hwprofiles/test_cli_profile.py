@@ -5,17 +5,12 @@ import json
 import pytest
 import torch
 
+import allocator
 import zoo
-from allocator.cli_profile import batch_inputs, parse_bits, profile_command, profiles_command
+from allocator.cli import main
+from allocator.cli._profile import profile_command, profiles_command
 from engine import InvalidSpecError
 from hwprofiles import LatencyTable, list_profiles
-
-
-def test_parse_bits():
-    assert parse_bits("8,4,4, 2") == (8, 4, 2)
-    for bad in ("", "4,x", "4,9", "1"):
-        with pytest.raises(InvalidSpecError, match="--bits"):
-            parse_bits(bad)
 
 
 def need(name: str):
@@ -26,11 +21,11 @@ def need(name: str):
 
 def test_batch_inputs_resizes_tensor_batches():
     spec = need("digits-mlp")
-    assert batch_inputs(spec, 8).shape[0] == 8
-    big = batch_inputs(spec, 1000)
-    assert big.shape[0] == 1000 and torch.equal(big[:8], batch_inputs(spec, 8))
-    with pytest.raises(InvalidSpecError, match="--batch"):
-        batch_inputs(spec, 0)
+    assert allocator.batch_inputs(spec, 8).shape[0] == 8
+    big = allocator.batch_inputs(spec, 1000)
+    assert big.shape[0] == 1000 and torch.equal(big[:8], allocator.batch_inputs(spec, 8))
+    with pytest.raises(InvalidSpecError, match="`batch`"):
+        allocator.batch_inputs(spec, 0)
 
 
 def test_profile_command_json_and_listing(tmp_path, capsys, _profiles_dir):
@@ -58,3 +53,10 @@ def test_profile_command_rejects_bad_bits():
     with pytest.raises(InvalidSpecError, match="--bits"):
         profile_command(model="digits-mlp", batch=None, bits="3,12", out=None, repeats=2,
                         as_json=True)
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--repeats"])
+def test_profile_rejects_counts_below_one_before_measuring(flag, capsys):
+    assert main(["profile", "--model", "digits-mlp", flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and len(err.strip().splitlines()) == 1

@@ -12,6 +12,8 @@ from hwprofiles import (
     LATENCY_FORMAT,
     DeviceFingerprint,
     FingerprintMismatchWarning,
+    Gap,
+    LatencyDocument,
     LatencyTable,
     Measurement,
     TableEntry,
@@ -75,6 +77,71 @@ def test_validation_names_the_field(mutate, field):
     mutate(data)
     with pytest.raises(InvalidSpecError, match=field.replace(".", r"\.")):
         LatencyTable.from_dict(data)
+
+
+def _first_entry(d: dict) -> dict:
+    return next(iter(d["entries"].values()))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: _first_entry(d)["times"]["8"].update(p50_us=math.nan),
+     r"`entries\['linear/w64x64/in8x64'\]\.times\.8\.p50_us` is nan"),
+    (lambda d: _first_entry(d)["times"]["8"].update(samples=True), r"samples` is True"),
+    (lambda d: _first_entry(d)["times"]["8"].update(samples=2.5), r"samples` is 2\.5"),
+    (lambda d: _first_entry(d)["times"]["8"].update(extra=1), r"times\.8\.extra` is an unknown"),
+    (lambda d: _first_entry(d).update(kind="lstm"), r"\.kind` is 'lstm'"),
+    (lambda d: _first_entry(d).update(depthwise="no"), r"\.depthwise` is 'no'"),
+    (lambda d: _first_entry(d)["times"].update({"4.0": _first_entry(d)["times"]["8"]}),
+     r"times` has a bad key '4\.0'"),
+    (lambda d: d.update(gaps=[{"layer": "fc", "native_us": 1.0, "cl_us": -1.0}]),
+     r"`gaps\[0\]\.cl_us` is -1\.0"),
+    (lambda d: d.update(gaps=[{"layer": "fc", "native_us": 1.0, "cl_us": 1.0, "x": 0}]),
+     r"`gaps\[0\]\.x` is an unknown field"),
+    (lambda d: d["device"].update(cores=0), r"`device\.cores` is 0"),
+    (lambda d: d["device"].update(isa_flags="avx2"), r"`device\.isa_flags` is 'avx2'"),
+    (lambda d: d.update(batch=8.5), r"`batch` is 8\.5"),
+    (lambda d: d.update(model=3), r"`model` is 3"),
+])
+def test_refusals_name_path_and_value(mutate, message):
+    data = make_table().to_dict()
+    mutate(data)
+    with pytest.raises(InvalidSpecError, match=message) as info:
+        LatencyTable.from_dict(data)
+    assert "\n" not in str(info.value)
+
+
+def test_lenient_tables_still_read():
+    data = make_table().to_dict()
+    data.pop("repeats")
+    data["gaps"] = None
+    data["created"] = ""
+    _first_entry(data)["times"][" 8"] = _first_entry(data)["times"].pop("8")
+    table = LatencyTable.from_dict(data)
+    assert table.repeats == 1 and table.gaps == () and table.created
+    assert "8" in next(iter(table.entries.values())).times
+
+
+def test_round_trip_is_byte_identical():
+    table = make_table()
+    table = dataclasses.replace(table, gaps=(Gap("fc", 1.0, 2.0),))
+    text = table.to_json()
+    again = LatencyTable.from_dict(json.loads(text))
+    assert again == table
+    assert again.to_json() == text
+
+
+def test_document_json_schema():
+    schema = LatencyDocument.model_json_schema()
+    assert schema["required"] == ["format", "batch", "device", "entries"]
+    assert schema["properties"]["format"]["const"] == LATENCY_FORMAT
+    entry = schema["$defs"]["EntryDocument"]
+    assert entry["properties"]["kind"]["enum"] == ["linear", "conv2d"]
+    assert entry["properties"]["times"]["patternProperties"] == {
+        "^(fp32|[2-8])$": {"$ref": "#/$defs/MeasurementDocument"}}
+    measurement = schema["$defs"]["MeasurementDocument"]
+    assert measurement["additionalProperties"] is False
+    assert measurement["properties"]["p50_us"]["minimum"] == 0
+    assert LatencyTable.from_dict(schema["examples"][0]).batch == 32
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -166,7 +233,7 @@ def conv(name: str, cin: int, cout: int) -> LayerSpec:
 
 
 def test_prediction_follows_the_layout_an_int8_conv_leaves():
-    from hwprofiles import Gap, predict_latency
+    from hwprofiles import predict_latency
 
     c1, c2, fc = conv("c1", 3, 8), conv("c2", 8, 8), linear(10, 512, 1)
     m = lambda kernel, us: Measurement(kernel, us, us, 3)  # noqa: E731

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import sensitivity
-from sensitivity import HutchinsonConfig, SensitivityTable, hessian_traces
-from sensitivity._hutchinson import exact_traces
+from sensitivity import HutchinsonConfig, SensitivityTable, exact_traces, hessian_traces
 from tests.zoo.conftest import need
 from zoo import Batch
 
@@ -96,10 +95,3 @@ def test_hutchinson_ranks_like_measured_on_digits_cnn():
                     [m.layers[n].extra["delta_loss"]["4"] for n in names]).statistic
     assert rho >= 0.8
 
-
-def test_unknown_estimator_and_option():
-    spec = need("digits-mlp")
-    with pytest.raises(Exception, match="unknown estimator 'magic'"):
-        sensitivity.estimate(spec, "magic")
-    with pytest.raises(Exception, match="no option"):
-        sensitivity.estimate(spec, "measured", options={"max_probes": 3})

@@ -5,13 +5,10 @@ from __future__ import annotations
 import pytest
 
 import sensitivity
-from allocator import solve
-from allocator._budget import parse_budgets
-from allocator.solvers import get_solver, round_to_budget
-from allocator.solvers._base import feasible
+from allocator import parse_budgets, solve
+from allocator.solvers import feasible, get_solver, round_to_budget
 from allocator.testing_problems import random_problem
 from engine import BitConfig, InvalidSpecError
-from sensitivity._measured import calibration_loss
 from tests.zoo.conftest import need
 
 FAST = {"rounding": "rtn", "steps": 80}
@@ -53,8 +50,9 @@ def test_solver_meets_the_budget_and_beats_uniform_on_digits_cnn():
             assert mixed.cost["avg_bits"] + params[name] * (higher[0] - b) / total > 2.5
 
     def loss(cfg: BitConfig) -> float:
-        return calibration_loss(spec, spec.quantize(BitConfig(bits=cfg.bits, activation_bits=None,
-                                                             group_size=128)))
+        quantized = spec.quantize(BitConfig(bits=cfg.bits, activation_bits=None, group_size=128))
+        return sensitivity.calibration_loss(spec, quantized)
+
     assert loss(mixed) < 0.5 * loss(uniform)
 
 

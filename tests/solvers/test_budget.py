@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from allocator._budget import parse_budget, parse_budgets
+from allocator._budget import BASE_UNITS, COST_KEYS, KINDS, parse_budget, parse_budgets, within
 from engine import InvalidSpecError
 
 
@@ -33,3 +33,15 @@ def test_one_budget_per_kind():
 def test_holds_is_inclusive():
     b = parse_budget("4bits")
     assert b.holds(4.0) and not b.holds(4.01)
+
+
+def test_one_tolerance_for_every_budget_check():
+    assert within(1.0 + 0.9e-6, 1.0) and not within(1.0 + 1.1e-6, 1.0)
+    assert within(1e-12, 0.0) and not within(2e-12, 0.0)
+    assert parse_budget("4bits").holds(4.0 * (1 + 0.9e-6))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_has_a_cost_key_and_a_base_unit(kind):
+    budget = parse_budget(f"1{BASE_UNITS[kind]}")
+    assert (budget.kind, budget.value, budget.cost_key) == (kind, 1.0, COST_KEYS[kind])

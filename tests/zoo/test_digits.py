@@ -34,6 +34,7 @@ def test_calibration_and_evaluation_are_disjoint():
     assert len(calib & evals) <= 5
 
 
+@pytest.mark.slow  # trains the digits CNN twice: 15 s on 2 idle cores, minutes when busy
 def test_cached_weights_are_reused_and_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
     need("digits-cnn")
     monkeypatch.setenv("ALLOCATOR_DATA_DIR", str(tmp_path))

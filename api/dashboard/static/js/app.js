@@ -1,15 +1,22 @@
-// Entry point: token field, error banner and routing between the job list and a job page.
+// Entry point: the service's settings, token field, error banner and routing between the
+// job list and a job page.
 
 import { getToken, setToken, state } from "./api.js";
 import { renderJobList } from "./jobs.js";
 import { renderJobPage } from "./job.js";
+import { loadSettings, settings } from "./settings.js";
 import { el, hideBanner, showBanner } from "./ui.js";
 
 function renderTokenState() {
+  // The server says whether it needs a token; without one, there is nothing to enter.
+  const { write_requires_token: writesNeedToken, read_requires_token: readsNeedToken } =
+    settings();
   const token = getToken();
+  document.getElementById("token-form").hidden = !writesNeedToken && !readsNeedToken;
   document.getElementById("token-input").value = token;
-  document.getElementById("token-state").textContent = token ? "writes enabled" : "read-only";
-  document.body.classList.toggle("read-only", !token);
+  document.getElementById("token-state").textContent = !writesNeedToken ? ""
+    : (token ? "writes enabled" : "read-only");
+  document.body.classList.toggle("read-only", writesNeedToken && !token);
 }
 
 function setupChrome() {
@@ -52,5 +59,17 @@ window.addEventListener("unhandledrejection", (event) => {
   showBanner(`Error: ${event.reason?.message ?? event.reason}`);
 });
 
-setupChrome();
-route();
+async function start() {
+  try {
+    await loadSettings();
+  } catch (err) {
+    const message = `The service settings could not be read: ${err.message}`;
+    document.getElementById("app").replaceChildren(el("p", { class: "error" }, message));
+    showBanner(message);
+    return;
+  }
+  setupChrome();
+  await route();
+}
+
+start();

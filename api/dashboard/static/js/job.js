@@ -5,8 +5,9 @@ import { api, ApiError } from "./api.js";
 import { COST_KINDS, costKindFor, renderBitmap } from "./bitmap.js";
 import { availableAxes, AXES, bitsOf, buildFigure, jobPoints } from "./front.js";
 import { loadPlotly } from "./plotly_loader.js";
+import { isActive } from "./settings.js";
 import {
-  ACTIVE, downloadJson, el, fmtBytes, fmtLatency, fmtNumber, fmtSeconds, fmtTime, progressBar,
+  downloadJson, el, fmtBytes, fmtLatency, fmtNumber, fmtSeconds, fmtTime, progressBar,
   showBanner, statusBadge,
 } from "./ui.js";
 
@@ -280,7 +281,7 @@ class FrontView {
       ...base, bits: bitsOf(point, series.problem), cost: point.cost,
       objective: point.objective, status: point.status ?? base.status,
       solver: point.solver ?? base.solver, budgets: point.group === "chosen" ? base.budgets : [],
-      solve_seconds: null,
+      solve_s: null,
       extra: { source: `${point.label} of job ${series.jobId}` },
     };
     downloadJson(`bitconfig-${shortId(series.jobId)}-${point.label.replace(/\W+/g, "-")}.json`,
@@ -325,9 +326,9 @@ export async function renderJobPage(root, jobId, compareId) {
   }
   let meta = metaCard(job);
   root.append(meta);
-  if (ACTIVE.has(job.status)) {
+  if (isActive(job.status)) {
     // Live progress; once the job ends the page is rebuilt with its result.
-    while (ACTIVE.has(job.status)) {
+    while (isActive(job.status)) {
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
       if (!root.isConnected) return;  // the page was rendered anew
       try {

@@ -1,18 +1,16 @@
 // The job list (live progress while jobs run) and the form that submits a job.
 
 import { api, ApiError } from "./api.js";
+import { isActive, settings } from "./settings.js";
 import {
-  ACTIVE, el, fmtTime, hideBanner, progressBar, showBanner, statusBadge,
+  el, fmtTime, hideBanner, progressBar, showBanner, statusBadge,
 } from "./ui.js";
 
 const PAGE_SIZE = 50;
 const FAST_POLL_MS = 1500;
 const SLOW_POLL_MS = 10000;
-const DEFAULT_BITS = [2, 3, 4, 5, 6, 8];
-const CANDIDATE_BITS = [2, 3, 4, 5, 6, 7, 8];
-// Used only where the service has no /estimators listing: the pipeline's own estimators.
-const FALLBACK_ESTIMATORS = [{ name: "hutchinson" }, { name: "measured" }];
-const PREFERRED = { model: "digits-cnn", solver: "ilp", estimator: "hutchinson" };
+// The model the form offers first, when installed (a small one that runs in seconds).
+const PREFERRED_MODEL = "digits-cnn";
 
 /** Splits budget text ("4bits, 12MB" or "4bits 12MB") into the list the API takes. */
 export function splitBudgets(text) {
@@ -22,7 +20,7 @@ export function splitBudgets(text) {
 function jobRow(job, onCancel) {
   const budgets = (job.budgets || []).join(", ");
   const target = job.model ?? (job.kind === "problem" ? "(problem file)" : "–");
-  const cancel = ACTIVE.has(job.status)
+  const cancel = isActive(job.status)
     ? el("button", { type: "button", class: "small", onclick: () => onCancel(job) }, "Cancel")
     : null;
   return el("tr", { "data-job-id": job.id, "data-status": job.status },
@@ -53,7 +51,7 @@ class JobList {
       this.statusFilter = e.target.value;
       this.offset = 0;
       this.refresh();
-    } }, ["", "queued", "running", "succeeded", "failed", "cancelled"].map(
+    } }, ["", ...settings().statuses].map(
       (s) => el("option", { value: s }, s || "all statuses")));
     this.modelSelect = el("select", { id: "model-filter", onchange: (e) => {
       this.modelFilter = e.target.value;
@@ -98,7 +96,7 @@ class JobList {
       const rows = data.items.map((job) => jobRow(job, (j) => this.cancel(j)));
       this.tbody.replaceChildren(...(rows.length ? rows
         : [el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No jobs yet: submit one below."))]));
-      active = data.items.some((job) => ACTIVE.has(job.status));
+      active = data.items.some((job) => isActive(job.status));
       const last = Math.min(data.total, this.offset + data.items.length);
       this.summary.textContent = data.total
         ? `${this.offset + 1}–${last} of ${data.total}` : "";
@@ -133,11 +131,7 @@ function listing(path, key) {
 async function loadChoices() {
   const [models, solvers, estimators] = await Promise.all([
     listing("/models", "models"), listing("/solvers", "solvers"),
-    api("/estimators").then((d) => d.estimators).catch((err) => {
-      if (err instanceof ApiError && err.status === 404) return FALLBACK_ESTIMATORS;
-      showBanner(`/estimators: ${err.message}`);
-      return FALLBACK_ESTIMATORS;
-    }),
+    listing("/estimators", "estimators"),
   ]);
   return { models, solvers, estimators };
 }
@@ -160,10 +154,17 @@ async function validateBudgets(budgets) {
   }
 }
 
+/** min..max: every bit-width the service accepts. */
+function bitRange(min, max) {
+  return Array.from({ length: max - min + 1 }, (_, i) => min + i);
+}
+
 function renderForm(root, choices, onSubmitted) {
   const { models, solvers, estimators } = choices;
-  const bitBoxes = CANDIDATE_BITS.map((b) => el("label", { class: "check" },
-    el("input", { type: "checkbox", name: "bits", value: b, checked: DEFAULT_BITS.includes(b) }),
+  const { default_bits: defaultBits, min_bits: minBits, max_bits: maxBits,
+    job_defaults: defaults, write_requires_token: writesNeedToken } = settings();
+  const bitBoxes = bitRange(minBits, maxBits).map((b) => el("label", { class: "check" },
+    el("input", { type: "checkbox", name: "bits", value: b, checked: defaultBits.includes(b) }),
     String(b)));
   const budgetError = el("div", { id: "budget-error", class: "field-error", "aria-live": "polite" });
   const formError = el("div", { id: "form-error", class: "field-error", "aria-live": "polite" });
@@ -172,23 +173,23 @@ function renderForm(root, choices, onSubmitted) {
     el("h2", {}, "New job"),
     el("div", { class: "grid" },
       el("label", {}, "Model", el("select", { name: "model", id: "model-select", required: true },
-        optionList(models, defaultOf(models, PREFERRED.model)))),
+        optionList(models, defaultOf(models, PREFERRED_MODEL)))),
       el("label", {}, "Budgets",
         el("input", { name: "budgets", id: "budget-input", value: "4bits", required: true,
           placeholder: "4bits, 12MB, 1.2GBOPs", spellcheck: "false" }),
         budgetError),
       el("label", {}, "Solver", el("select", { name: "solver", id: "solver-select" },
-        optionList(solvers, defaultOf(solvers, PREFERRED.solver)))),
+        optionList(solvers, defaultOf(solvers, defaults.solver)))),
       el("label", {}, "Sensitivity", el("select", { name: "estimator", id: "estimator-select" },
-        optionList(estimators, defaultOf(estimators, PREFERRED.estimator)))),
+        optionList(estimators, defaultOf(estimators, defaults.estimator)))),
       el("fieldset", { class: "bits" }, el("legend", {}, "Candidate bits"), bitBoxes),
       el("label", {}, "Seed", el("input", { name: "seed", id: "seed-input", type: "number",
-        value: 0, min: 0, step: 1 })),
+        value: defaults.seed, min: 0, step: 1 })),
       el("label", { class: "check" }, el("input", { type: "checkbox", name: "measure",
-        checked: true }), "apply and measure")),
+        checked: defaults.measure }), "apply and measure")),
     el("div", { class: "row" }, submitButton,
-      el("span", { class: "muted read-only-hint" },
-        "Read-only: enter the API token at the top to submit jobs (if the server needs one).")),
+      writesNeedToken ? el("span", { class: "muted read-only-hint" },
+        "Read-only: this service needs its API token (top right) to submit jobs.") : null),
     formError);
 
   const budgetInput = form.querySelector("#budget-input");

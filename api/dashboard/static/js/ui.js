@@ -94,8 +94,6 @@ export function downloadJson(filename, data) {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
-export const ACTIVE = new Set(["queued", "running"]);
-
 export function statusBadge(status) {
   return el("span", { class: `badge status-${status}` }, status);
 }

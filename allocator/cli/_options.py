@@ -1,0 +1,136 @@
+"""Every command-line option, declared once as an `Annotated` alias, and their parsing.
+
+Commands take these aliases as parameter types, so a flag shared by several commands
+(`--json`, `--bits`, `--seed`, ...) has one name, one type and one help text.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from engine import DEFAULT_BITS, CLIUsageError, InvalidSpecError, check_bits
+
+_DEFAULT_BITS_TEXT = ",".join(map(str, DEFAULT_BITS))
+_WITH_MODEL = "With --model: "
+
+# Shared by several commands.
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+ModelName = Annotated[str, typer.Option("--model", help="Registered model, or module:factory.")]
+PipelineModel = Annotated[str | None, typer.Option(
+    "--model", help="Registered model: estimate, solve, then apply and measure on the engine.")]
+ProblemFile = Annotated[str | None, typer.Option(
+    "--problem", help="allocator.problem/1 JSON file.")]
+BitList = Annotated[str | None, typer.Option(
+    "--bits", help=f"Candidate bit-widths, e.g. 2,4,8 (default {_DEFAULT_BITS_TEXT}; "
+    "with --problem: the file's own).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of every stochastic step.")]
+Rounding = Annotated[str, typer.Option("--rounding", help="gptq (calibrated) or rtn.")]
+PipelineEstimator = Annotated[str | None, typer.Option(
+    "--estimator", help=_WITH_MODEL + "hutchinson, measured or fracbits (default: the model's "
+    "own).")]
+WeightOnlyChoice = Annotated[bool | None, typer.Option(
+    "--weight-only/--w8a8", help=_WITH_MODEL + "keep activations float, or quantize them on "
+    "8-bit layers (default: the model's own).")]
+DataFile = Annotated[str | None, typer.Option("--data", help="User model inputs (.pt or .npy).")]
+WeightsFile = Annotated[str | None, typer.Option(
+    "--weights", help="User model weights (.safetensors).")]
+
+# evaluate and apply
+UniformBits = Annotated[int | None, typer.Option(
+    "--bits", help="Uniform weight bits for every layer.")]
+ConfigFile = Annotated[str | None, typer.Option(
+    "--config", help="allocator.bitconfig/1 JSON file.")]
+RequiredConfigFile = Annotated[str, typer.Option(
+    "--config", help="allocator.bitconfig/1 JSON file.")]
+GroupSize = Annotated[int | None, typer.Option(
+    "--group-size", help="Group size below 8 bits (0: per-channel).")]
+WeightOnlyFlag = Annotated[bool, typer.Option(
+    "--weight-only/--no-weight-only", help="Keep activations float (no W8A8 kernels).")]
+BiasCorrection = Annotated[bool, typer.Option(
+    "--bias-correction/--no-bias-correction", help="Remove the mean output shift.")]
+ClipSearch = Annotated[bool, typer.Option(
+    "--clip-search/--no-clip-search", help="MSE-optimal clipping of scales.")]
+CalibrationInputs = Annotated[str, typer.Option(
+    "--calibration-inputs",
+    help="Calibrated rounding's layer inputs: fp32 (float model) or sequential.")]
+QuantizedOut = Annotated[str, typer.Option(
+    "--out", help="Folder for model.safetensors + bitconfig.json.")]
+
+# sensitivity
+Estimator = Annotated[str, typer.Option(
+    "--estimator", help="hutchinson, measured or fracbits.")]
+SensitivityOut = Annotated[str | None, typer.Option(
+    "--out", help="Write the allocator.sensitivity/1 JSON here.")]
+MaxProbes = Annotated[int | None, typer.Option(
+    "--max-probes", help="Hutchinson: probes per layer at most.")]
+RelTol = Annotated[float | None, typer.Option(
+    "--rel-tol", help="Hutchinson: stop at this relative std-error.")]
+EstimatorTimeLimit = Annotated[float | None, typer.Option(
+    "--time-limit", help="Hutchinson or fracbits: seconds.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Recompute even if cached.")]
+
+# solve and pareto
+Budgets = Annotated[list[str], typer.Option(
+    "--budget", help="e.g. 4.5bits, 12MB, 1.2GBOPs, 2.5ms; repeatable.")]
+FixedBudgets = Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")]
+SolverName = Annotated[str, typer.Option(
+    "--solver", help="ilp, ddpg, fracbits (with --model), greedy, uniform, dp, brute.")]
+SolveTimeLimit = Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")]
+Reward = Annotated[str, typer.Option(
+    "--reward", help="DDPG reward: proxy (Ω) or measured (with --model: calibration loss on "
+    "the engine's weights).")]
+ConfigOut = Annotated[str | None, typer.Option("--out", help="Write the BitConfig JSON here.")]
+MeasurePoints = Annotated[int | None, typer.Option(
+    "--measure", help=_WITH_MODEL + "measure the first N points (default all).")]
+PlotFile = Annotated[str | None, typer.Option(
+    "--png", help=_WITH_MODEL + "plot the front to this PNG.")]
+Axis = Annotated[str, typer.Option("--axis", help="Cost axis: bits, size, bops or latency.")]
+Points = Annotated[int, typer.Option("--points", help="Budget values swept.")]
+FrontOut = Annotated[str | None, typer.Option(
+    "--out", help="Write the allocator.pareto/1 JSON here.")]
+
+# profile
+Batch = Annotated[int | None, typer.Option(
+    "--batch", min=1, help="Batch size to measure at (default: the model's evaluation batch).")]
+Repeats = Annotated[int, typer.Option(
+    "--repeats", min=1, help="Timed calls per measurement.")]
+ProfileOut = Annotated[str | None, typer.Option("--out", help="Also write the table here.")]
+
+# serve and worker
+Host = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
+Port = Annotated[int, typer.Option("--port", help="TCP port.")]
+Workers = Annotated[int | None, typer.Option(
+    "--workers",
+    help="In-process worker processes (default ALLOCATOR_WORKERS or 1; 0: API only).")]
+ServeDemo = Annotated[bool, typer.Option(
+    "--demo/--no-demo",
+    help="Submit a demo job (digits-cnn, 4bits, ilp), print it, keep serving.")]
+LogLevel = Annotated[str, typer.Option("--log-level", help="uvicorn log level.")]
+Concurrency = Annotated[int, typer.Option("--concurrency", help="Jobs run at once (processes).")]
+CeleryLogLevel = Annotated[str, typer.Option("--loglevel", help="Celery log level.")]
+
+
+def parse_bits(text: str | None) -> tuple[int, ...]:
+    """`"8,4,4, 2"` -> (8, 4, 2): the `--bits` list, duplicates dropped; None -> `DEFAULT_BITS`.
+
+    Raises:
+        InvalidSpecError: naming `--bits`, for anything but a list of bit-widths 2..8.
+    """
+    if text is None:
+        return DEFAULT_BITS
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InvalidSpecError(
+            f"`--bits` must be a comma-separated list such as 2,4,8; got {text!r}.") from None
+    if not values:
+        raise InvalidSpecError(f"`--bits` must name at least one bit-width; got {text!r}.")
+    return tuple(dict.fromkeys(check_bits(v, where="--bits") for v in values))
+
+
+def exactly_one(first: tuple[str, object], second: tuple[str, object]) -> None:
+    """Raises `CLIUsageError` unless exactly one of two (flag, value) options was given."""
+    if (first[1] is None) == (second[1] is None):
+        raise CLIUsageError(f"give exactly one of `{first[0]}` and `{second[0]}`.")

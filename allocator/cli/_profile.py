@@ -1,0 +1,40 @@
+"""`allocator profile` and `allocator profiles`: measure and list per-layer latency tables."""
+
+from __future__ import annotations
+
+import allocator
+from allocator.cli import _render as render
+from allocator.cli._app import app
+from allocator.cli._options import (
+    AsJson,
+    Batch,
+    BitList,
+    ModelName,
+    ProfileOut,
+    Repeats,
+    parse_bits,
+)
+
+
+@app.command("profile")
+def profile_command(model: ModelName, batch: Batch = None, bits: BitList = None,
+                    out: ProfileOut = None, repeats: Repeats = 20,
+                    as_json: AsJson = False) -> None:
+    """Measure per-layer latency at each bit-width on this machine; store the table."""
+    import zoo
+
+    candidates = parse_bits(bits)
+    run = allocator.profile_model(zoo.get_model(model), candidates, batch=batch, repeats=repeats,
+                                  progress=True)
+    if out is not None:
+        run.table.save(out)
+    render.emit(render.profile_document(run, out), as_json, render.profile_view)
+
+
+@app.command("profiles")
+def profiles_command(as_json: AsJson = False) -> None:
+    """List the stored latency tables."""
+    from hwprofiles import list_profiles, profiles_dir
+
+    doc = {"directory": str(profiles_dir()), "profiles": [p.to_dict() for p in list_profiles()]}
+    render.emit(doc, as_json, render.profiles_view)

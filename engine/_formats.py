@@ -1,0 +1,186 @@
+"""Parsing of the project's JSON documents (`allocator.*/1` files and request bodies).
+
+Each format is a pydantic model beside the frozen type it builds (`BitConfigDocument` in
+engine, `ProblemDocument` in allocator, `LatencyDocument` in hwprofiles). The model checks
+the document's shape and field types and is its JSON schema (OpenAPI); the frozen type keeps
+its own invariants (checks across fields) for every way it is built. `parse_document` is the
+one place where pydantic's errors become an `InvalidSpecError` of one line that names the
+field path (`layers[3].omega.4`) and shows the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from engine._errors import InvalidSpecError
+
+
+class Document(BaseModel):
+    """Base of the format models: unknown fields are errors, parsed documents are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+D = TypeVar("D", bound=Document)
+
+
+def _not_bool(value: Any) -> Any:
+    # JSON `true` is no number, although Python's bool is an int.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    return value
+
+
+def _integral(value: Any) -> Any:
+    value = _not_bool(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # `36864.0` is the integer a JSON writer may have made of 36864
+    return value
+
+
+def _json_number(value: Any) -> int | float:
+    value = _not_bool(value)
+    if not isinstance(value, int | float):
+        raise PydanticCustomError("number_type", "Input should be a number")
+    if not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return value
+
+
+def integer(minimum: int | None = None, maximum: int | None = None, *,
+            digits: bool = False) -> Any:
+    """A JSON integer type (an integer-valued float such as `4.0` too; no boolean) with
+    optional bounds, for annotations. `digits` also takes a string of digits (`"4"`): bit-width
+    keys (JSON keys are strings) and the bit lists of problem files, always read that way."""
+    # The bounds sit inside the before-validator so that they reach the JSON schema.
+    if digits:
+        return Annotated[int, Field(ge=minimum, le=maximum), BeforeValidator(_not_bool)]
+    return Annotated[int, Strict(), Field(ge=minimum, le=maximum), BeforeValidator(_integral)]
+
+
+def json_number(minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A finite JSON number type kept as given (`1234` stays an int, so re-saving a document
+    changes no byte); no boolean, no string, no NaN or infinity."""
+    schema: dict[str, Any] = {"type": "number"}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return Annotated[float, PlainValidator(_json_number), Field(ge=minimum, le=maximum),
+                     WithJsonSchema(schema)]
+
+
+Integer = integer()
+NonNegativeInt = integer(minimum=0)
+PositiveInt = integer(minimum=1)
+JsonNumber = json_number()
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+"""A finite JSON number, stored as float; no boolean, no string, no NaN or infinity."""
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+NonEmptyStr = Annotated[str, Strict(), Field(min_length=1)]
+
+
+def dataclass_default(cls: type, name: str) -> Any:
+    """The default of field `name` of dataclass `cls`, so a document states it only once."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is dataclasses.MISSING:
+                raise TypeError(f"{cls.__name__}.{name} has no plain default.")
+            return f.default
+    raise TypeError(f"{cls.__name__} has no field {name!r}.")
+
+
+def parse_document(model: type[D], data: Any, *, what: str) -> D:
+    """Validates `data` against a format model.
+
+    Args:
+        model: The format's `Document` subclass.
+        data: The decoded JSON (a mapping).
+        what: What the document is, for the message when it is no object ("a problem").
+
+    Returns:
+        The validated, frozen document.
+
+    Raises:
+        InvalidSpecError: One line naming the first bad field's path and value (and how many
+            other errors there are).
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidSpecError(f"{what} must be a JSON object, got {type(data).__name__}.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        more = len(errors) - 1
+        also = f" ({more} more error{'s' if more > 1 else ''} after this one)" if more else ""
+        raise InvalidSpecError(f"{describe_error(errors[0], data)}{also}.") from None
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """`("layers", 3, "omega", "4")` -> `layers[3].omega.4`; other keys as `['a.b']`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.isidentifier() or part.isdigit():
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+def describe_error(error: Mapping[str, Any], data: Any) -> str:
+    """One pydantic error as a clause: the field path in backticks, what is wrong, the
+    bad value; a list item that has a `name` is named too (`layers[3]` (layer 'fc1'))."""
+    loc = tuple(error["loc"])
+    is_key = bool(loc) and loc[-1] == "[key]"
+    if is_key:
+        loc = loc[:-2] if len(loc) >= 2 else ()
+    where = f"`{field_path(loc)}`{_named_item(data, loc)}" if loc else "the document"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{where} is missing"
+    if kind == "extra_forbidden":
+        return f"{where} is an unknown field"
+    msg = str(error["msg"])
+    msg = "it" + msg[5:] if msg.lower().startswith("input ") else msg[:1].lower() + msg[1:]
+    if is_key:
+        return f"{where} has a bad key {_short(error['loc'][-2])}: {msg}"
+    return f"{where} is {_short(error.get('input'))}: {msg}"
+
+
+def _named_item(data: Any, loc: Sequence[str | int]) -> str:
+    """` (layer 'a')` for the last named list item on the path through `data`."""
+    node, parent, hint = data, "", ""
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            parent, node = str(part), node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            name = node.get("name") if isinstance(node, Mapping) else None
+            if isinstance(name, str) and name:
+                noun = parent[:-1] if parent.endswith("s") else "name"
+                hint = f" ({noun} {name!r})"
+        else:
+            break
+    return hint
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
