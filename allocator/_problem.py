@@ -33,6 +33,7 @@ from engine import (
     NonNegativeInt,
     dataclass_default,
     integer,
+    load_json_file,
     parse_document,
 )
 
@@ -172,14 +173,8 @@ class Problem:
 
     @classmethod
     def load(cls, path: str | Path) -> Problem:
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise InvalidSpecError(f"cannot read problem file `{p}`: {e.strerror}") from e
-        except json.JSONDecodeError as e:
-            raise InvalidSpecError(f"problem file `{p}` is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        """Reads and validates an `allocator.problem/1` file; errors name the file."""
+        return load_json_file(path, cls.from_dict, what="problem file")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")

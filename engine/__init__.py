@@ -38,6 +38,7 @@ from engine._formats import (
     PositiveInt,
     dataclass_default,
     integer,
+    load_json_file,
     parse_document,
 )
 from engine._paths import atomic_write_bytes, content_hash, data_dir
@@ -93,7 +94,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LAYER_KINDS", "BitConfigDocument", "Document", "FiniteFloat", "Integer", "NonEmptyStr",
     "NonNegativeFloat", "NonNegativeInt", "PositiveInt", "dataclass_default", "integer",
-    "parse_document",
+    "load_json_file", "parse_document",
     "BITCONFIG_FORMAT", "DEFAULT_BITS", "ENGINE_VERSION", "MAX_BITS", "MIN_BITS",
     "AllocatorError", "BitConfig", "CLIUsageError", "DuplicateJobError", "FinishedJobError",
     "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from engine._errors import InvalidSpecError, UnknownLayerError
+from engine._formats import load_json_file
 from engine._gptq import bias_correction, gptq, group_qparams
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
@@ -386,16 +386,4 @@ def load_quantized(
 
 def read_config(path: str | Path) -> BitConfig:
     """Loads an `allocator.bitconfig/1` JSON file with errors that name the file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InvalidSpecError(f"cannot read bit config `{p}`: {e.strerror}") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidSpecError(f"bit config `{p}` is not valid JSON: {e}") from e
-    try:
-        return BitConfig.from_dict(data)
-    except InvalidSpecError as e:
-        raise InvalidSpecError(f"bit config `{p}`: {e}") from e
+    return load_json_file(path, BitConfig.from_dict, what="bit config")

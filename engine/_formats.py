@@ -11,8 +11,10 @@ field path (`layers[3].omega.4`) and shows the bad value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -129,6 +131,38 @@ def parse_document(model: type[D], data: Any, *, what: str) -> D:
         more = len(errors) - 1
         also = f" ({more} more error{'s' if more > 1 else ''} after this one)" if more else ""
         raise InvalidSpecError(f"{describe_error(errors[0], data)}{also}.") from None
+
+
+T = TypeVar("T")
+
+
+def load_json_file(path: str | Path, parse: Callable[[Any], T], *, what: str) -> T:
+    """Reads a JSON file and builds a value from it with `parse` (e.g. a type's
+    `from_dict`); every failure is an `InvalidSpecError` that names the file.
+
+    Args:
+        path: The file.
+        parse: Builds the value from the decoded JSON; raises `InvalidSpecError`.
+        what: What the file holds, for messages ("latency table").
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidSpecError(f"cannot read {what} `{p}`: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise InvalidSpecError(f"{what} `{p}` is not UTF-8 text: {e.reason} at byte "
+                               f"{e.start}.") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidSpecError(f"{what} `{p}` is not valid JSON: {e}") from e
+    except RecursionError:
+        raise InvalidSpecError(f"{what} `{p}` is nested too deeply to be a {what}.") from None
+    try:
+        return parse(data)
+    except InvalidSpecError as e:
+        raise InvalidSpecError(f"{what} `{p}`: {e}") from e
 
 
 def field_path(loc: Sequence[str | int]) -> str:

@@ -45,6 +45,7 @@ from engine import (
     PositiveInt,
     atomic_write_bytes,
     dataclass_default,
+    load_json_file,
     parse_document,
 )
 from hwprofiles._fingerprint import DeviceFingerprint, FingerprintMismatchWarning
@@ -423,19 +424,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
         """Reads and validates an `allocator.latency/1` file; errors name the file."""
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise InvalidSpecError(f"cannot read latency table `{p}`: {e.strerror}") from e
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidSpecError(f"latency table `{p}` is not valid JSON: {e}") from e
-        try:
-            return cls.from_dict(data)
-        except InvalidSpecError as e:
-            raise InvalidSpecError(f"latency table `{p}`: {e}") from e
+        return load_json_file(path, cls.from_dict, what="latency table")
 
 
 def _isotonic(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:

@@ -37,6 +37,7 @@ from engine import (
     atomic_write_bytes,
     dataclass_default,
     integer,
+    load_json_file,
     parse_document,
 )
 
@@ -136,13 +137,8 @@ class SensitivityTable:
 
     @classmethod
     def load(cls, path: str | Path) -> SensitivityTable:
-        p = Path(path)
-        try:
-            return cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
-        except OSError as e:
-            raise InvalidSpecError(f"cannot read sensitivity table `{p}`: {e.strerror}") from e
-        except json.JSONDecodeError as e:
-            raise InvalidSpecError(f"sensitivity table `{p}` is not valid JSON: {e}") from e
+        """Reads and validates an `allocator.sensitivity/1` file; errors name the file."""
+        return load_json_file(path, cls.from_dict, what="sensitivity table")
 
 
 # -- the document ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from allocator.solvers._base import (
     SOLVERS,
     BaseSolver,
+    ModelSolver,
     Solution,
     SolverConfig,
     config_from_dict,
@@ -37,7 +38,8 @@ from allocator.solvers._ddpg import DdpgConfig, DdpgSolver
 # isort: on
 
 __all__ = [
-    "SOLVERS", "BaseSolver", "Solution", "SolverConfig", "config_from_dict", "get_solver",
+    "SOLVERS", "BaseSolver", "ModelSolver", "Solution", "SolverConfig", "config_from_dict",
+    "get_solver",
     "register_solver", "solve", "solver_for",
     "BruteForceConfig", "BruteForceSolver", "DdpgConfig", "DdpgSolver",
     "DynamicProgrammingConfig", "DynamicProgrammingSolver", "FracBitsSolver",

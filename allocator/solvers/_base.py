@@ -147,6 +147,7 @@ class BaseSolver(ABC):
                     time_limit_s: float) -> Answer:
         """Choice per unit (None if none found), status, extra facts."""
 
+
     def solve(self, problem: Problem, budgets: Sequence[Budget], *, seed: int = 0,
               time_limit_s: float = 60.0) -> Solution:
         if time_limit_s <= 0:
@@ -166,6 +167,23 @@ class BaseSolver(ABC):
         bits = {x.name: bits[x.name] for x in problem.layers}  # model order
         objective, cost = problem.evaluate(bits)
         return Solution(bits, status, objective, cost, self.name, seconds, diagnosis, extra)
+
+
+class ModelSolver(BaseSolver):
+    """A solver that works on the model itself (next to the problem's tables): it takes
+    the model spec at construction, and imports torch when solving.
+
+    Args:
+        config: Its settings.
+        model: The model spec (the pipeline passes it; see `takes_model`).
+    """
+
+    takes_model = True
+    needs_torch = True
+
+    def __init__(self, config: SolverConfig | None = None, *, model: Any = None) -> None:
+        super().__init__(config)
+        self.model = model
 
 
 SOLVERS: Registry[type[BaseSolver]] = Registry("solver")

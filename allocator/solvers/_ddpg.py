@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from allocator._problem import Unit
-from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._base import Answer, ModelSolver, SolverConfig, register_solver
 from allocator.solvers._feasibility import Rhs
 from allocator.solvers._ilp_program import available_backends, solve_ilp
 from allocator.solvers._repair import repair
@@ -167,24 +167,17 @@ def _rl_available() -> bool:
 
 @register_solver(DdpgConfig, available=_rl_available, extra="rl",
                  description="HAQ-style DDPG agent (stable-baselines3), Ω proxy reward")
-class DdpgSolver(BaseSolver):
-    """HAQ-style DDPG agent (stable-baselines3); see the module docstring.
+class DdpgSolver(ModelSolver):
+    """HAQ-style DDPG agent (stable-baselines3); see the module docstring. The model spec
+    is what the measured reward evaluates; the proxy reward needs none."""
 
-    Args:
-        config: Its settings.
-        model: The model spec the measured reward evaluates (the pipeline passes it).
-    """
-
-    takes_model = True
-    needs_torch = True
     config: DdpgConfig
 
     def __init__(self, config: DdpgConfig | None = None, *, model: Any = None) -> None:
-        super().__init__(config)
+        super().__init__(config, model=model)
         if self.config.reward == "measured" and model is None:
             raise InvalidSpecError("`reward` 'measured' evaluates configs on the model: run it "
                                    "through the pipeline (`allocator solve --model M`).")
-        self.model = model
 
     def _measure(self, units: list[Unit]) -> _MeasuredLoss:
         from sensitivity import CandidateWeights

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from allocator._problem import Unit
-from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._base import Answer, ModelSolver, SolverConfig, register_solver
 from allocator.solvers._feasibility import Rhs, feasible
 from allocator.solvers._repair import fill, lower_until_feasible
 from engine import InvalidSpecError
@@ -92,22 +92,11 @@ class FracBitsSolverConfig(SolverConfig):
 
 @register_solver(FracBitsSolverConfig,
                  description="FracBits: bits learned on the model (needs --model), rounded to fit")
-class FracBitsSolver(BaseSolver):
-    """FracBits on the model given at construction (see the module docstring).
+class FracBitsSolver(ModelSolver):
+    """FracBits on the model given at construction (see the module docstring)."""
 
-    Args:
-        config: Its settings.
-        model: The model spec whose bits it learns (the pipeline passes it).
-    """
-
-    takes_model = True
     needs_model = True
-    needs_torch = True
     config: FracBitsSolverConfig
-
-    def __init__(self, config: FracBitsSolverConfig | None = None, *, model: Any = None) -> None:
-        super().__init__(config)
-        self.model = model
 
     def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
                     time_limit_s: float) -> Answer:

@@ -272,5 +272,5 @@ def test_result_and_front_are_the_stored_documents(api_client: TestClient) -> No
     result = api_client.get(f"/jobs/{job['id']}/result")
     assert result.status_code == 200
     assert result.json() == {"config": config, "measured": measured, "uniform": {},
-                             "problem": doc}
+                             "timings_s": {"total_s": 0.5}, "problem": doc}
     assert api_client.get(f"/jobs/{job['id']}/pareto").json() == front

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import pytest
 import torch
 
 import engine._kernels as K
@@ -8,7 +7,6 @@ from engine import BitConfig
 from tests.zoo.conftest import need
 
 
-@pytest.mark.slow  # the FP32 baseline over 500 sentences (15 s); int8 below loads offline too
 def test_minilm_loads_offline_with_36_encoder_linears():
     spec = need("minilm")
     layers = spec.layers()
