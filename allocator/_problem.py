@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, WithJsonSchema
 
@@ -37,7 +37,8 @@ from engine import (
     parse_document,
 )
 
-PROBLEM_FORMAT = "allocator.problem/1"
+ProblemFormat = Literal["allocator.problem/1"]
+PROBLEM_FORMAT: str = get_args(ProblemFormat)[0]
 COST_FIELDS = ("size_bytes", "bops", "latency_us")
 
 
@@ -140,11 +141,8 @@ class Problem:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Problem:
-        """Validates an `allocator.problem/1` document (see `ProblemDocument`).
-
-        Raises:
-            InvalidSpecError: The message names the bad field's path and shows its value.
-        """
+        """Validates an `allocator.problem/1` document (`ProblemDocument`); the
+        `InvalidSpecError` names the bad field's path and value."""
         return cls.from_document(parse_document(ProblemDocument, data, what="a problem"))
 
     @classmethod
@@ -291,8 +289,9 @@ class Problem:
                               for x in self.layers),
         }
         lat = [self.layer_cost(x, "latency", bits[x.name]) for x in self.layers]
-        if all(v is not None for v in lat):
-            cost["latency_us"] = math.fsum(lat) + self.latency_offset_us
+        known = [v for v in lat if v is not None]
+        if len(known) == len(lat):
+            cost["latency_us"] = math.fsum(known) + self.latency_offset_us
         return objective, cost
 
     def cost_of(self, budget: Budget, cost: Mapping[str, float]) -> float | None:
@@ -305,13 +304,18 @@ def _copy(table: Mapping[int, float] | None) -> dict[int, float] | None:
 
 # -- the document ------------------------------------------------------------------------------
 
-_Bits = integer(MIN_BITS, MAX_BITS, digits=True)  # `"4"` has always been read as 4
-_AllowedBits = integer(digits=True)  # not range-checked: a width no layer can take is unused
-_ActivationBits = integer(1, 32)
+if TYPE_CHECKING:  # `integer` builds `Annotated` types at run time, which mypy cannot follow
+    _Bits = int
+    _AllowedBits = int
+    _ActivationBits = int
+else:
+    _Bits = integer(MIN_BITS, MAX_BITS, digits=True)  # `"4"` has always been read as 4
+    _AllowedBits = integer(digits=True)  # not range-checked: a width no layer can take is unused
+    _ActivationBits = integer(1, 32)
 _BitKey = Annotated[_Bits, WithJsonSchema({"type": "string",
                                            "pattern": f"^[{MIN_BITS}-{MAX_BITS}]$"})]
 _BitsMap = dict[_BitKey, NonNegativeFloat]
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "format": PROBLEM_FORMAT, "model": "resnet18", "bits": [2, 3, 4, 5, 6, 8],
     "activation_bits": 8,
     "layers": [{"name": "layer1.0.conv1", "params": 36864, "macs": 115605504,
@@ -367,7 +371,7 @@ class ProblemDocument(Document):
 
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
 
-    format: Literal[PROBLEM_FORMAT] = Field(description="Always `allocator.problem/1`.")
+    format: ProblemFormat = Field(description="Always `allocator.problem/1`.")
     model: str | None = Field(_problem_default("model"),
                               description="Name of the model the problem was made for.")
     bits: list[_Bits] = Field(min_length=1, description="Candidate weight bit-widths (2..8).")

@@ -52,6 +52,7 @@ from engine._types import (
     MIN_BITS,
     BitConfig,
     BitConfigDocument,
+    LayerKind,
     LayerSpec,
     check_bits,
 )
@@ -94,7 +95,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LAYER_KINDS", "BitConfigDocument", "Document", "FiniteFloat", "Integer", "NonEmptyStr",
     "NonNegativeFloat", "NonNegativeInt", "PositiveInt", "dataclass_default", "integer",
-    "load_json_file", "parse_document",
+    "load_json_file", "parse_document", "LayerKind",
     "BITCONFIG_FORMAT", "DEFAULT_BITS", "ENGINE_VERSION", "MAX_BITS", "MIN_BITS",
     "AllocatorError", "BitConfig", "CLIUsageError", "DuplicateJobError", "FinishedJobError",
     "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import AliasChoices, ConfigDict, Field, StrictBool
 
@@ -30,12 +30,20 @@ MIN_BITS = 2
 MAX_BITS = 8
 # The candidate weight bit-widths every front door offers when the caller names none.
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
-SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
-BITCONFIG_FORMAT = "allocator.bitconfig/1"
-LAYER_KINDS = ("linear", "conv2d")
-STATUSES = ("optimal", "feasible", "infeasible")
-ROUNDINGS = ("rtn", "gptq")
-CALIBRATION_INPUTS = ("fp32", "sequential")
+# Each closed set of values is a `Literal` (what the documents' fields are typed with) and,
+# read from it, the tuple that the checks and messages use.
+GroupSize = Literal[32, 64, 128, 256]
+SUPPORTED_GROUP_SIZES: tuple[int, ...] = get_args(GroupSize)
+BitConfigFormat = Literal["allocator.bitconfig/1"]
+BITCONFIG_FORMAT: str = get_args(BitConfigFormat)[0]
+LayerKind = Literal["linear", "conv2d"]
+LAYER_KINDS: tuple[str, ...] = get_args(LayerKind)
+Status = Literal["optimal", "feasible", "infeasible"]
+STATUSES: tuple[str, ...] = get_args(Status)
+Rounding = Literal["rtn", "gptq"]
+ROUNDINGS: tuple[str, ...] = get_args(Rounding)
+CalibrationInputs = Literal["fp32", "sequential"]
+CALIBRATION_INPUTS: tuple[str, ...] = get_args(CalibrationInputs)
 
 
 def check_bits(bits: Any, *, where: str = "bits") -> int:
@@ -129,7 +137,7 @@ class LayerSpec:
         if unknown:
             raise InvalidSpecError(f"unknown LayerSpec field(s): {sorted(unknown)}.")
         try:
-            kwargs = {
+            kwargs: dict[str, Any] = {
                 k: tuple(int(x) for x in v) if isinstance(v, list) else v for k, v in data.items()
             }
             return cls(**kwargs)
@@ -228,8 +236,9 @@ class BitConfig:
     def calibrated(cls, bits: Mapping[str, int], **kwargs: Any) -> BitConfig:
         """A config with the calibrated rounding the product uses where data exists:
         GPTQ with bias correction and the clipping search."""
-        kwargs = {"rounding": "gptq", "bias_correction": True, "clip_search": True} | kwargs
-        return cls(bits=bits, **kwargs)
+        settings: dict[str, Any] = {"rounding": "gptq", "bias_correction": True,
+                                    "clip_search": True}
+        return cls(bits=bits, **(settings | kwargs))
 
     @classmethod
     def with_rounding(cls, bits: Mapping[str, int], rounding: str, **kwargs: Any) -> BitConfig:
@@ -262,17 +271,14 @@ class BitConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BitConfig:
-        """Validates an `allocator.bitconfig/1` document (see `BitConfigDocument`).
-
-        Raises:
-            InvalidSpecError: The message names the bad field and shows its value.
-        """
+        """Validates an `allocator.bitconfig/1` document (`BitConfigDocument`); the
+        `InvalidSpecError` names the bad field's path and value."""
         return cls.from_document(parse_document(BitConfigDocument, data, what="a bit config"))
 
     @classmethod
     def from_document(cls, doc: BitConfigDocument) -> BitConfig:
         """The config of a validated document."""
-        kwargs = {f.name: getattr(doc, f.name) for f in fields(cls)}
+        kwargs: dict[str, Any] = {f.name: getattr(doc, f.name) for f in fields(cls)}
         kwargs["budgets"] = tuple(doc.budgets or ())
         return cls(**kwargs)
 
@@ -285,9 +291,13 @@ class BitConfig:
         return cls.from_dict(data)
 
 
-_BitWidth = integer(minimum=MIN_BITS, maximum=MAX_BITS)
-"""A weight or activation bit-width, 2..8, as documents carry it."""
-_Fraction = json_number(minimum=0.0, maximum=1.0)
+if TYPE_CHECKING:  # the helpers build `Annotated` types at run time, which mypy cannot follow
+    _BitWidth = int
+    _Fraction = float
+else:
+    _BitWidth = integer(minimum=MIN_BITS, maximum=MAX_BITS)
+    """A weight or activation bit-width, 2..8, as documents carry it."""
+    _Fraction = json_number(minimum=0.0, maximum=1.0)
 
 
 def _default(name: str) -> Any:
@@ -306,24 +316,24 @@ class BitConfigDocument(Document):
         "cost": {"avg_bits": 4.4, "size_bytes": 6155000.0, "bops": 1.2e10,
                  "latency_us": 812.0}}]})
 
-    format: Literal[BITCONFIG_FORMAT] = Field(description="Always `allocator.bitconfig/1`.")
+    format: BitConfigFormat = Field(description="Always `allocator.bitconfig/1`.")
     bits: dict[NonEmptyStr, _BitWidth] = Field(
         description="Layer name (FQN) -> weight bits; layers not listed stay in float.")
     activation_bits: _BitWidth | None = Field(
         _default("activation_bits"),
         description="8: 8-bit layers run W8A8 integer kernels; null: weight-only.")
-    group_size: Literal[SUPPORTED_GROUP_SIZES] | None = Field(
+    group_size: GroupSize | None = Field(
         _default("group_size"),
         description="Group size of the scales below 8 bits; null: one per output channel.")
     symmetric: StrictBool = Field(_default("symmetric"),
                                   description="Symmetric scales (no zero point).")
-    rounding: Literal[ROUNDINGS] = Field(_default("rounding"),
-                                         description="How weights are rounded to integers.")
+    rounding: Rounding = Field(_default("rounding"),
+                                description="How weights are rounded to integers.")
     bias_correction: StrictBool = Field(_default("bias_correction"),
                                         description="Remove the mean output shift of rounding.")
     clip_search: StrictBool = Field(_default("clip_search"),
                                     description="Scales from an MSE clipping search.")
-    calibration_inputs: Literal[CALIBRATION_INPUTS] = Field(
+    calibration_inputs: CalibrationInputs = Field(
         _default("calibration_inputs"),
         description="Layer inputs of calibrated rounding: the float model or the model "
                     "quantized so far.")
@@ -332,8 +342,8 @@ class BitConfigDocument(Document):
         description="SmoothQuant migration strength for 8-bit linears, 0..1; null: off.")
     model: str | None = Field(_default("model"), description="Model the config was made for.")
     solver: str | None = Field(_default("solver"), description="Solver that produced it.")
-    status: Literal[STATUSES] | None = Field(_default("status"),
-                                             description="Solver status, if any.")
+    status: Status | None = Field(_default("status"),
+                               description="Solver status, if any.")
     objective: JsonNumber | None = Field(
         _default("objective"), description="Solver objective (predicted loss increase).")
     solve_s: JsonNumber | None = Field(

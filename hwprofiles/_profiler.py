@@ -72,14 +72,14 @@ def capture_inputs(model: nn.Module, names: Iterable[str], example_inputs: Any
     return captured
 
 
-def copies_for(module: nn.Module, *, working_set_bytes: int = WORKING_SET_BYTES,
+def copies_for(module: nn.Linear | nn.Conv2d, *, working_set_bytes: int = WORKING_SET_BYTES,
                max_copies: int = MAX_COPIES) -> int:
     """How many copies of a layer make its FP32 weights exceed the working set (capped)."""
     nbytes = module.weight.numel() * module.weight.element_size()
     return max(1, min(max_copies, math.ceil(working_set_bytes / max(nbytes, 1))))
 
 
-def quantized_module(module: nn.Module, bits: int, config: BitConfig,
+def quantized_module(module: nn.Linear | nn.Conv2d, bits: int, config: BitConfig,
                      calibration_input: torch.Tensor | None = None) -> engine.QuantizedLayer:
     """The engine's module for `module` at `bits`, as `engine.apply` builds it under `config`
     with calibration data (RTN weights: rounding does not change kernel time).
@@ -213,8 +213,8 @@ def profile_layers(
         raise engine.UnknownLayerError(f"layers not in the model: {missing[:5]}.")
     inputs = capture_inputs(model, [x.name for x in active], example_inputs)
     groups: dict[str, list[LayerSpec]] = {}
-    for x in active:
-        groups.setdefault(x.shape_signature, []).append(x)
+    for layer in active:
+        groups.setdefault(layer.shape_signature, []).append(layer)
 
     todo: dict[str, list[str]] = {}
     for sig, members in groups.items():

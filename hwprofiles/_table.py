@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import ConfigDict, Field, PlainValidator, StrictBool, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -38,6 +38,7 @@ from engine import (
     MIN_BITS,
     Document,
     InvalidSpecError,
+    LayerKind,
     LayerSpec,
     NonEmptyStr,
     NonNegativeFloat,
@@ -50,7 +51,8 @@ from engine import (
 )
 from hwprofiles._fingerprint import DeviceFingerprint, FingerprintMismatchWarning
 
-LATENCY_FORMAT = "allocator.latency/1"
+LatencyFormat = Literal["allocator.latency/1"]
+LATENCY_FORMAT: str = get_args(LatencyFormat)[0]
 FP32 = "fp32"
 
 
@@ -260,6 +262,9 @@ class LatencyTable:
     overhead_us: float | None = None
     gaps: tuple[Gap, ...] = ()
     created: str = field(default_factory=now_iso)
+    # Whether the fingerprint was checked (on first lookup); a list, as the table is frozen.
+    _checked: list[bool] = field(default_factory=lambda: [False], init=False, repr=False,
+                                 compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, DeviceFingerprint):
@@ -280,7 +285,6 @@ class LatencyTable:
         object.__setattr__(self, "gaps", tuple(self.gaps))
         if not all(isinstance(g, Gap) for g in self.gaps):
             raise InvalidSpecError("`gaps` must be a list of Gap records.")
-        object.__setattr__(self, "_checked", [False])  # fingerprint checked on first lookup
 
     # -- building ------------------------------------------------------------------------
 
@@ -392,11 +396,8 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
-        """Validates an `allocator.latency/1` document (see `LatencyDocument`).
-
-        Raises:
-            InvalidSpecError: The message names the bad field's path and shows its value.
-        """
+        """Validates an `allocator.latency/1` document (`LatencyDocument`); the
+        `InvalidSpecError` names the bad field's path and value."""
         return cls.from_document(parse_document(LatencyDocument, data, what="a latency table"))
 
     @classmethod
@@ -484,7 +485,7 @@ class MeasurementDocument(Document):
 class EntryDocument(Document):
     """The measurements of one layer shape (see `TableEntry`)."""
 
-    kind: Literal[LAYER_KINDS] = Field(description="The layer's kind.")
+    kind: LayerKind = Field(description="The layer's kind.")
     macs: NonNegativeInt = Field(description="MACs of one call at this shape.")
     depthwise: StrictBool = Field(dataclass_default(TableEntry, "depthwise"),
                                   description="Whether the shape is a depthwise conv.")
@@ -533,7 +534,7 @@ class LatencyDocument(Document):
             "times": {"fp32": {"kernel": "fp32", "p50_us": 60.0, "p90_us": 66.0,
                                "samples": 20, "timestamp": "2026-01-01T00:00:00Z"}}}}}]})
 
-    format: Literal[LATENCY_FORMAT] = Field(description="Always `allocator.latency/1`.")
+    format: LatencyFormat = Field(description="Always `allocator.latency/1`.")
     created: str | None = Field(None, description="When the table was started (ISO 8601, "
                                                   "UTC); missing or empty reads as now.")
     model: str | None = Field(dataclass_default(LatencyTable, "model"),

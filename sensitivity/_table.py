@@ -105,11 +105,8 @@ class SensitivityTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SensitivityTable:
-        """Validates an `allocator.sensitivity/1` document (see `SensitivityDocument`).
-
-        Raises:
-            InvalidSpecError: The message names the bad field's path and shows its value.
-        """
+        """Validates an `allocator.sensitivity/1` document (`SensitivityDocument`); the
+        `InvalidSpecError` names the bad field's path and value."""
         return cls.from_document(
             parse_document(SensitivityDocument, data, what="a sensitivity table"))
 
