@@ -121,9 +121,10 @@ def _budgets(budgets: Sequence[str | Budget]) -> list[Budget]:
 def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, seed: int,
                    settings: BitConfig, latency: bool, progress: bool,
                    estimator_options: Mapping[str, Any] | None, stage: OnStage,
-                   timings: dict[str, float]) -> tuple[Problem, dict[str, Any], str | None]:
+                   timings: dict[str, float]
+                   ) -> tuple[Problem, dict[str, Any], LatencyCosts | None]:
     """The sensitivity and latency stages: the model's problem, the estimator config that
-    made its Ω, and the latency profile's name (None without latency)."""
+    made its Ω, and the latency costs (None without latency)."""
     import sensitivity
 
     stage("sensitivity", 0.05)
@@ -141,7 +142,7 @@ def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, 
                             progress=progress)
         timings["latency_s"] = time.perf_counter() - t0
     problem = problem_for(spec, table.omega(), bits, settings, latency=lat)
-    return problem, dict(table.config), None if lat is None else lat.profile
+    return problem, dict(table.config), lat
 
 
 def solve(
@@ -214,11 +215,11 @@ def solve(
     say(f"{spec.name}: {len(layers)} quantizable layers")
     settings = quantization_settings(rounding, group_size, weight_only)
     latency = latency or any(b.kind == "latency" for b in parsed)
-    problem, estimator_config, profile = _model_problem(
+    problem, estimator_config, lat = _model_problem(
         spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
         progress=progress, estimator_options=estimator_options, stage=stage, timings=timings)
-    if profile is not None:
-        say(f"latency table {profile}")
+    if lat is not None:
+        say(f"latency table {lat.profile}" + (" (profiled now)" if lat.profiled_now else ""))
 
     stage("solve", 0.6)
     t0 = time.perf_counter()
@@ -230,8 +231,8 @@ def solve(
     timings["solve_s"] = time.perf_counter() - t0
     repro = {"seed": seed, "estimator": estimator, "estimator_config": estimator_config,
              "solver": solver, "bits": list(bits), **_digest(spec), "versions": _versions()}
-    if profile is not None:
-        repro["latency_profile"] = profile
+    if lat is not None:
+        repro["latency_profile"] = lat.profile
     extra: dict[str, Any] = {"reproducibility": repro}
     details = {k: v for k, v in solution.extra.items() if not k.endswith("_s")}
     if details:  # timings stay out: the same seed writes the same bytes

@@ -16,8 +16,13 @@ OPTS = {"max_probes": 32, "min_probes": 8}
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """One sensitivity cache for the module (the trained digits model stays shared)."""
+    """One sensitivity cache and latency profile store for the module, both measured here
+    (the latency test asserts what this run measures); the trained models are shared."""
+    import engine
+
     path = tmp_path_factory.mktemp("data")
+    (engine.data_dir() / "models").mkdir(parents=True, exist_ok=True)
+    (path / "models").symlink_to(engine.data_dir() / "models", target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALLOCATOR_DATA_DIR", str(path))
         yield path
