@@ -95,10 +95,14 @@ def parse_budget(text: str) -> Budget:
         raise InvalidSpecError(
             f"`budget` {text!r} is not understood; write a number and a unit, e.g. 4.5bits, "
             f"12MB, 3.5MiB, 1.2GBOPs, 2.5ms (units: {', '.join(_UNITS)}).")
-    number = float(m.group(1)) * (10.0 ** int(m.group(2)) if m.group(2) else 1.0)
+    # One float conversion of the whole number: an exponent past the float range gives inf
+    # (refused below) instead of overflowing a power.
+    number = float(f"{m.group(1)}e{m.group(2) or 0}")
     kind, scale = _UNITS[unit]
     if number <= 0:
         raise InvalidSpecError(f"`budget` {text!r} must be positive.")
+    if not math.isfinite(number * scale):
+        raise InvalidSpecError(f"`budget` {text!r} is too large to be a number.")
     return Budget(kind, number * scale, text.strip())
 
 

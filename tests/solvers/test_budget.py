@@ -45,3 +45,15 @@ def test_one_tolerance_for_every_budget_check():
 def test_every_kind_has_a_cost_key_and_a_base_unit(kind):
     budget = parse_budget(f"1{BASE_UNITS[kind]}")
     assert (budget.kind, budget.value, budget.cost_key) == (kind, 1.0, COST_KEYS[kind])
+
+
+@pytest.mark.parametrize("text", ["1e309bits", "1e99999999999bits", "9e300GBOPs"])
+def test_a_budget_past_the_float_range_is_a_named_error(text):
+    with pytest.raises(InvalidSpecError, match="too large"):
+        parse_budget(text)
+
+
+def test_exponents_read_as_one_number():
+    assert parse_budget("1.2e3MB").value == 1.2e9
+    with pytest.raises(InvalidSpecError, match="positive"):
+        parse_budget("1e-400bits")
