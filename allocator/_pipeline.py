@@ -333,15 +333,15 @@ def pareto(
     *,
     axis: str = "bits",
     points: int = 8,
-    measure_points: int | None = None,
     budgets: Sequence[str] = (),
+    measure_points: int | None = None,
+    seed: int = 0,
     bits: Sequence[int] = DEFAULT_BITS,
     estimator: str | None = None,
-    seed: int = 0,
+    weight_only: bool | None = None,
     rounding: str = "gptq",
     group_size: int | None = 128,
     latency: bool = True,
-    weight_only: bool | None = None,
     progress: bool = False,
 ) -> tuple[ParetoFront, list[dict[str, float]]]:
     """The Pareto front of a model along one cost axis, with the first `measure_points`

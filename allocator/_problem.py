@@ -10,12 +10,10 @@ CLI, the API and the job runner); `Problem.from_dict` validates through it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, WithJsonSchema
@@ -27,19 +25,19 @@ from engine import (
     Document,
     Integer,
     InvalidSpecError,
+    JsonFormat,
     LayerSpec,
     NonEmptyStr,
     NonNegativeFloat,
     NonNegativeInt,
     dataclass_default,
     integer,
-    load_json_file,
-    parse_document,
 )
 
+# The per-bit cost tables a layer may carry, one per cost axis but mean bits.
+COST_FIELDS = ("size_bytes", "bops", "latency_us")
 ProblemFormat = Literal["allocator.problem/1"]
 PROBLEM_FORMAT: str = get_args(ProblemFormat)[0]
-COST_FIELDS = ("size_bytes", "bops", "latency_us")
 
 
 @dataclass(frozen=True)
@@ -93,12 +91,14 @@ class Unit:
 
 
 @dataclass(frozen=True)
-class Problem:
+class Problem(JsonFormat):
     """A bit-allocation problem; `ProblemDocument` (below) is its `allocator.problem/1` form.
 
     Built from a document, it checks what spans fields: unique layer names, ties that name
     known layers once each, a usable bit-width for every layer.
     """
+
+    document_name = "problem"
 
     layers: tuple[ProblemLayer, ...]
     bits: tuple[int, ...]
@@ -140,12 +140,6 @@ class Problem:
     # -- serialization ------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Problem:
-        """Validates an `allocator.problem/1` document (`ProblemDocument`); the
-        `InvalidSpecError` names the bad field's path and value."""
-        return cls.from_document(parse_document(ProblemDocument, data, what="a problem"))
-
-    @classmethod
     def from_document(cls, doc: ProblemDocument) -> Problem:
         """The problem of a validated document (checks across fields happen here)."""
         layers = tuple(
@@ -168,14 +162,6 @@ class Problem:
         if self.latency_offset_us:
             out["latency_offset_us"] = self.latency_offset_us
         return out
-
-    @classmethod
-    def load(cls, path: str | Path) -> Problem:
-        """Reads and validates an `allocator.problem/1` file; errors name the file."""
-        return load_json_file(path, cls.from_dict, what="problem file")
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
 
     @classmethod
     def from_tables(cls, layers: Sequence[LayerSpec], omega: Mapping[str, Mapping[int, float]],
@@ -387,3 +373,5 @@ class ProblemDocument(Document):
         description="Latency of everything that is not a listed layer, in microseconds.")
     meta: Any = Field(None, description="Free-form; ignored.")
 
+
+Problem.document_model = ProblemDocument

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from api import _errors
-from api._metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from api._metrics import Metrics
+from api._middleware import BodyLimitMiddleware, MetricsMiddleware
 from api._routes import open_routes, read, write
 from api._service import Service
 from api._settings import Settings

@@ -250,12 +250,12 @@ class HwProfilePublic(BaseModel):
 
     name: str = Field(description="Name in the profile registry.")
     path: str = Field(description="The table file on the service's disk.")
+    error: str | None = Field(None, description="Why the file could not be read.")
     device: str = Field(description="CPU or GPU the table was measured on.")
+    model: str | None = Field(None, description="Model it was profiled for, if any.")
     batch: int = Field(description="Batch size of the timed calls.")
     entries: int = Field(description="Distinct layer shapes measured.")
     created: str = Field(description="When it was made (ISO 8601).")
-    model: str | None = Field(None, description="Model it was profiled for, if any.")
-    error: str | None = Field(None, description="Why the file could not be read.")
 
 
 class HwProfilesPublic(BaseModel):

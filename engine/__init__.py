@@ -32,6 +32,7 @@ from engine._formats import (
     Document,
     FiniteFloat,
     Integer,
+    JsonFormat,
     NonEmptyStr,
     NonNegativeFloat,
     NonNegativeInt,
@@ -62,7 +63,7 @@ ENGINE_VERSION = "2"
 _TORCH_NAMES: dict[str, tuple[str, ...]] = {
     "engine._apply": (
         "apply", "calibrate", "kernel_counts", "kernel_report", "load_quantized",
-        "model_size_bytes", "quantized_layers", "read_config", "save_quantized", "scheme_for",
+        "model_size_bytes", "quantized_layers", "save_quantized", "scheme_for",
         "smoothing_factors",
     ),
     "engine._gptq": ("gptq",),
@@ -95,7 +96,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LAYER_KINDS", "BitConfigDocument", "Document", "FiniteFloat", "Integer", "NonEmptyStr",
     "NonNegativeFloat", "NonNegativeInt", "PositiveInt", "dataclass_default", "integer",
-    "load_json_file", "parse_document", "LayerKind",
+    "JsonFormat", "load_json_file", "parse_document", "LayerKind",
     "BITCONFIG_FORMAT", "DEFAULT_BITS", "ENGINE_VERSION", "MAX_BITS", "MIN_BITS",
     "AllocatorError", "BitConfig", "CLIUsageError", "DuplicateJobError", "FinishedJobError",
     "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from engine._errors import InvalidSpecError, UnknownLayerError
-from engine._formats import load_json_file
 from engine._gptq import bias_correction, gptq, group_qparams
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
@@ -339,7 +338,7 @@ def save_quantized(model: nn.Module, config: BitConfig, directory: str | Path) -
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "allocator.quantized/1"})
     tmp.replace(out / WEIGHTS_FILE)
-    (out / CONFIG_FILE).write_text(config.to_json() + "\n", encoding="utf-8")
+    config.save(out / CONFIG_FILE)
     return out
 
 
@@ -359,7 +358,7 @@ def load_quantized(
     for fname in (WEIGHTS_FILE, CONFIG_FILE):
         if not (src / fname).is_file():
             raise InvalidSpecError(f"`{src / fname}` is missing: not a saved quantized model.")
-    config = BitConfig.from_json((src / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = BitConfig.load(src / CONFIG_FILE)
     try:
         state = load_file(str(src / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
@@ -382,8 +381,3 @@ def load_quantized(
             f"`{src / WEIGHTS_FILE}` does not fit this model: {str(e).splitlines()[0]}"
         ) from e
     return qmodel, config
-
-
-def read_config(path: str | Path) -> BitConfig:
-    """Loads an `allocator.bitconfig/1` JSON file with errors that name the file."""
-    return load_json_file(path, BitConfig.from_dict, what="bit config")

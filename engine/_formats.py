@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from engine._errors import InvalidSpecError
+from engine._paths import atomic_write_bytes
 
 
 class Document(BaseModel):
@@ -154,15 +155,73 @@ def load_json_file(path: str | Path, parse: Callable[[Any], T], *, what: str) ->
         raise InvalidSpecError(f"{what} `{p}` is not UTF-8 text: {e.reason} at byte "
                                f"{e.start}.") from e
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidSpecError(f"{what} `{p}` is not valid JSON: {e}") from e
-    except RecursionError:
-        raise InvalidSpecError(f"{what} `{p}` is nested too deeply to be a {what}.") from None
-    try:
-        return parse(data)
+        return parse(decode_json(text, what=what))
     except InvalidSpecError as e:
         raise InvalidSpecError(f"{what} `{p}`: {e}") from e
+
+
+def decode_json(text: str, *, what: str) -> Any:
+    """`json.loads` whose failures (bad JSON, nesting deeper than Python's stack) are one-line
+    `InvalidSpecError`s saying what the text should have been ("bit config")."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidSpecError(f"not valid JSON: {e}") from e
+    except RecursionError:
+        raise InvalidSpecError(f"nested too deeply to be a {what}.") from None
+
+
+class JsonFormat:
+    """Base of the types a JSON format describes (bit configs, problems, latency and
+    sensitivity tables). `from_dict` validates with the format's `Document` model, `from_json`
+    and `load` decode text and files, `to_json` and `save` write them, every error naming the
+    field (and the file); each type says only how it maps to and from a document
+    (`to_dict`, `from_document`)."""
+
+    document_model: ClassVar[type[Document]]
+    #: What one document is, for messages ("bit config").
+    document_name: ClassVar[str]
+    #: Indent of the JSON text `to_json` and `save` write.
+    json_indent: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_document(cls, doc: Any) -> Self:
+        """The value of a validated document (checks across fields happen here)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Validates a document of the format; the `InvalidSpecError` names the bad field's
+        path and value."""
+        doc = parse_document(cls.document_model, data, what=f"a {cls.document_name}")
+        return cls.from_document(doc)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        try:
+            data = decode_json(text, what=cls.document_name)
+        except InvalidSpecError as e:
+            raise InvalidSpecError(f"{cls.document_name}: {e}") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Reads and validates a file of the format; errors name the file."""
+        return load_json_file(path, cls.from_dict, what=cls.document_name)
+
+    def to_json(self, *, indent: int | None = -1) -> str:
+        """The document as JSON text (`indent`: the format's own by default, None: one line)."""
+        indent = self.json_indent if indent == -1 else indent
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the document atomically (readers never see half a file)."""
+        p = Path(path)
+        atomic_write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
+        return p
 
 
 def field_path(loc: Sequence[str | int]) -> str:

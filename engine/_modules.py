@@ -42,6 +42,9 @@ class QuantizedLayer(nn.Module):
             raise ValueError(f"`kernel` must be one of {KERNEL_CHOICES}, got {kernel!r}.")
         self.scheme: QuantScheme = qweight.scheme
         self.weight_shape: tuple[int, ...] = tuple(qweight.shape)
+        # The weight as a matmul: N output rows of K reduced inputs (convs: C/groups * kh * kw).
+        self.out_features: int = self.weight_shape[0]
+        self.reduction_size: int = math.prod(self.weight_shape[1:])
         self.kernel = kernel
         # False: activations stay float (weight-only), so 8-bit layers run dequant.
         self.quantize_activations = quantize_activations
@@ -58,14 +61,6 @@ class QuantizedLayer(nn.Module):
     @property
     def bits(self) -> int:
         return self.scheme.bits
-
-    @property
-    def out_features(self) -> int:
-        return self.weight_shape[0]
-
-    @property
-    def reduction_size(self) -> int:
-        return math.prod(self.weight_shape[1:])
 
     def quantized_weight(self) -> QuantizedWeight:
         return QuantizedWeight(self.qweight, self.scales, self.zeros, self.weight_shape,

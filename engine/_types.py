@@ -7,7 +7,6 @@ validates through.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,12 +17,12 @@ from pydantic import AliasChoices, ConfigDict, Field, StrictBool
 from engine._errors import InvalidSpecError, UnsupportedBitWidthError
 from engine._formats import (
     Document,
+    JsonFormat,
     JsonNumber,
     NonEmptyStr,
     dataclass_default,
     integer,
     json_number,
-    parse_document,
 )
 
 MIN_BITS = 2
@@ -146,7 +145,7 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
-class BitConfig:
+class BitConfig(JsonFormat):
     """Per-layer weight bit-widths: the solver's output and `engine.apply`'s input.
 
     Serialized as `allocator.bitconfig/1` JSON. Layers that are not listed stay in float.
@@ -182,6 +181,9 @@ class BitConfig:
         cost: Cost summary (`avg_bits`, `size_bytes`, `bops`, `latency_us`, ...).
         extra: Free-form JSON-safe record (measurements, reproducibility data).
     """
+
+    document_name = "bit config"
+    json_indent = 2
 
     bits: Mapping[str, int]
     activation_bits: int | None = 8
@@ -266,29 +268,12 @@ class BitConfig:
             out[f.name] = value
         return out
 
-    def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BitConfig:
-        """Validates an `allocator.bitconfig/1` document (`BitConfigDocument`); the
-        `InvalidSpecError` names the bad field's path and value."""
-        return cls.from_document(parse_document(BitConfigDocument, data, what="a bit config"))
-
     @classmethod
     def from_document(cls, doc: BitConfigDocument) -> BitConfig:
         """The config of a validated document."""
         kwargs: dict[str, Any] = {f.name: getattr(doc, f.name) for f in fields(cls)}
         kwargs["budgets"] = tuple(doc.budgets or ())
         return cls(**kwargs)
-
-    @classmethod
-    def from_json(cls, text: str) -> BitConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidSpecError(f"bit config is not valid JSON: {e}") from e
-        return cls.from_dict(data)
 
 
 if TYPE_CHECKING:  # the helpers build `Annotated` types at run time, which mypy cannot follow
@@ -356,3 +341,6 @@ class BitConfigDocument(Document):
         description="Cost summary: `avg_bits`, `size_bytes`, `bops`, `latency_us`, ...")
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description="Free-form record (measurements, seeds).")
+
+
+BitConfig.document_model = BitConfigDocument

@@ -20,16 +20,21 @@ A shape the table lacks is interpolated from measured shapes of the same kind by
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple, Self, get_args
 
-from pydantic import ConfigDict, Field, PlainValidator, StrictBool, WithJsonSchema
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from engine import (
@@ -38,16 +43,14 @@ from engine import (
     MIN_BITS,
     Document,
     InvalidSpecError,
+    JsonFormat,
     LayerKind,
     LayerSpec,
     NonEmptyStr,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
-    atomic_write_bytes,
     dataclass_default,
-    load_json_file,
-    parse_document,
 )
 from hwprofiles._fingerprint import DeviceFingerprint, FingerprintMismatchWarning
 
@@ -236,7 +239,7 @@ class LatencyLookup(NamedTuple):
 
 
 @dataclass(frozen=True)
-class LatencyTable:
+class LatencyTable(JsonFormat):
     """Measured per-layer latencies of one device at one batch size.
 
     Attributes:
@@ -253,6 +256,8 @@ class LatencyTable:
             activation layouts (see `Gap`); what the layout correction of predictions uses.
         created: When the table was started (ISO 8601, UTC).
     """
+
+    document_name = "latency table"
 
     device: DeviceFingerprint
     batch: int
@@ -391,15 +396,6 @@ class LatencyTable:
                 "overhead_us": self.overhead_us, "gaps": [g.to_dict() for g in self.gaps],
                 "entries": {sig: e.to_dict() for sig, e in self.entries.items()}}
 
-    def to_json(self, *, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
-        """Validates an `allocator.latency/1` document (`LatencyDocument`); the
-        `InvalidSpecError` names the bad field's path and value."""
-        return cls.from_document(parse_document(LatencyDocument, data, what="a latency table"))
-
     @classmethod
     def from_document(cls, doc: LatencyDocument) -> LatencyTable:
         """The table of a validated document (a missing `created` reads as now)."""
@@ -415,17 +411,6 @@ class LatencyTable:
         return cls(device=device, batch=doc.batch, entries=entries, repeats=doc.repeats,
                    model=doc.model, overhead_us=doc.overhead_us, gaps=gaps,
                    created=doc.created or now_iso())
-
-    def save(self, path: str | Path) -> Path:
-        """Writes the table atomically (readers never see half a file)."""
-        p = Path(path)
-        atomic_write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
-        return p
-
-    @classmethod
-    def load(cls, path: str | Path) -> LatencyTable:
-        """Reads and validates an `allocator.latency/1` file; errors name the file."""
-        return load_json_file(path, cls.from_dict, what="latency table")
 
 
 def _isotonic(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
@@ -480,6 +465,14 @@ class MeasurementDocument(Document):
     p90_us: NonNegativeFloat = Field(description="90th percentile per call, in microseconds.")
     samples: PositiveInt = Field(description="Timed calls.")
     timestamp: NonEmptyStr = Field(description="When it was measured (ISO 8601, UTC).")
+
+    @model_validator(mode="after")
+    def _p90_not_below_p50(self) -> Self:
+        # A percentile below the median is no measurement: the file was edited or damaged.
+        if self.p90_us < self.p50_us:
+            raise PydanticCustomError("p90_below_p50", "p90_us ({p90}) is below p50_us ({p50})",
+                                      {"p90": self.p90_us, "p50": self.p50_us})
+        return self
 
 
 class EntryDocument(Document):
@@ -548,6 +541,9 @@ class LatencyDocument(Document):
     gaps: list[GapDocument] | None = Field(
         None, description="The non-layer time split by the layer call it follows.")
     entries: dict[str, EntryDocument] = Field(description="Shape signature -> its entry.")
+
+
+LatencyTable.document_model = LatencyDocument
 
 
 def _measurements(times: Mapping[str, MeasurementDocument]) -> dict[str, Measurement]:

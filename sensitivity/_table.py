@@ -15,12 +15,10 @@ layer must have Ω at every bit-width of `bits`. Saving writes what was loaded, 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
@@ -31,14 +29,12 @@ from engine import (
     Document,
     FiniteFloat,
     InvalidSpecError,
+    JsonFormat,
     NonEmptyStr,
     NonNegativeFloat,
     NonNegativeInt,
-    atomic_write_bytes,
     dataclass_default,
     integer,
-    load_json_file,
-    parse_document,
 )
 
 SENSITIVITY_FORMAT = "allocator.sensitivity/1"
@@ -81,8 +77,10 @@ class LayerSensitivity:
 
 
 @dataclass(frozen=True)
-class SensitivityTable:
+class SensitivityTable(JsonFormat):
     """Ω for every layer x candidate bit-width, from one estimator run."""
+
+    document_name = "sensitivity table"
 
     layers: Mapping[str, LayerSensitivity]
     bits: tuple[int, ...]
@@ -104,13 +102,6 @@ class SensitivityTable:
                 "layers": {n: s.to_dict() for n, s in self.layers.items()}}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SensitivityTable:
-        """Validates an `allocator.sensitivity/1` document (`SensitivityDocument`); the
-        `InvalidSpecError` names the bad field's path and value."""
-        return cls.from_document(
-            parse_document(SensitivityDocument, data, what="a sensitivity table"))
-
-    @classmethod
     def from_document(cls, doc: SensitivityDocument) -> SensitivityTable:
         """The table of a validated document; every layer must have Ω at every bit-width."""
         bits = tuple(doc.bits)
@@ -127,15 +118,6 @@ class SensitivityTable:
         return cls(layers=layers, bits=bits, estimator=doc.estimator, seed=doc.seed,
                    model=doc.model, config=dict(doc.config), elapsed_s=doc.elapsed_s,
                    created=doc.created)
-
-    def save(self, path: str | Path) -> None:
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        atomic_write_bytes(Path(path), text.encode())
-
-    @classmethod
-    def load(cls, path: str | Path) -> SensitivityTable:
-        """Reads and validates an `allocator.sensitivity/1` file; errors name the file."""
-        return load_json_file(path, cls.from_dict, what="sensitivity table")
 
 
 # -- the document ------------------------------------------------------------------------------
@@ -188,3 +170,6 @@ class SensitivityDocument(Document):
     created: FiniteFloat = Field(0.0, description="Unix time the table was made.")
     layers: dict[NonEmptyStr, LayerSensitivityDocument] = Field(
         min_length=1, description="Layer name -> its Ω and what the estimate rests on.")
+
+
+SensitivityTable.document_model = SensitivityDocument

@@ -88,13 +88,12 @@ def evaluate(model: ModelName, bits: UniformBits = None, config: ConfigFile = No
              data: DataFile = None, weights: WeightsFile = None, as_json: AsJson = False) -> None:
     """Apply a bit config (or uniform bits) on the engine; print metrics, size, latency vs FP32."""
     import zoo
-    from engine import read_config
 
     exactly_one(("--bits", bits), ("--config", config))
     uniform_bits = None if bits is None else check_bits(bits, where="--bits")
     spec = zoo.get_model(model, data=data, weights=weights)
     if config is not None:
-        cfg = read_config(config)
+        cfg = BitConfig.load(config)
     else:
         settings = {"rounding": rounding, "bias_correction": bias_correction,
                     "clip_search": clip_search, "calibration_inputs": calibration_inputs,
@@ -185,10 +184,10 @@ def apply_command(model: ModelName, config: RequiredConfigFile, out: QuantizedOu
                   data: DataFile = None, weights: WeightsFile = None) -> None:
     """Quantize a model with a bit config on the engine and save it (safetensors + JSON)."""
     import zoo
-    from engine import model_size_bytes, read_config, save_quantized
+    from engine import model_size_bytes, save_quantized
 
     spec = zoo.get_model(model, data=data, weights=weights)
-    cfg = read_config(config)
+    cfg = BitConfig.load(config)
     with render.status(f"quantizing {spec.name}..."):
         qmodel = spec.quantize(cfg)
         path = save_quantized(qmodel, cfg, out)

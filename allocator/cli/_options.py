@@ -40,10 +40,9 @@ WeightsFile = Annotated[str | None, typer.Option(
 # evaluate and apply
 UniformBits = Annotated[int | None, typer.Option(
     "--bits", help="Uniform weight bits for every layer.")]
-ConfigFile = Annotated[str | None, typer.Option(
-    "--config", help="allocator.bitconfig/1 JSON file.")]
-RequiredConfigFile = Annotated[str, typer.Option(
-    "--config", help="allocator.bitconfig/1 JSON file.")]
+_CONFIG_FILE_HELP = "allocator.bitconfig/1 JSON file."
+ConfigFile = Annotated[str | None, typer.Option("--config", help=_CONFIG_FILE_HELP)]
+RequiredConfigFile = Annotated[str, typer.Option("--config", help=_CONFIG_FILE_HELP)]
 GroupSize = Annotated[int | None, typer.Option(
     "--group-size", help="Group size below 8 bits (0: per-channel).")]
 WeightOnlyFlag = Annotated[bool, typer.Option(
@@ -64,7 +63,7 @@ Estimator = Annotated[str, typer.Option(
 SensitivityOut = Annotated[str | None, typer.Option(
     "--out", help="Write the allocator.sensitivity/1 JSON here.")]
 MaxProbes = Annotated[int | None, typer.Option(
-    "--max-probes", help="Hutchinson: probes per layer at most.")]
+    "--max-probes", min=1, help="Hutchinson: probes per layer at most.")]
 RelTol = Annotated[float | None, typer.Option(
     "--rel-tol", help="Hutchinson: stop at this relative std-error.")]
 EstimatorTimeLimit = Annotated[float | None, typer.Option(

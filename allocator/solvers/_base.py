@@ -72,6 +72,14 @@ class SolverConfig:
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    #: Fields that must be integers >= 1 (checked on construction).
+    positive_ints: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidSpecError(f"`{name}` must be a positive integer, got {value!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.name, "version": self.version, "params": dataclasses.asdict(self)}
@@ -192,7 +200,7 @@ _BY_CONFIG: dict[type[SolverConfig], type[BaseSolver]] = {}
 S = TypeVar("S", bound=type[BaseSolver])
 
 
-def register_solver(config_cls: type[SolverConfig], *, description: str,
+def register_solver(config_cls: type[SolverConfig], *, description: str | None = None,
                     available: Callable[[], bool] | None = None,
                     extra: str | None = None) -> Callable[[S], S]:
     """Class decorator: registers a solver under its config's type and name, and sets the
@@ -200,7 +208,8 @@ def register_solver(config_cls: type[SolverConfig], *, description: str,
 
     Args:
         config_cls: The solver's config type (its `name` is the solver's name).
-        description: One line for `allocator solvers` and the service's catalog.
+        description: One line for `allocator solvers` and the service's catalog (default:
+            the first line of the class docstring, which says it once for both).
         available: Whether its optional dependencies are installed (default: always).
         extra: The package extra that installs them.
 
@@ -212,7 +221,8 @@ def register_solver(config_cls: type[SolverConfig], *, description: str,
             raise ValueError(f"config {config_cls.__name__} already has a solver.")
         cls.name, cls.config_cls = config_cls.name, config_cls
         kwargs = {} if available is None else {"available": available}
-        SOLVERS.register(config_cls.name, cls, extra=extra, description=description, **kwargs)
+        summary = description or (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
+        SOLVERS.register(config_cls.name, cls, extra=extra, description=summary, **kwargs)
         _BY_CONFIG[config_cls] = cls
         return cls
     return decorator

@@ -139,6 +139,7 @@ class DdpgConfig(SolverConfig):
     """
 
     name: ClassVar[str] = "ddpg"
+    positive_ints: ClassVar[tuple[str, ...]] = ("episodes",)
     episodes: int = 300
     sigma: float = 0.3
     report_gap: bool = True
@@ -147,9 +148,7 @@ class DdpgConfig(SolverConfig):
     group_size: int | None = 128
 
     def __post_init__(self) -> None:
-        if not isinstance(self.episodes, int) or isinstance(self.episodes, bool) \
-                or self.episodes < 1:
-            raise InvalidSpecError(f"`episodes` must be an integer >= 1, got {self.episodes!r}.")
+        super().__post_init__()
         if not isinstance(self.sigma, int | float) or not 0 <= self.sigma < math.inf:
             raise InvalidSpecError(f"`sigma` must be a finite number >= 0, got {self.sigma!r}.")
         if not isinstance(self.report_gap, bool):
@@ -165,11 +164,12 @@ def _rl_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("stable_baselines3", "gymnasium"))
 
 
-@register_solver(DdpgConfig, available=_rl_available, extra="rl",
-                 description="HAQ-style DDPG agent (stable-baselines3), Ω proxy reward")
+@register_solver(DdpgConfig, available=_rl_available, extra="rl")
 class DdpgSolver(ModelSolver):
-    """HAQ-style DDPG agent (stable-baselines3); see the module docstring. The model spec
-    is what the measured reward evaluates; the proxy reward needs none."""
+    """HAQ-style DDPG agent (stable-baselines3), Ω proxy reward.
+
+    See the module docstring. The model spec is what the measured reward evaluates; the
+    proxy reward needs none."""
 
     config: DdpgConfig
 

@@ -18,10 +18,6 @@ from engine import InvalidSpecError
 _CLOCK_EVERY = 1 << 16
 
 
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidSpecError(f"`{name}` must be a positive integer, got {value!r}.")
-
 
 @dataclass(frozen=True)
 class BruteForceConfig(SolverConfig):
@@ -32,15 +28,15 @@ class BruteForceConfig(SolverConfig):
     """
 
     name: ClassVar[str] = "brute"
+    positive_ints: ClassVar[tuple[str, ...]] = ("max_assignments",)
     max_assignments: int = 2_000_000
 
-    def __post_init__(self) -> None:
-        _positive_int("max_assignments", self.max_assignments)
 
-
-@register_solver(BruteForceConfig, description="exhaustive oracle (small problems)")
+@register_solver(BruteForceConfig)
 class BruteForceSolver(BaseSolver):
-    """Enumerates every assignment (up to `max_assignments`); out of time, the best one seen
+    """Exhaustive oracle (small problems).
+
+    Enumerates every assignment (up to `max_assignments`); out of time, the best one seen
     is "feasible"."""
 
     exact = True
@@ -74,16 +70,15 @@ class DynamicProgrammingConfig(SolverConfig):
     """
 
     name: ClassVar[str] = "dp"
+    positive_ints: ClassVar[tuple[str, ...]] = ("max_states",)
     max_states: int = 5_000_000
 
-    def __post_init__(self) -> None:
-        _positive_int("max_states", self.max_states)
 
-
-@register_solver(DynamicProgrammingConfig,
-                 description="knapsack DP oracle (one budget, integer costs)")
+@register_solver(DynamicProgrammingConfig)
 class DynamicProgrammingSolver(BaseSolver):
-    """Knapsack dynamic programming for one budget whose unit costs are integers (mean
+    """Knapsack DP oracle (one budget, integer costs).
+
+    Knapsack dynamic programming for one budget whose unit costs are integers (mean
     bits: params x bits; sizes in whole bytes). Exact on such problems; out of time, none
     is found."""
 

@@ -76,6 +76,7 @@ class FracBitsSolverConfig(SolverConfig):
     group_size: int | None = 128
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.relaxation()
 
     def relaxation(self, time_limit_s: float | None = None) -> FracBitsConfig:
@@ -90,10 +91,11 @@ class FracBitsSolverConfig(SolverConfig):
         return FracBitsConfig(**options)
 
 
-@register_solver(FracBitsSolverConfig,
-                 description="FracBits: bits learned on the model (needs --model), rounded to fit")
+@register_solver(FracBitsSolverConfig)
 class FracBitsSolver(ModelSolver):
-    """FracBits on the model given at construction (see the module docstring)."""
+    """FracBits: bits learned on the model (needs --model), rounded to fit.
+
+    The model is the one given at construction; see the module docstring."""
 
     needs_model = True
     config: FracBitsSolverConfig

@@ -24,15 +24,17 @@ class IlpConfig(SolverConfig):
     backend: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.backend not in ("auto", *BACKENDS):
             raise InvalidSpecError(f"`backend` must be 'auto' or one of {list(BACKENDS)}, "
                                    f"got {self.backend!r}.")
 
 
-@register_solver(IlpConfig, available=lambda: bool(available_backends()), extra="solvers",
-                 description="exact integer linear program (PuLP: HiGHS or CBC)")
+@register_solver(IlpConfig, available=lambda: bool(available_backends()), extra="solvers")
 class IlpSolver(BaseSolver):
-    """Exact: integer linear program over one-hot bit choices (PuLP; HiGHS or CBC)."""
+    """Exact integer linear program (PuLP: HiGHS or CBC).
+
+    One-hot bit choices per unit; the optimum under every budget, or a proof there is none."""
 
     exact = True
     config: IlpConfig

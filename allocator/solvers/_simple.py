@@ -18,9 +18,11 @@ class GreedyConfig(SolverConfig):
     name: ClassVar[str] = "greedy"
 
 
-@register_solver(GreedyConfig, description="lower the cheapest-Ω-per-cost layer first")
+@register_solver(GreedyConfig)
 class GreedySolver(BaseSolver):
-    """Starts at the highest bits and repeatedly lowers the layer that loses the least Ω per
+    """Lowers the cheapest-Ω-per-cost layer first.
+
+    Starts at the highest bits and repeatedly lowers the layer that loses the least Ω per
     unit of budgeted cost saved, until every budget holds."""
 
     def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,
@@ -36,9 +38,11 @@ class UniformConfig(SolverConfig):
     name: ClassVar[str] = "uniform"
 
 
-@register_solver(UniformConfig, description="best feasible single bit-width")
+@register_solver(UniformConfig)
 class UniformSolver(BaseSolver):
-    """The best feasible single bit-width for every layer (`uniform_choice` where a layer
+    """Best feasible single bit-width.
+
+    The best feasible single bit-width for every layer (`uniform_choice` where a layer
     cannot take it)."""
 
     def solve_units(self, units: list[Unit], rhs: Rhs, *, seed: int,

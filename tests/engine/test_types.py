@@ -11,7 +11,6 @@ from engine import (
     InvalidSpecError,
     LayerSpec,
     UnsupportedBitWidthError,
-    read_config,
 )
 
 
@@ -154,13 +153,13 @@ def test_bitconfig_document_refusals_name_path_and_value(changes, message):
     assert "\n" not in str(info.value)
 
 
-def test_read_config_names_the_file(tmp_path):
+def test_bitconfig_load_names_the_file(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({**DOC, "bits": {"a": 1}}))
     with pytest.raises(InvalidSpecError, match=r"cfg\.json.*`bits\.a` is 1"):
-        read_config(path)
+        BitConfig.load(path)
     path.write_text(BitConfig(bits={"a": 4}).to_json())
-    assert read_config(path) == BitConfig(bits={"a": 4})
+    assert BitConfig.load(path) == BitConfig(bits={"a": 4})
 
 
 def test_files_written_before_the_seconds_rename_still_read():
