@@ -61,6 +61,10 @@ _LAZY = {
     "pareto_front": ("allocator._pareto", "pareto_front"),
     "get_solver": ("allocator.solvers", "get_solver"),
     "Solution": ("allocator.solvers", "Solution"),
+    "MAX_BUDGET_CHARS": ("allocator._budget", "MAX_BUDGET_CHARS"),
+    "MAX_COUNT": ("allocator._problem", "MAX_COUNT"),
+    "MAX_TABLE_VALUE": ("allocator._problem", "MAX_TABLE_VALUE"),
+    "SolverTimeoutError": ("allocator.solvers", "SolverTimeoutError"),
 }
 
 
@@ -104,6 +108,10 @@ __all__ = [
     "ProblemDocument",
     "ProblemLayerDocument",
     "Solution",
+    "MAX_BUDGET_CHARS",
+    "MAX_COUNT",
+    "MAX_TABLE_VALUE",
+    "SolverTimeoutError",
     "get_solver",
     "pareto",
     "pareto_front",

@@ -37,6 +37,8 @@ BASE_UNITS = {kind: next(u for u, (k, scale) in _UNITS.items() if k == kind and 
               for kind in KINDS}
 _PATTERN = re.compile(
     r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-zµ]+)\s*$")
+# Longest budget text: `1.2GBOPs` needs 8 characters; a long text is refused before parsing.
+MAX_BUDGET_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,14 @@ def parse_budget(text: str) -> Budget:
     """Parses one budget; raises InvalidSpecError naming the text and the valid units."""
     if not isinstance(text, str):
         raise InvalidSpecError(f"`budget` must be text such as '4.5bits', got {text!r}.")
+    if len(text) > MAX_BUDGET_CHARS:
+        raise InvalidSpecError(f"`budget` {text[:20]!r}... has {len(text)} characters; a "
+                               f"budget has at most {MAX_BUDGET_CHARS}.")
+    odd = next((c for c in text if not c.isascii() and c != "µ"), None)
+    if odd is not None:  # Arabic-Indic or fullwidth digits, other spaces, another mu
+        raise InvalidSpecError(f"`budget` {text!r} has the character {odd!r} "
+                               f"(U+{ord(odd):04X}); write budgets in ASCII digits and "
+                               "letters, e.g. 4.5bits (µs may be written us).")
     m = _PATTERN.match(text)
     unit = m.group(3) if m else None
     if unit is not None and unit not in _UNITS:

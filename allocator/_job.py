@@ -39,7 +39,8 @@ class JobLimits:
     """What a job may spend.
 
     Attributes:
-        time_limit_s: Each solve's time limit.
+        time_limit_s: The solve and the front together: the solve gets it all, the front
+            what the solve left (it stops there with the points found).
         front_points: Budget values swept along `bits` for the front.
         measure_front_max_params: Models above this many parameters get only their chosen
             point measured, not every front point and uniform row.
@@ -72,10 +73,12 @@ def uniform_points(problem: Problem, bits: Sequence[int]) -> list[dict[str, Any]
     return out
 
 
-def _front(problem: Problem, budgets: Sequence[Budget], limits: JobLimits) -> ParetoFront:
+def _front(problem: Problem, budgets: Sequence[Budget], limits: JobLimits,
+           solve_s: float) -> ParetoFront:
     fixed = [b for b in budgets if b.kind not in ("bits", "latency")]
+    left_s = max(limits.time_limit_s - solve_s, 0.0)
     return pareto_front(problem, "bits", limits.front_points, budgets=fixed,
-                        time_limit_s=limits.time_limit_s)
+                        time_limit_s=limits.time_limit_s, total_time_s=left_s)
 
 
 def run_problem_job(document: Mapping[str, Any], budgets: Sequence[str], *, solver: str,
@@ -96,7 +99,7 @@ def run_problem_job(document: Mapping[str, Any], budgets: Sequence[str], *, solv
     timings["solve_s"] = report.timings_s["solve_s"]
     on_stage("pareto", 0.6)
     t0 = time.perf_counter()
-    front = _front(problem, parsed, limits)
+    front = _front(problem, parsed, limits, report.timings_s["solve_s"])
     config = report.config
     doc = front.to_dict() | {"metric": None, "measured": [None] * len(front.points),
                              "uniform": uniform_points(problem, problem.bits),
@@ -124,7 +127,7 @@ def run_model_job(model: str | ModelSpecLike, budgets: Sequence[str], *, solver:
     on_stage("pareto", PIPELINE_SHARE)
     t0 = time.perf_counter()
     problem = report.problem
-    front = _front(problem, parse_budgets(list(budgets)), limits)
+    front = _front(problem, parse_budgets(list(budgets)), limits, report.timings_s["solve_s"])
     measure_all = measure and spec.params() <= limits.measure_front_max_params
     uniform = uniform_points(problem, problem.bits)
     total = max(len(front.points) + len(uniform), 1)

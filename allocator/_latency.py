@@ -7,6 +7,13 @@ missing. An interrupted run resumes from its partial file. `latency_costs` is th
 pipeline's latency stage: the per-layer costs the solver budgets, taken at the batch the
 pipeline times whole models on (`spec.latency_batch()`), so predicted and measured latency
 describe the same call.
+
+The stored table is a trusted cache (`engine._cache`): `hwprofiles/<name>.json` with a
+checksum sidecar `<name>.json.sha256` recording the key it was profiled for (model, batch,
+activation mode, `"origin": "profiled"`) or that it was imported on purpose. A table with
+no sidecar, another checksum or key, another batch, or one that does not validate is moved
+to `<data dir>/quarantine/` (logged and warned about) and profiled anew; so is an unusable
+partial file `hwprofiles/.<name>.partial` of an interrupted run.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import engine
-from engine import BitConfig, InvalidSpecError
+from engine import BitConfig, InvalidSpecError, UnknownComponentError
 
 if TYPE_CHECKING:
     from allocator._spec import ModelSpecLike
@@ -118,21 +125,26 @@ def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = Non
     inputs = batch_inputs(spec, batch) if inputs is None else inputs
     fp32 = spec.build()
     layers = engine.discover_layers(fp32, inputs, skip=spec.skip_layers)
-    name = profile_name(spec.name, batch_size(inputs), DeviceFingerprint.current())
+    rows = batch_size(inputs)
+    name = profile_name(spec.name, rows, DeviceFingerprint.current())
     if weight_only:
         name += "-weight-only"
+    key = {"cache": "latency", "origin": "profiled", "name": name, "model": spec.name,
+           "batch": rows, "weight_only": weight_only}
     stored = profiles_dir() / f"{name}.json"
     table = None
-    if reuse and stored.is_file():
+    if reuse:
         try:
-            table = load_profile(name)
-        except InvalidSpecError:
-            table = None  # unreadable: profiled anew below and overwritten
+            table = load_profile(name, key=key, check=lambda t: _check_batch(t, rows))
+        except UnknownComponentError:
+            table = None  # none stored, or it failed verification and was moved aside
     active = [x for x in layers if x.calls > 0]
     if table is not None and table.overhead_us is not None and all(
             table.has(x.shape_signature, b) for x in active for b in bits):
         return ProfileRun(table, name, stored, 0.0, False, tuple(layers))
     partial = profiles_dir() / f".{name}.partial"  # resumes an interrupted run
+    if table is None:
+        _check_partial(partial, rows)
     options: dict[str, Any] = {} if repeats is None else {"repeats": repeats}
     start = time.perf_counter()
     table = profile_layers(fp32, layers, inputs, bits, table=table, progress=progress,
@@ -140,9 +152,30 @@ def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = Non
                            config=BitConfig(bits={}, activation_bits=None if weight_only else 8),
                            model_name=spec.name, **options)
     seconds = time.perf_counter() - start
-    path = save_profile(table, name)
+    path = save_profile(table, name, key=key)
     partial.unlink(missing_ok=True)
     return ProfileRun(table, name, path, seconds, True, tuple(layers))
+
+
+def _check_batch(table: LatencyTable, rows: int) -> None:
+    if table.batch != rows:
+        raise InvalidSpecError(f"`batch` is {table.batch}, the profile's name says {rows}.")
+
+
+def _check_partial(partial: Path, rows: int) -> None:
+    """Moves an unusable partial table of an interrupted run (unreadable, not a file, or
+    of another batch) to quarantine, so the run starts afresh instead of failing on it."""
+    from hwprofiles import LatencyTable
+
+    if not partial.exists() and not partial.is_symlink():
+        return
+    try:
+        if not partial.is_file():
+            raise InvalidSpecError("it is not a regular file")
+        _check_batch(LatencyTable.load(partial), rows)
+    except InvalidSpecError as e:
+        engine.quarantine(partial, "invalid", str(e), what="partial latency table",
+                          action="profiling from the start")
 
 
 def latency_costs(spec: ModelSpecLike, bits: Sequence[int], *, weight_only: bool = False,

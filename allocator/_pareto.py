@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from allocator._budget import BASE_UNITS, COST_KEYS, Budget
 from allocator._problem import Problem
-from allocator.solvers import Solution, get_solver
+from allocator.solvers import Solution, SolverTimeoutError, get_solver
 from engine import InvalidSpecError
 
 PARETO_FORMAT = "allocator.pareto/1"
@@ -24,6 +25,8 @@ class ParetoFront:
     points: tuple[Solution, ...]
     budgets: tuple[str, ...] = ()
     model: str | None = None
+    #: The sweep stopped at its total time before every budget value was solved.
+    time_limit_reached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         key = COST_KEYS[self.axis]
@@ -35,6 +38,7 @@ class ParetoFront:
             "fixed_budgets": list(self.budgets),
             "points": [{"objective": p.objective, "cost": p.cost, "bits": p.bits,
                         "status": p.status, "solver": p.solver} for p in self.points],
+            "time_limit_reached": self.time_limit_reached,
         }
 
     def save(self, path: str | Path) -> None:
@@ -55,9 +59,13 @@ def non_dominated(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def pareto_front(problem: Problem, axis: str = "bits", points: int = 20, *,
                  budgets: Sequence[Budget] = (), solver: str = "ilp",
-                 time_limit_s: float = 60.0) -> ParetoFront:
+                 time_limit_s: float = 60.0, total_time_s: float | None = None) -> ParetoFront:
     """Sweeps a budget on `axis` over `points` values between the cheapest and the
-    dearest assignment (other `budgets` held fixed) and keeps the non-dominated solutions."""
+    dearest assignment (other `budgets` held fixed) and keeps the non-dominated solutions.
+
+    `time_limit_s` bounds each solve; `total_time_s` the whole sweep: past it the sweep
+    stops with the points found so far and `time_limit_reached` set (a job's front must not
+    outlive the job's limit)."""
     if axis not in COST_KEYS:
         raise InvalidSpecError(f"`axis` must be one of {sorted(COST_KEYS)}, got {axis!r}.")
     if points < 2:
@@ -69,13 +77,27 @@ def pareto_front(problem: Problem, axis: str = "bits", points: int = 20, *,
     hi = sum(max(u.costs[axis].values()) for u in units)
     runner = get_solver(solver)
     found: list[Solution] = []
+    deadline = None if total_time_s is None else time.monotonic() + total_time_s
+    cut_short = False
     for i in range(points):
+        left_s = time_limit_s if deadline is None else min(time_limit_s,
+                                                            deadline - time.monotonic())
+        if left_s <= 0:
+            cut_short = True
+            break
         value = problem.budget_value(axis, lo + (hi - lo) * i / (points - 1))
         budget = Budget(axis, max(value, 1e-12), f"{value:.9g}{BASE_UNITS[axis]}")
-        sol = runner.solve(problem, [*budgets, budget], time_limit_s=time_limit_s)
+        try:
+            sol = runner.solve(problem, [*budgets, budget], time_limit_s=left_s)
+        except SolverTimeoutError:
+            if deadline is None:
+                raise
+            cut_short = True
+            break
         if sol.status != "infeasible":
             found.append(sol)
     key = COST_KEYS[axis]
     keep = non_dominated([(s.objective, s.cost[key]) for s in found])
     chosen = sorted((found[i] for i in keep), key=lambda s: s.cost[key])
-    return ParetoFront(axis, tuple(chosen), tuple(b.text for b in budgets), problem.model)
+    return ParetoFront(axis, tuple(chosen), tuple(b.text for b in budgets), problem.model,
+                       time_limit_reached=cut_short)

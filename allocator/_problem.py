@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from allocator._budget import COST_KEYS, Budget
 from engine import (
@@ -28,8 +29,6 @@ from engine import (
     JsonFormat,
     LayerSpec,
     NonEmptyStr,
-    NonNegativeFloat,
-    NonNegativeInt,
     dataclass_default,
     integer,
 )
@@ -38,6 +37,12 @@ from engine import (
 COST_FIELDS = ("size_bytes", "bops", "latency_us")
 ProblemFormat = Literal["allocator.problem/1"]
 PROBLEM_FORMAT: str = get_args(ProblemFormat)[0]
+# Largest Ω, per-bit cost and latency offset a problem may hold, and largest parameter and
+# MAC count of a layer: far above any model's (a layer's BOPs are ~1e15), and low enough that
+# no sum over layers, ratio to a budget or default cost (macs x 8 x 32) leaves the float range
+# or float precision for counts.
+MAX_TABLE_VALUE = 1e30
+MAX_COUNT = 2**53
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,9 @@ class Problem(JsonFormat):
         names = Counter(x.name for x in self.layers)
         if len(names) != len(self.layers):
             dup = sorted(n for n, count in names.items() if count > 1)
-            raise InvalidSpecError(f"`layers` has duplicate names {dup}.")
+            more = f" and {len(dup) - 5} more" if len(dup) > 5 else ""
+            raise InvalidSpecError(f"`layers` has duplicate names {dup[:5]}{more}.")
+        _check_ranges(self)
         seen: set[str] = set()
         for group in self.ties:
             if not group:
@@ -222,23 +229,25 @@ class Problem(JsonFormat):
         groups += [[x.name] for x in self.layers if x.name not in grouped]
         order = {x.name: i for i, x in enumerate(self.layers)}
         groups.sort(key=lambda g: min(order[n] for n in g))
-        kinds = sorted({b.kind for b in budgets} | {"bits", "size", "bops"})
+        budgeted = sorted({b.kind for b in budgets})
+        kinds = sorted({*budgeted, "bits", "size", "bops"})
         units = []
         for g in groups:
             members = [by_name[n] for n in g]
             choices = set.intersection(*(set(self.layer_choices(m)) for m in members))
-            for kind in kinds:
+            for kind in budgeted:
                 for m in members:
                     known = {b for b in choices if self.layer_cost(m, kind, b) is not None}
-                    if not known and kind in {b.kind for b in budgets}:
+                    if not known:
                         raise InvalidSpecError(
                             f"a {kind} budget was given but `layers[{m.name!r}]."
                             f"{COST_KEYS[kind]}` "
                             f"has no value for its bit-widths {sorted(choices)}.")
-                    if kind in {b.kind for b in budgets}:
-                        choices &= known
+                    choices &= known
             if not choices:
-                raise InvalidSpecError(f"tie group {g} has no bit-width allowed for all members.")
+                shown = g if len(g) <= 5 else [*g[:5], f"... {len(g) - 5} more"]
+                raise InvalidSpecError(f"tie group {shown} has no bit-width allowed for all "
+                                       "members.")
             ch = tuple(sorted(choices))
             costs = {kind: {b: sum(self.layer_cost(m, kind, b) or 0.0 for m in members)
                             for b in ch} for kind in kinds}
@@ -288,19 +297,67 @@ def _copy(table: Mapping[int, float] | None) -> dict[int, float] | None:
     return None if table is None else dict(table)
 
 
+def _check_ranges(problem: Problem) -> None:
+    """Every number of the problem in range (`MAX_TABLE_VALUE`, `MAX_COUNT`), however it
+    was built (a document checks this too, for its JSON schema): a solver never meets a sum
+    that overflows. Linear in the problem's size."""
+    if not (isinstance(problem.latency_offset_us, int | float)
+            and 0 <= problem.latency_offset_us <= MAX_TABLE_VALUE):
+        raise InvalidSpecError(f"`latency_offset_us` is {problem.latency_offset_us!r}: it "
+                               f"must be a number in 0..{MAX_TABLE_VALUE:g}.")
+    for i, x in enumerate(problem.layers):
+        if not isinstance(x.name, str) or not x.name:
+            raise InvalidSpecError(f"`layers[{i}].name` is {x.name!r}: it must be a "
+                                   "non-empty string.")
+        for count in ("params", "macs"):
+            value = getattr(x, count)
+            if (isinstance(value, bool) or not isinstance(value, int)
+                    or not 0 <= value <= MAX_COUNT):
+                raise InvalidSpecError(f"`layers[{i}].{count}` (layer {x.name!r}) is "
+                                       f"{value!r}: it must be an integer in 0..2**53.")
+        for table in ("omega", *COST_FIELDS):
+            values = getattr(x, table)
+            if values is None:
+                continue
+            for b, v in values.items():
+                if not (isinstance(v, int | float) and not isinstance(v, bool)
+                        and 0 <= v <= MAX_TABLE_VALUE):
+                    raise InvalidSpecError(
+                        f"`layers[{i}].{table}.{b}` (layer {x.name!r}) is {v!r}: it must be "
+                        f"a finite number in 0..{MAX_TABLE_VALUE:g}.")
+
+
 # -- the document ------------------------------------------------------------------------------
 
 if TYPE_CHECKING:  # `integer` builds `Annotated` types at run time, which mypy cannot follow
     _Bits = int
     _AllowedBits = int
     _ActivationBits = int
+    _Count = int
 else:
     _Bits = integer(MIN_BITS, MAX_BITS, digits=True)  # `"4"` has always been read as 4
     _AllowedBits = integer(digits=True)  # not range-checked: a width no layer can take is unused
     _ActivationBits = integer(1, 32)
+    _Count = integer(0, MAX_COUNT)
 _BitKey = Annotated[_Bits, WithJsonSchema({"type": "string",
                                            "pattern": f"^[{MIN_BITS}-{MAX_BITS}]$"})]
-_BitsMap = dict[_BitKey, NonNegativeFloat]
+
+
+def _at_most_max(value: float) -> float:
+    # Pydantic's own `le` message would print 1e30 with all its digits.
+    if value > MAX_TABLE_VALUE:
+        raise PydanticCustomError("less_than_equal",
+                                  f"Input should be at most {MAX_TABLE_VALUE:g}",
+                                  {"le": MAX_TABLE_VALUE})
+    return value
+
+
+# A finite number in 0..MAX_TABLE_VALUE, kept as float.
+_TableValue = Annotated[float, Strict(),
+                        Field(ge=0, allow_inf_nan=False,
+                              json_schema_extra={"maximum": MAX_TABLE_VALUE}),
+                        AfterValidator(_at_most_max)]
+_BitsMap = dict[_BitKey, _TableValue]
 _EXAMPLE: dict[str, Any] = {
     "format": PROBLEM_FORMAT, "model": "resnet18", "bits": [2, 3, 4, 5, 6, 8],
     "activation_bits": 8,
@@ -324,9 +381,9 @@ class ProblemLayerDocument(Document):
     model_config = ConfigDict(json_schema_extra={"examples": _EXAMPLE["layers"]})
 
     name: NonEmptyStr = Field(description="Layer name: the module's fully qualified name.")
-    params: NonNegativeInt = Field(
+    params: _Count = Field(
         0, description="Weight parameters (for mean bits and the default size).")
-    macs: NonNegativeInt = Field(0, description="Multiply-accumulates (for the default BOPs).")
+    macs: _Count = Field(0, description="Multiply-accumulates (for the default BOPs).")
     omega: _BitsMap = Field(
         min_length=1,
         description="Bits -> predicted loss increase when this layer alone is quantized.")
@@ -368,7 +425,7 @@ class ProblemDocument(Document):
     ties: list[list[str]] = Field(
         default_factory=list,
         description="Groups of layer names that must take one bit-width together.")
-    latency_offset_us: NonNegativeFloat = Field(
+    latency_offset_us: _TableValue = Field(
         _problem_default("latency_offset_us"),
         description="Latency of everything that is not a listed layer, in microseconds.")
     meta: Any = Field(None, description="Free-form; ignored.")

@@ -13,7 +13,7 @@ from api._metrics import Metrics
 from api._middleware import BodyLimitMiddleware, MetricsMiddleware
 from api._routes import open_routes, read, write
 from api._service import Service
-from api._settings import Settings
+from api._settings import Settings, load_settings
 
 log = logging.getLogger("allocator.api")
 
@@ -22,14 +22,19 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     """The job service over the database of `settings` (migrations applied now).
 
     Args:
-        settings: Defaults to `Settings()` (the `ALLOCATOR_*` environment).
-        start_workers: Start the worker pool, reaper and catalog probe with the app's
-            lifespan (set False for an API-only app in tests).
+        settings: Defaults to `load_settings()` (the `ALLOCATOR_*` environment).
+        start_workers: Start the worker pool (or the broker outbox), reaper and catalog
+            probe with the app's lifespan (set False for an API-only app in tests).
 
     Returns:
         The FastAPI app; `app.state.service` holds the store and workers.
+
+    Raises:
+        SettingsError: A setting cannot work (one line naming the variable and why),
+            including a database path that cannot be written.
+        StoreError: The database server does not answer.
     """
-    settings = settings or Settings()
+    settings = settings or load_settings()
     svc = Service.build(settings)
 
     @contextlib.asynccontextmanager

@@ -1,15 +1,21 @@
 """The database: SQLAlchemy 2 tables, engine creation (SQLite in WAL mode) and migrations.
 
-Tables: `jobs` (one row per job: the request and its state, the truth of the service),
-`results` (the BitConfig and measurements), `fronts` (the Pareto front), `problems` (the
-cached allocation table a job solved, reused by re-solves). JSON documents are stored as
-text written by `json.dumps`, so any database keeps them byte for byte.
+Tables: `jobs` (one row per job: the request and its state, the truth of the service, with
+its attempt history and when it was last handed to the broker), `results` (the BitConfig
+and measurements), `fronts` (the Pareto front), `problems` (the cached allocation table a
+job solved, reused by re-solves), `heartbeats` (one row per live API or worker process).
+JSON documents are stored as text written by `json.dumps`, so any database keeps them byte
+for byte.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
@@ -27,6 +33,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+PG_CONNECT_TIMEOUT_S = 5
+SQLITE_BUSY_TIMEOUT_MS = 30000  # API and workers share the file: wait out each other's writes
 
 
 class Base(DeclarativeBase):
@@ -53,6 +61,12 @@ class JobRow(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # When the job id last went to the broker (Celery mode); NULL: never, or re-queued
+    # since. The API's outbox sweep sends the queued jobs that are NULL here.
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # JSON list, one object per run: attempt, worker_id, started_at, ended_at, outcome,
+    # reason (why it ended: the re-queue reason of a lost worker, the error of a failure).
+    attempts_log: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -93,11 +107,28 @@ class ProblemRow(Base):
     problem: Mapped[str] = mapped_column(Text)
 
 
+class HeartbeatRow(Base):
+    """A live process of the service: the API (`role` "api", also its database write
+    check) or a worker ("worker"), with the job it runs."""
+
+    __tablename__ = "heartbeats"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    __table_args__ = (Index("ix_heartbeats_role_at", "role", "heartbeat_at"),)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -109,8 +140,9 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         memory = parsed.database in (None, "", ":memory:")
-        if not memory:
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(parsed.database, parsed.query)
+        if not memory and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         kwargs = ({"poolclass": StaticPool} if memory else {})
         engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
                                **kwargs)
@@ -118,7 +150,23 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S  # a down server fails fast
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args=connect_args)
+
+
+def sqlite_path(database: str | None, query: Mapping[str, Any]) -> Path | None:
+    """The file of a SQLite URL's database; None in memory (`uri=true` with `file:`
+    names are SQLite's own URIs: their path, without the query)."""
+    if not database or database == ":memory:":
+        return None
+    if str(query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        database = database.removeprefix("file:").split("?", 1)[0]
+        if not database or database == ":memory:" or "mode=memory" in str(query):
+            return None
+    return Path(database).expanduser()
 
 
 def upgrade(engine: Engine) -> None:
@@ -134,3 +182,71 @@ def upgrade(engine: Engine) -> None:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(724513)")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def open_database(url: str, *, setting: str = "ALLOCATOR_DATABASE_URL",
+                  migrate: bool = True) -> Engine:
+    """An engine for `url` with the migrations applied and a write proven, or one line
+    naming `setting`, the database and the cause: `SettingsError` when the URL or the
+    SQLite path cannot work, `StoreError` when the server does not answer."""
+    from sqlalchemy import delete, insert
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from api._settings import SettingsError
+    from engine import StoreError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise SettingsError(f"{setting}: not a database URL ({e}).") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        engine = make_engine(url)
+    except OSError as e:
+        raise SettingsError(f"{setting}: cannot use the SQLite database {parsed.database}: "
+                            f"{_sqlite_cause(sqlite_path(parsed.database, parsed.query), e)}."
+                            ) from None
+    except (ArgumentError, ImportError) as e:
+        raise SettingsError(f"{setting}: cannot use {shown}: {e}.") from None
+    try:
+        if migrate:
+            upgrade(engine)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        probe = {"id": f"write-probe-{uuid.uuid4().hex}", "role": "probe", "host": "",
+                 "pid": 0, "started_at": now, "heartbeat_at": now}
+        with engine.begin() as conn:  # a real write (and its undo), committed
+            conn.execute(insert(HeartbeatRow).values(**probe))
+            conn.execute(delete(HeartbeatRow).where(HeartbeatRow.id == probe["id"]))
+    except (SQLAlchemyError, OSError) as e:
+        engine.dispose()
+        if parsed.get_backend_name() == "sqlite":
+            cause = _sqlite_cause(sqlite_path(parsed.database, parsed.query), e)
+            raise SettingsError(f"{setting}: cannot write the SQLite database "
+                                f"{parsed.database}: {cause}.") from None
+        raise StoreError(f"{setting}: the database {shown} does not answer or refuses "
+                         f"writes: {_first_line(e)}.") from None
+    return engine
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0]}" if text else type(orig).__name__
+
+
+def _sqlite_cause(path: Path | None, error: BaseException) -> str:
+    """Why a SQLite file cannot be written, in words a user can act on."""
+    if path is not None:
+        if path.is_dir():
+            return "the path is a folder"
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
+        if path.exists() and not os.access(path, os.W_OK):
+            return "the file is read-only (permission denied)"
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return f"the folder {path.parent} is not writable (permission denied)"
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    return _first_line(error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,17 +45,47 @@ class ApiError(Exception):
         self.headers = headers
 
 
+# Longest JSON text of a value an error shows (`value`, each error's `input`); a longer one
+# (a whole problem document) is shown as the start of its repr.
+MAX_VALUE_CHARS = 2000
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _text(text: str) -> str:
+    """`text` sendable as UTF-8: a lone surrogate (from a `\\ud800` escape) spelled as
+    that escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _json_safe(value: Any) -> Any:
+    """`value` as JSON data an error body can hold: small, finite, valid Unicode (lone
+    surrogates spelled as escapes); else the start of its repr. Never raises, however deep
+    or odd the value."""
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return _short_repr(value)
+    if len(text) > MAX_VALUE_CHARS:
+        return _short_repr(value)
+    if _SURROGATE.search(text) is None:
         return value
-    except (TypeError, ValueError):
-        return repr(value)[:500]
+    # Spelled in the JSON text as an escaped backslash: the parsed value holds `\ud800`.
+    return json.loads(_SURROGATE.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text))
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return _text(repr(value)[:500])
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply to show>"
 
 
 def error_response(status_code: int, detail: str, field: str | None = None, value: Any = None,
                    headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"detail": detail, "field": field, "value": _json_safe(value), **extra}
+    """The JSON error body; every string in it valid Unicode (a client's lone surrogate
+    echoed in a message would otherwise fail to encode: a 500)."""
+    body = {"detail": _text(detail), "field": None if field is None else _text(field),
+            "value": _json_safe(value), **extra}
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
@@ -98,6 +129,26 @@ def _allow(request: Request, headers: dict[str, str] | None) -> dict[str, str] |
     return {**(headers or {}), "Allow": ", ".join(m.upper() for m in operations)}
 
 
+def _error(error: dict[str, Any]) -> dict[str, Any]:
+    """One validation error as the body lists it. An error of the body's walk (depth,
+    Unicode, finite numbers: `engine.Document`) is raised at the model: its `ctx` holds the
+    path below it (`loc`) and the bad value's repr (`shown`)."""
+    loc = list(error.get("loc", ()))
+    value = error.get("input")
+    if _walked(error):
+        loc += list(error["ctx"]["loc"])
+        value = error["ctx"]["shown"]
+    return {"loc": [_text(p) if isinstance(p, str) else p for p in loc],
+            "msg": _text(str(error.get("msg", ""))), "type": error.get("type", ""),
+            "input": _json_safe(value)}
+
+
+def _walked(error: dict[str, Any]) -> bool:
+    """Whether a validation error comes from the body's walk (see `_error`)."""
+    ctx = error.get("ctx") or {}
+    return isinstance(ctx.get("loc"), tuple | list) and "shown" in ctx
+
+
 def install(app: FastAPI) -> None:
     """Registers the handlers that give every error the JSON shape."""
 
@@ -115,14 +166,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
-                   "type": e.get("type", ""), "input": _json_safe(e.get("input"))}
-                  for e in exc.errors()]
+        raw = exc.errors()
+        errors = [_error(e) for e in raw]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request", "input": None}
         field = _loc(first["loc"]) or None
         value = first["input"]
-        shown = json.dumps(value)[:120] if value is not None else "missing"
-        detail = f"`{field}`: {first['msg']} (got {shown})" if field else first["msg"]
+        if raw and _walked(raw[0]):  # "`body.budgets.0` ('\\ud800') is not valid Unicode ..."
+            shown = f" ({value})" if value is not None else ""
+            detail = f"`{field or 'body'}`{shown} {first['msg']}."
+        else:
+            shown = json.dumps(value)[:120] if value is not None else "missing"
+            detail = f"`{field}`: {first['msg']} (got {shown})" if field else first["msg"]
         return error_response(422, detail, field, value, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

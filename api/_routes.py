@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from allocator import ProblemDocument
 from api import _validate as check
@@ -24,6 +25,7 @@ from api._schemas import (
     BitConfigPublic,
     BudgetsPublic,
     BudgetsValidate,
+    BudgetText,
     ErrorPublic,
     EstimatorsPublic,
     HealthPublic,
@@ -42,14 +44,13 @@ from api._schemas import (
     Status,
 )
 from api._service import Service
+from api._solving import solve_sync
 from api._store import FINISHED, STAGES, STATUSES
 from engine import (
     DEFAULT_BITS,
     MAX_BITS,
     MIN_BITS,
-    AllocatorError,
     InvalidSpecError,
-    parse_document,
 )
 
 log = logging.getLogger("allocator.api")
@@ -113,7 +114,7 @@ def create_job(svc: ServiceDep, body: JobCreate) -> Any:
 def create_job_upload(
     svc: ServiceDep,
     file: Annotated[UploadFile, File(description="allocator.problem/1 JSON file")],
-    budgets: Annotated[list[str], Form(min_length=1, max_length=MAX_BUDGETS)],
+    budgets: Annotated[list[BudgetText], Form(min_length=1, max_length=MAX_BUDGETS)],
     solver: Annotated[str, Form(min_length=1, max_length=32)] = "ilp",
     seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
 ) -> Any:
@@ -122,18 +123,24 @@ def create_job_upload(
     if len(raw) > svc.settings.max_upload_bytes:
         raise ApiError(413, f"`file` is larger than {svc.settings.max_upload_bytes} bytes.",
                        "body.file", len(raw))
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(422, f"`file` is not JSON: {e}", "body.file", file.filename) from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "`file` must hold an allocator.problem/1 object.", "body.file",
-                       file.filename)
-    try:
-        document = parse_document(ProblemDocument, data, what="`file`")
+    try:  # UTF-8 (with or without a BOM), or UTF-16/32 as `json.loads` reads bytes
+        text = raw.decode(json.detect_encoding(raw))
+    except UnicodeDecodeError as e:
+        raise ApiError(422, f"`file` is not UTF-8 text: {e.reason} at byte {e.start}.",
+                       "body.file", file.filename) from None
+    try:  # the file reader's checks: depth, Unicode, finite numbers, then the format
+        document = ProblemDocument.from_json_text(text.removeprefix("\ufeff"),
+                                                  what="problem file")
     except InvalidSpecError as e:
         raise ApiError(422, f"`file`: {e}", "body.file", file.filename) from None
-    body = JobCreate(problem=document, budgets=budgets, solver=solver, seed=seed, measure=False)
+    try:
+        body = JobCreate(problem=document, budgets=budgets, solver=solver, seed=seed,
+                         measure=False)
+    except ValidationError as e:  # a form field the walk refuses (a lone surrogate)
+        error = e.errors(include_url=False)[0]
+        field = ".".join(["body", *map(str, error["loc"]),
+                          *map(str, (error.get("ctx") or {}).get("loc", ()))])
+        raise ApiError(422, f"`{field}`: {error['msg']}.", field, None) from None
     return _submit(svc, body)
 
 
@@ -176,19 +183,9 @@ def cancel_job(svc: ServiceDep, job_id: JobId) -> Any:
 
 
 def _solve(svc: Service, prob, budget_list, solver: str, seed: int) -> dict[str, Any]:
-    from allocator import get_solver
-
-    try:
-        solution = get_solver(solver).solve(prob, budget_list, seed=seed,
-                                            time_limit_s=svc.settings.sync_time_limit_s)
-    except AllocatorError as e:
-        raise ApiError(422, f"`body.solver`: {solver} cannot solve this problem: {e}",
-                       "body.solver", solver) from None
-    except Exception as e:  # noqa: BLE001  (a solver crash on client data is a 422, logged)
-        log.warning("solver %s failed: %r", solver, e)
-        raise ApiError(422, f"`body.problem`: solver {solver!r} failed on this problem: "
-                            f"{type(e).__name__}: {e}", "body.problem", None) from None
-    return solution.to_bitconfig(prob, budget_list).to_dict()
+    """The BitConfig of a synchronous solve, run in a solver process under the service's
+    limits (`api._solving`: 422 past `sync_time_limit_s`, 503 when every process is busy)."""
+    return solve_sync(svc.settings, prob, budget_list, solver=solver, seed=seed)
 
 
 @write.post("/jobs/{job_id}/solve", response_model=ResolvedPublic, **EXACT)
@@ -202,7 +199,8 @@ def resolve_job(svc: ServiceDep, job_id: JobId, body: ResolveCreate) -> Any:
                             "re-solve once it has succeeded.", "path.job_id", job_id)
     budget_list = check.budgets(body.budgets)
     solver = check.solver(body.solver, in_api=True)
-    prob = check.problem(data, max_layers=10**9, field="job.problem",
+    # A re-solve is synchronous: the same layer limit as POST /solve (`sync_max_layers`).
+    prob = check.problem(data, max_layers=svc.settings.sync_max_layers, field="job.problem",
                          candidate_bits=check.bits(body.bits) or job.spec.get("bits"),
                          budget_list=budget_list)
     return _solve(svc, prob, budget_list, solver, body.seed) | {"job_id": job_id}
@@ -279,11 +277,23 @@ def read_settings(svc: ServiceDep) -> Any:
     }
 
 
-@open_routes.get("/health", response_model=HealthPublic, responses={503: _E}, **EXACT)
+@open_routes.get("/health", response_model=HealthPublic,
+                 responses={503: {"model": HealthPublic,
+                                  "description": "The database cannot be read or written"}},
+                 **EXACT)
 def read_health(svc: ServiceDep) -> Any:
-    """200 when the database answers."""
-    svc.store.ping()
-    return {"status": "ok", "database": "ok", "workers": svc.mode}
+    """Each dependency: the database (read and write), the broker (Celery mode) and the
+    workers with their last heartbeat; 503 when the service cannot take jobs."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.responses import JSONResponse
+
+    from api._health import health
+
+    code, body = health(svc)
+    if code != 200:
+        return JSONResponse(jsonable_encoder(HealthPublic.model_validate(body),
+                                             exclude_unset=True), status_code=code)
+    return body
 
 
 @read.get("/metrics", response_class=Response,

@@ -10,13 +10,13 @@ did not have).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from allocator import ProblemDocument
+from allocator import MAX_BUDGET_CHARS, ProblemDocument
 from api._store import STAGES, STATUSES
-from engine import BITCONFIG_FORMAT, DEFAULT_BITS, MAX_BITS, MIN_BITS
+from engine import BITCONFIG_FORMAT, DEFAULT_BITS, MAX_BITS, MIN_BITS, Document
 
 Status = Literal[STATUSES]
 Stage = Literal[STAGES]
@@ -28,8 +28,13 @@ MAX_CANDIDATE_BITS = MAX_BITS - MIN_BITS + 1
 MAX_PAGE_SIZE = 500
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(Document):
+    """A request body: unknown keys are errors, and before any field is read the whole body
+    is checked (`engine.Document`): nesting at most 32 deep, every string (keys too) valid
+    Unicode, every number finite. A failure is a 422 naming the path to the bad value."""
+
+    model_config = ConfigDict(frozen=False)
+    finite_numbers = True
 
 
 class _Document(BaseModel):
@@ -40,6 +45,7 @@ class _Document(BaseModel):
 
 _DEFAULT_BITS_TEXT = ",".join(map(str, DEFAULT_BITS))
 MAX_SEED = 2**31 - 1
+BudgetText = Annotated[str, Field(min_length=1, max_length=MAX_BUDGET_CHARS)]
 
 
 # Properties to receive on job creation
@@ -51,7 +57,8 @@ class JobCreate(_Strict):
                               examples=["digits-cnn"])
     problem: ProblemDocument | None = Field(default=None,
                                             description="allocator.problem/1 document")
-    budgets: list[str] = Field(min_length=1, max_length=MAX_BUDGETS, examples=[["4bits"]])
+    budgets: list[BudgetText] = Field(min_length=1, max_length=MAX_BUDGETS,
+                                      examples=[["4bits"]])
     solver: str = Field(default="ilp", min_length=1, max_length=32)
     estimator: str = Field(default="hutchinson", min_length=1, max_length=32)
     bits: list[int] | None = Field(
@@ -84,6 +91,9 @@ class JobPublic(BaseModel):
     finished_at: str | None
     timings_s: dict[str, float]
     attempts: int
+    attempts_history: list[AttemptPublic] = Field(
+        default_factory=list, description="Each run of the job, first first: worker, times, "
+        "outcome and the reason it ended (a re-queue's reason stays after a retry succeeds).")
 
 
 class JobsPublic(BaseModel):
@@ -98,7 +108,8 @@ class JobsPublic(BaseModel):
 class ResolveCreate(_Strict):
     """A re-solve of a job's stored problem under other budgets or another solver."""
 
-    budgets: list[str] = Field(min_length=1, max_length=MAX_BUDGETS, examples=[["3bits"]])
+    budgets: list[BudgetText] = Field(min_length=1, max_length=MAX_BUDGETS,
+                                      examples=[["3bits"]])
     solver: str = Field(default="ilp", min_length=1, max_length=32)
     bits: list[int] | None = Field(default=None, min_length=1, max_length=MAX_CANDIDATE_BITS)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -195,7 +206,7 @@ class ParetoPublic(_Document):
 class BudgetsValidate(_Strict):
     """Budget texts to check against the budget grammar."""
 
-    budgets: list[str] = Field(max_length=16, examples=[["4bits", "12MB"]])
+    budgets: list[BudgetText] = Field(max_length=16, examples=[["4bits", "12MB"]])
 
 
 class BudgetPublic(BaseModel):
@@ -263,9 +274,16 @@ class HwProfilesPublic(BaseModel):
 
 
 class HealthPublic(BaseModel):
-    status: str
-    database: str
-    workers: str
+    """Whether the service can take jobs (503 when it cannot), one check per dependency."""
+
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="ok; degraded: jobs are taken but wait (broker down, no live worker); "
+                    "unavailable (503): the database cannot be read or written")
+    database: str = Field(description='"ok" or "error" (read and write checked)')
+    workers: str = Field(description="How jobs run: celery, in-process:N or none")
+    broker: str | None = Field(default=None, description='Celery mode: "ok" or "error"')
+    detail: str | None = Field(default=None, description="What is wrong, one line")
+    checks: HealthChecksPublic | None = None
 
 
 class JobDefaultsPublic(BaseModel):
@@ -313,3 +331,66 @@ class ErrorPublic(BaseModel):
     detail: str
     field: str | None = None
     value: Any = None
+
+
+# -- health checks and attempt history (appended: H4) ---------------------------------------
+
+
+class DependencyPublic(BaseModel):
+    """One dependency's check."""
+
+    ok: bool
+    latency_ms: float
+    read: bool | None = None
+    write: bool | None = None
+    detail: str | None = None
+
+
+class WorkerBeatPublic(BaseModel):
+    """A worker process and its last heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: str | None
+    heartbeat_at: str | None
+    age_s: float
+    job_id: str | None
+
+
+class WorkersCheckPublic(BaseModel):
+    """Worker processes alive by their heartbeats."""
+
+    ok: bool
+    mode: str
+    expected: bool = Field(description="Whether this service counts on workers")
+    alive: int
+    last_heartbeat_at: str | None
+    heartbeat_timeout_s: float
+    items: list[WorkerBeatPublic]
+    detail: str | None = None
+
+
+class HealthChecksPublic(BaseModel):
+    """Each dependency of the service; `broker` only in Celery mode."""
+
+    database: DependencyPublic
+    broker: DependencyPublic | None = None
+    workers: WorkersCheckPublic
+
+
+class AttemptPublic(BaseModel):
+    """One run of a job: who ran it, when, and how and why it ended."""
+
+    attempt: int
+    worker_id: str | None
+    started_at: str | None
+    ended_at: str | None
+    outcome: Literal["running", "succeeded", "failed", "cancelled", "requeued"]
+    reason: str | None
+
+
+HealthPublic.model_rebuild()
+# A job model that names AttemptPublic (defined after it) resolves it here.
+JobPublic.model_rebuild()
+JobsPublic.model_rebuild()

@@ -1,8 +1,9 @@
 """The running service: settings, database, store, catalog, and how jobs reach workers.
 
 Without a broker, queued rows are the queue: the in-process pool polls for them. With
-`broker_url`, each new (or re-queued) job is also sent to Celery as `allocator.run_job`;
-the worker claims it in the database, so a task delivered twice runs once.
+`broker_url`, each new (or re-queued) job is also sent to Celery as `allocator.run_job`
+(`api._broker`: a bounded wait, and an outbox sweep for what a down broker missed); the
+worker claims it in the database, so a task delivered twice runs once.
 """
 
 from __future__ import annotations
@@ -10,33 +11,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from api._broker import RUN_JOB_TASK, CeleryDispatcher, Outbox
 from api._catalog import Catalog
-from api._db import make_engine, upgrade
+from api._db import open_database
 from api._settings import Settings
 from api._store import JobStore
-from api._worker import Reaper, WorkerPool
+from api._worker import Reaper, WorkerPool, new_worker_id
+from engine import StoreError
 
 log = logging.getLogger("allocator.api")
 
-RUN_JOB_TASK = "allocator.run_job"
-
-
-class CeleryDispatcher:
-    """Sends job ids to Celery workers through the broker."""
-
-    def __init__(self, broker_url: str) -> None:
-        from celery import Celery
-
-        self.app = Celery("allocator-api", broker=broker_url)
-        self.app.conf.broker_connection_retry_on_startup = False
-
-    def submit(self, job_id: str) -> None:
-        try:
-            self.app.send_task(RUN_JOB_TASK, args=[job_id], retry=True,
-                               retry_policy={"max_retries": 3, "interval_start": 0.2,
-                                             "interval_step": 0.5, "interval_max": 2})
-        except Exception as e:  # noqa: BLE001  (the job stays queued; the reaper re-sends)
-            log.warning("could not send job %s to the broker: %s", job_id, e)
+__all__ = ["RUN_JOB_TASK", "CeleryDispatcher", "Service"]
 
 
 @dataclass
@@ -49,15 +34,22 @@ class Service:
     dispatcher: CeleryDispatcher | None = None
     pool: WorkerPool | None = None
     reaper: Reaper | None = None
+    outbox: Outbox | None = None
+    process_id: str = field(default_factory=lambda: new_worker_id("api"))
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> Service:
-        engine = make_engine(settings.resolved_database_url())
-        upgrade(engine)
+        """Opens the database (migrated, a write proven) or raises one line naming the
+        setting and the cause (`SettingsError`, `StoreError`)."""
+        setting = ("ALLOCATOR_DATABASE_URL" if settings.database_url
+                   else "ALLOCATOR_DATA_DIR")
+        engine = open_database(settings.resolved_database_url(), setting=setting)
         store = JobStore(engine)
         catalog = Catalog(settings.worker_env())
-        dispatcher = CeleryDispatcher(settings.broker_url) if settings.broker_url else None
+        dispatcher = (CeleryDispatcher(settings.broker_url, settings.broker_timeout_s,
+                                       retry_after_s=settings.dispatch_interval_s)
+                      if settings.broker_url else None)
         return cls(settings, store, catalog, dispatcher)
 
     @property
@@ -66,29 +58,53 @@ class Service:
             return "celery"
         return f"in-process:{self.settings.workers}" if self.settings.workers else "none"
 
+    @property
+    def expects_workers(self) -> bool:
+        """Whether this service counts on workers being alive (Celery, or its own pool)."""
+        return self.dispatcher is not None or self.pool is not None
+
     def submit(self, job_id: str) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.submit(job_id)
+        """Hands a queued job to the broker (Celery mode) without waiting on a down one:
+        while the broker is known to be down, the outbox sends it once the broker is back."""
+        if self.dispatcher is None or self.dispatcher.down:
+            return
+        if self.dispatcher.send(job_id):
+            try:
+                self.store.mark_dispatched(job_id)
+            except StoreError as e:  # the outbox sends it again; a duplicate runs once
+                log.warning("job %s sent, but not marked: %s", job_id, e)
 
     def start(self) -> None:
-        """Starts the catalog probe, the reaper and (without a broker) the worker pool."""
+        """Starts the catalog probe, the reaper, and the outbox (with a broker) or the
+        worker pool (without)."""
         self.catalog.start()
+        from api._solving import warm_up
+
+        warm_up(self.settings)  # the first synchronous solve does not pay the process start
         self.reaper = Reaper(self.store, self.settings,
                              on_requeue=self.submit if self.dispatcher is not None else None)
         self.reaper.start()
         if self.dispatcher is not None:
-            # Messages may have been lost while the service was down; the database is the
-            # truth, and a task delivered twice is claimed once.
-            for job in self.store.queued_ids():
-                self.dispatcher.submit(job)
-        if self.dispatcher is None and self.settings.workers > 0:
+            # Its first sweep sends every queued job: messages may have been lost while
+            # the service was down; the database is the truth.
+            self.outbox = Outbox(self.store, self.dispatcher, self.settings)
+            self.outbox.start()
+        elif self.settings.workers > 0:
             self.pool = WorkerPool(self.settings, self.store, self.settings.workers)
             self.pool.start()
 
     def stop(self) -> None:
+        if self.outbox is not None:
+            self.outbox.stop()
         if self.reaper is not None:
             self.reaper.stop()
         if self.pool is not None:
             self.pool.stop()
             self.pool = None
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        try:
+            self.store.forget(self.process_id)
+        except StoreError as e:
+            log.debug("heartbeat row of %s left behind: %s", self.process_id, e)
         self.store.engine.dispose()

@@ -1,11 +1,32 @@
-"""Service settings, read from `ALLOCATOR_*` environment variables (pydantic-settings)."""
+"""Service settings, read from `ALLOCATOR_*` environment variables (pydantic-settings).
+
+`load_settings()` is how a process starts: a setting that cannot work (a token no client
+can send, a read lock without a key) is refused with one line naming the variable and the
+reason (`SettingsError`), never a traceback and never silently ignored.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine import InvalidSpecError
+
+ENV_PREFIX = "ALLOCATOR_"
+SECRET_FIELDS = frozenset({"api_token"})
+
+
+class SettingsError(InvalidSpecError):
+    """Raised at start when a setting (an `ALLOCATOR_*` variable) cannot be used; its
+    message is one line naming the variable and the reason."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field (`api_token` -> `ALLOCATOR_API_TOKEN`)."""
+    return f"{ENV_PREFIX}{field.upper()}"
 
 
 class Settings(BaseSettings):
@@ -29,9 +50,15 @@ class Settings(BaseSettings):
         front_points: Budget values swept for a job's Pareto front.
         measure_front_max_params: Models up to this many parameters get every front point
             measured on the engine; bigger ones only the chosen point.
+        broker_timeout_s: Longest wait for the broker when the API sends a job or checks
+            it (a down broker never holds a request longer).
+        dispatch_interval_s: How often the API re-sends queued jobs the broker never got.
+        redispatch_after_s: A queued job sent this long ago and still not started is sent
+            again (a broker that restarted may have lost its message; a duplicate is
+            claimed once).
     """
 
-    model_config = SettingsConfigDict(env_prefix="ALLOCATOR_", env_ignore_empty=True,
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
                                       extra="ignore")
 
     database_url: str | None = None
@@ -50,16 +77,51 @@ class Settings(BaseSettings):
     job_time_limit_s: float = Field(default=60.0, gt=0)
     front_points: int = Field(default=8, ge=2, le=64)
     measure_front_max_params: int = Field(default=5_000_000, ge=0)
+    broker_timeout_s: float = Field(default=0.5, gt=0, le=30)
+    dispatch_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    redispatch_after_s: float = Field(default=300.0, gt=0)
 
     @field_validator("database_url", "broker_url", "api_token")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("api_token")
+    @classmethod
+    def _sendable_token(cls, value: str | None) -> str | None:
+        """A token a client can put in an `Authorization` header, or a refusal: one with
+        other characters, or with surrounding spaces, could never match."""
+        if value is None:
+            return value
+        if value != value.strip():
+            raise ValueError("has leading or trailing whitespace, which an Authorization "
+                             "header cannot carry, so no request could ever match it; "
+                             "remove the whitespace")
+        bad = next((i for i, ch in enumerate(value) if not (ch.isascii() and ch.isprintable())),
+                   None)
+        if bad is not None:
+            raise ValueError(f"character {bad + 1} is not printable ASCII, which an "
+                             "Authorization header cannot carry, so no request could ever "
+                             "match it; use ASCII letters, digits and punctuation")
+        return value
+
+    @model_validator(mode="after")
+    def _read_lock_has_a_key(self) -> Settings:
+        if self.read_requires_token and not self.api_token:
+            raise ValueError(f"{env_name('read_requires_token')}=1 needs "
+                             f"{env_name('api_token')}: without a token every read would "
+                             "stay open; set the token or unset the read lock")
+        return self
+
     def resolved_data_dir(self) -> Path:
-        """`data_dir`, else the engine's default data folder (created)."""
+        """`data_dir`, else the engine's default data folder (created); `SettingsError` when
+        `data_dir` cannot be created."""
         if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SettingsError(f"{env_name('data_dir')}={str(self.data_dir)!r}: cannot "
+                                    f"create the folder: {e.strerror or e}") from None
             return self.data_dir
         from engine import data_dir
 
@@ -77,3 +139,32 @@ class Settings(BaseSettings):
         if self.data_dir is not None:
             env["ALLOCATOR_DATA_DIR"] = str(self.data_dir)
         return env
+
+    # Synchronous solves (`api._solving`): each runs in one of a few solver processes.
+    #: Solver processes for `POST /solve` and re-solves: that many run at once, one more
+    #: is a 503 with `Retry-After` (never a queue).
+    sync_solve_workers: int = Field(default=2, ge=1, le=32)
+    #: Seconds past `sync_time_limit_s` before a synchronous solve's process is killed and
+    #: the request answered with a 422 naming the limit.
+    sync_grace_s: float = Field(default=2.0, ge=0, le=600)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """`Settings` from the environment (and `overrides`), or `SettingsError` with one line
+    naming the first bad variable and why (secrets are never echoed)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise SettingsError(describe_error(e)) from None
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line for the first error of a settings validation."""
+    first = error.errors()[0]
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    loc = [str(part) for part in first.get("loc", ())]
+    if not loc:
+        return message
+    field = loc[0]
+    shown = "" if field in SECRET_FIELDS else f"={first.get('input')!r}"
+    return f"{env_name(field)}{shown}: {message}"

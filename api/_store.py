@@ -3,7 +3,8 @@
 The database is the truth. Writes that race (a worker claiming a job, a client cancelling
 it, a reaper re-queueing it) are single conditional UPDATEs (`... WHERE status = 'queued'`),
 so exactly one of them wins on SQLite and PostgreSQL alike, with no lock held across a
-read. SQLAlchemy errors become `StoreError`.
+read. A job's attempt history is rewritten only inside the transaction of the conditional
+UPDATE that won (the row is locked then). SQLAlchemy errors become `StoreError`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,34 @@ import contextlib
 import datetime as dt
 import json
 import math
+import os
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api._db import FrontRow, JobRow, ProblemRow, ResultRow
+from api._db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    FrontRow,
+    HeartbeatRow,
+    JobRow,
+    ProblemRow,
+    ResultRow,
+)
 from engine import AllocatorError, FinishedJobError, JobNotFoundError, StoreError
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 STAGES = ("queued", "load", "sensitivity", "latency", "solve", "measure", "pareto", "done")
+# How one run of a job ended ("running" while it runs), in its attempt history.
+OUTCOMES = ("running", "succeeded", "failed", "cancelled", "requeued")
+HEALTH_LOCK_TIMEOUT_MS = 2000
 
 
 def utcnow() -> dt.datetime:
@@ -58,13 +71,15 @@ class JobRecord:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     heartbeat_at: dt.datetime | None
+    attempts_log: tuple[dict[str, Any], ...] = ()
+    dispatched_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> JobRecord:
         return cls(row.id, row.kind, row.status, row.stage, row.progress, row.error, row.model,
                    json.loads(row.spec), json.loads(row.timings or "{}"), row.attempts,
                    row.worker_id, row.created_at, row.started_at, row.finished_at,
-                   row.heartbeat_at)
+                   row.heartbeat_at, tuple(_attempts(row.attempts_log)), row.dispatched_at)
 
     @property
     def finished(self) -> bool:
@@ -82,6 +97,7 @@ class JobRecord:
             "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at), "timings_s": self.timings_s,
             "attempts": self.attempts,
+            "attempts_history": [dict(a) for a in self.attempts_log],
         }
 
 
@@ -97,18 +113,57 @@ class JobOutput:
 
 
 def _finite(data: Any) -> Any:
-    """`data` with NaN and infinities as null (JSON has no spelling for them)."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
-    return data
+    """`data` with NaN and infinities as null (JSON has no spelling for them), tuples as
+    lists. Iterative: no depth of nesting exhausts the stack (requests are depth-checked
+    before they get here, but not everything stored is a request)."""
+    if not isinstance(data, dict | list | tuple):
+        return None if isinstance(data, float) and not math.isfinite(data) else data
+    root: list[Any] = [None]
+    # (container of the copy, key or index in it, the original container to copy there)
+    todo: list[tuple[Any, Any, Any]] = [(root, 0, data)]
+    while todo:
+        parent, key, value = todo.pop()
+        copy = parent[key] = dict(value) if isinstance(value, dict) else list(value)
+        for k, v in (copy.items() if isinstance(copy, dict) else enumerate(copy)):
+            kind = type(v)
+            if kind is str or kind is int or kind is bool or v is None:
+                continue
+            if isinstance(v, float):
+                if not math.isfinite(v):
+                    copy[k] = None  # a value of an existing key: the dict keeps its size
+            elif isinstance(v, dict | list | tuple):
+                todo.append((copy, k, v))
+    return root[0]
 
 
 def _dumps(data: Any) -> str:
     return json.dumps(_finite(data), allow_nan=False, separators=(",", ":"))
+
+
+def _attempts(raw: str | None) -> list[dict[str, Any]]:
+    """The attempt history stored on a job row (empty for rows older than it)."""
+    if not raw:
+        return []
+    data = json.loads(raw)
+    return [a for a in data if isinstance(a, dict)] if isinstance(data, list) else []
+
+
+def _edit_attempts(s: Session, job_id: str,
+                   edit: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Rewrites a job's attempt history; call only after this transaction's conditional
+    UPDATE of the row won (the row is locked, so no other writer interleaves)."""
+    log = _attempts(s.scalar(select(JobRow.attempts_log).where(JobRow.id == job_id)))
+    edit(log)
+    s.execute(update(JobRow).where(JobRow.id == job_id).values(attempts_log=_dumps(log)))
+
+
+def _end_attempt(outcome: str, reason: str | None,
+                 now: dt.datetime) -> Callable[[list[dict[str, Any]]], None]:
+    """An edit that closes the open (last running) attempt with `outcome` and `reason`."""
+    def edit(log: list[dict[str, Any]]) -> None:
+        if log and log[-1].get("outcome") == "running":
+            log[-1].update(ended_at=_iso(now), outcome=outcome, reason=reason)
+    return edit
 
 
 class JobStore:
@@ -244,6 +299,9 @@ class JobStore:
                                                   JobRow.status.in_(("queued", "running")))
                              .values(status="cancelled", finished_at=now,
                                      error="cancelled by request")).rowcount
+            if done:
+                _edit_attempts(s, job_id, _end_attempt("cancelled", "cancelled by request",
+                                                       now))
         job = self.get(job_id)
         if not done:
             raise FinishedJobError(f"job {job_id!r} already finished ({job.status}).")
@@ -260,32 +318,44 @@ class JobStore:
         for job_id, attempts, worker in stale:
             cond = (JobRow.id == job_id, JobRow.status == "running",
                     JobRow.heartbeat_at < cutoff)
+            now = utcnow()
             with self._session() as s:
                 if attempts < max_attempts:
+                    reason = (f"worker {worker} stopped answering (no heartbeat for "
+                              f"{timeout_s:g} s); re-queued after attempt {attempts}")
                     n = s.execute(update(JobRow).where(*cond).values(
                         status="queued", stage="queued", progress=0.0, worker_id=None,
-                        error=f"worker {worker} stopped answering (no heartbeat for "
-                              f"{timeout_s:g} s); re-queued after attempt {attempts}")).rowcount
+                        dispatched_at=None, error=reason)).rowcount
+                    outcome = "requeued"
                     (requeued if n else []).append(job_id)
                 else:
+                    reason = (f"worker {worker} died (no heartbeat for {timeout_s:g} s) on "
+                              f"attempt {attempts} of {max_attempts}; giving up")
                     n = s.execute(update(JobRow).where(*cond).values(
-                        status="failed", finished_at=utcnow(),
-                        error=f"worker {worker} died (no heartbeat for {timeout_s:g} s) on "
-                              f"attempt {attempts} of {max_attempts}; giving up")).rowcount
+                        status="failed", finished_at=now, error=reason)).rowcount
+                    outcome = "failed"
                     (failed if n else []).append(job_id)
+                if n:
+                    _edit_attempts(s, job_id, _end_attempt(outcome, reason, now))
         return requeued, failed
 
     def release(self, worker_id: str) -> list[str]:
         """Returns the running jobs of a worker being shut down to the queue."""
+        reason = f"worker {worker_id} was shut down; re-queued"
+        released = []
         with self._session() as s:
             ids = s.scalars(select(JobRow.id).where(JobRow.status == "running",
                                                     JobRow.worker_id == worker_id)).all()
             for job_id in ids:
-                s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running",
-                                               JobRow.worker_id == worker_id).values(
+                n = s.execute(update(JobRow).where(JobRow.id == job_id,
+                                                   JobRow.status == "running",
+                                                   JobRow.worker_id == worker_id).values(
                     status="queued", stage="queued", progress=0.0, worker_id=None,
-                    error=f"worker {worker_id} was shut down; re-queued"))
-        return list(ids)
+                    dispatched_at=None, error=reason)).rowcount
+                if n:
+                    _edit_attempts(s, job_id, _end_attempt("requeued", reason, utcnow()))
+                    released.append(job_id)
+        return released
 
     # -- writes from workers -------------------------------------------------------------
 
@@ -303,6 +373,11 @@ class JobStore:
                           .values(status="running", stage="load", progress=0.0,
                                   worker_id=worker_id, started_at=now, heartbeat_at=now,
                                   attempts=JobRow.attempts + 1)).rowcount
+            if n:
+                attempt = int(s.scalar(select(JobRow.attempts).where(JobRow.id == job_id)) or 1)
+                _edit_attempts(s, job_id, lambda log: log.append({
+                    "attempt": attempt, "worker_id": worker_id, "started_at": _iso(now),
+                    "ended_at": None, "outcome": "running", "reason": None}))
         return self.get(job_id) if n else None
 
     def _mine(self, job_id: str, worker_id: str) -> tuple:
@@ -330,13 +405,15 @@ class JobStore:
                 timings_s: dict[str, float]) -> bool:
         """Stores the output and marks the job succeeded, in one transaction; False (nothing
         written) when the job was cancelled or taken away meanwhile."""
+        now = utcnow()
         with self._session() as s:
             n = s.execute(update(JobRow).where(*self._mine(job_id, worker_id)).values(
                 status="succeeded", stage="done", progress=1.0, error=None,
-                finished_at=utcnow(), timings=_dumps(timings_s))).rowcount
+                finished_at=now, timings=_dumps(timings_s))).rowcount
             if not n:
                 s.rollback()
                 return False
+            _edit_attempts(s, job_id, _end_attempt("succeeded", None, now))
             s.merge(ResultRow(job_id=job_id, config=_dumps(output.config),
                               measured=_dumps(output.measured), uniform=_dumps(output.uniform)))
             if output.front is not None:
@@ -348,13 +425,111 @@ class JobStore:
     def fail(self, job_id: str, worker_id: str, error: str,
              timings_s: dict[str, float] | None = None) -> bool:
         """Marks the job failed with `error`; False when it was no longer this worker's."""
-        values: dict[str, Any] = {"status": "failed", "finished_at": utcnow(),
+        now = utcnow()
+        values: dict[str, Any] = {"status": "failed", "finished_at": now,
                                   "error": error[:4000]}
         if timings_s is not None:
             values["timings"] = _dumps(timings_s)
         with self._session() as s:
-            return bool(s.execute(update(JobRow).where(*self._mine(job_id, worker_id))
-                                  .values(**values)).rowcount)
+            n = s.execute(update(JobRow).where(*self._mine(job_id, worker_id))
+                          .values(**values)).rowcount
+            if n:
+                _edit_attempts(s, job_id, _end_attempt("failed", error[:4000], now))
+            return bool(n)
+
+    # -- the broker outbox (Celery mode) -------------------------------------------------
+
+    def undispatched_ids(self, *, resend_before: dt.datetime | None = None,
+                         limit: int = 500) -> list[str]:
+        """Queued jobs never handed to the broker (or re-queued since), oldest first; with
+        `resend_before`, also those last handed over before it (their message may be lost)."""
+        never = JobRow.dispatched_at.is_(None)
+        cond = never if resend_before is None else (never
+                                                    | (JobRow.dispatched_at < resend_before))
+        with self._session() as s:
+            return list(s.scalars(select(JobRow.id).where(JobRow.status == "queued", cond)
+                                  .order_by(JobRow.created_at, JobRow.id).limit(limit)).all())
+
+    def mark_dispatched(self, job_id: str) -> bool:
+        """Records that the broker has the queued job `job_id` (False: not queued now)."""
+        with self._session() as s:
+            return bool(s.execute(update(JobRow).where(JobRow.id == job_id,
+                                                       JobRow.status == "queued")
+                                  .values(dispatched_at=utcnow())).rowcount)
+
+    # -- process heartbeats (health) -----------------------------------------------------
+
+    def beat(self, process_id: str, role: str, job_id: str | None = None) -> None:
+        """Records that process `process_id` (an "api" or a "worker") is alive now."""
+        now = utcnow()
+        with self._session() as s:
+            n = s.execute(update(HeartbeatRow).where(HeartbeatRow.id == process_id)
+                          .values(heartbeat_at=now, job_id=job_id)).rowcount
+            if not n:
+                s.add(HeartbeatRow(id=process_id, role=role, host=socket.gethostname()[:128],
+                                   pid=os.getpid(), started_at=now, heartbeat_at=now,
+                                   job_id=job_id))
+                try:
+                    s.flush()
+                except IntegrityError:  # another thread of this process inserted it first
+                    s.rollback()
+
+    def forget(self, process_id: str) -> None:
+        """Removes the heartbeat row of a process that shuts down."""
+        with self._session() as s:
+            s.execute(delete(HeartbeatRow).where(HeartbeatRow.id == process_id))
+
+    def prune_beats(self, older_than_s: float) -> int:
+        """Deletes heartbeat rows of processes silent for `older_than_s` (dead ones)."""
+        cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
+        with self._session() as s:
+            return int(s.execute(delete(HeartbeatRow)
+                                 .where(HeartbeatRow.heartbeat_at < cutoff)).rowcount or 0)
+
+    def workers(self, limit: int = 64) -> list[dict[str, Any]]:
+        """Worker processes, latest heartbeat first: id, host, pid, started_at,
+        heartbeat_at (ISO), job_id, and `age_s` (seconds since the heartbeat)."""
+        now = utcnow()
+        with self._session() as s:
+            rows = s.scalars(select(HeartbeatRow).where(HeartbeatRow.role == "worker")
+                             .order_by(HeartbeatRow.heartbeat_at.desc()).limit(limit)).all()
+            return [{"id": r.id, "host": r.host, "pid": r.pid,
+                     "started_at": _iso(r.started_at), "heartbeat_at": _iso(r.heartbeat_at),
+                     "age_s": round(max(0.0, (now - r.heartbeat_at).total_seconds()), 3),
+                     "job_id": r.job_id} for r in rows]
+
+    def check_write(self, process_id: str) -> None:
+        """A committed write (this API process's heartbeat) that gives up within about
+        two seconds when the database is locked; raises `StoreError` when it fails."""
+        lock_ms = HEALTH_LOCK_TIMEOUT_MS
+        try:
+            with self.engine.connect() as conn:
+                sqlite = conn.dialect.name == "sqlite"
+                if sqlite:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={lock_ms}")
+                    conn.commit()  # end the autobegun transaction; the write has its own
+                try:
+                    with conn.begin():
+                        if conn.dialect.name == "postgresql":
+                            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {lock_ms}")
+                            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {lock_ms}")
+                        now = utcnow()
+                        n = conn.execute(update(HeartbeatRow)
+                                         .where(HeartbeatRow.id == process_id)
+                                         .values(heartbeat_at=now)).rowcount
+                        if not n:
+                            conn.execute(insert(HeartbeatRow).values(
+                                id=process_id, role="api", host=socket.gethostname()[:128],
+                                pid=os.getpid(), started_at=now, heartbeat_at=now))
+                finally:
+                    if sqlite:
+                        conn.rollback()
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                        conn.commit()
+        except SQLAlchemyError as e:
+            cause = getattr(e, "orig", None) or e
+            text = (str(cause).strip().splitlines() or [""])[0]
+            raise StoreError(f"{type(cause).__name__}: {text}") from e
 
 
 class NotSucceededError(AllocatorError):

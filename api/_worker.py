@@ -4,7 +4,8 @@
 on shutdown stops them and returns their running jobs to the queue. Each child
 (`worker_main`) imports torch, polls the database for queued jobs, claims one atomically
 and runs it with a heartbeat. Dead workers' jobs are found by their stale heartbeat
-(`Reaper`, also in the API process).
+(`Reaper`, also in the API process). Every worker process, in-process or Celery, also
+writes a process heartbeat (`ProcessBeat`) that `/health` reads.
 """
 
 from __future__ import annotations
@@ -24,10 +25,61 @@ from api._store import JobStore
 
 log = logging.getLogger("allocator.worker")
 
+# Dead processes' heartbeat rows are deleted after this long (`Reaper`).
+BEAT_RETENTION_S = 3600.0
+
 
 def new_worker_id(prefix: str = "w") -> str:
     """A worker identity unique across hosts and restarts."""
     return f"{prefix}-{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def beat_interval_s(settings: Settings) -> float:
+    """How often a worker process proves it is alive: well inside the heartbeat timeout,
+    at most every 5 s (idle workers write too)."""
+    return max(0.2, min(5.0, settings.heartbeat_timeout_s / 3))
+
+
+class ProcessBeat:
+    """Writes a process's heartbeat row (`JobStore.beat`) every `interval_s` from a daemon
+    thread, with the job it runs (`set_job`, written at once); the row is removed on
+    `stop`."""
+
+    def __init__(self, store: JobStore, process_id: str, role: str,
+                 interval_s: float) -> None:
+        self._store, self.process_id, self._role = store, process_id, role
+        self._interval_s = interval_s
+        self.job_id: str | None = None
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"beat-{role}", daemon=True)
+
+    def set_job(self, job_id: str | None) -> None:
+        """The job this process now runs (None: idle); the next beat is written now."""
+        self.job_id = job_id
+        self._wake.set()
+
+    def start(self) -> ProcessBeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self._store.forget(self.process_id)
+        except Exception as e:  # noqa: BLE001  (a row left behind is pruned later)
+            log.debug("heartbeat row of %s left behind: %s", self.process_id, e)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._store.beat(self.process_id, self._role, self.job_id)
+            except Exception as e:  # noqa: BLE001  (a missed beat is retried)
+                log.warning("process heartbeat of %s failed: %s", self.process_id, e)
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
 
 
 def worker_main(env: dict[str, str], worker_id: str) -> None:
@@ -46,6 +98,7 @@ def worker_main(env: dict[str, str], worker_id: str) -> None:
     stop = threading.Event()
     settings = Settings()
     store = JobStore(make_engine(settings.resolved_database_url()))
+    beat = ProcessBeat(store, worker_id, "worker", beat_interval_s(settings)).start()
     parent = os.getppid()
     while not stop.is_set() and os.getppid() == parent:
         try:
@@ -57,15 +110,37 @@ def worker_main(env: dict[str, str], worker_id: str) -> None:
             stop.wait(settings.poll_interval_s)
             continue
         log.info("worker %s runs job %s", worker_id, job.id)
-        run_claimed(store, job, worker_id, settings, on_lost=_exit_now)
+        beat.set_job(job.id)
+        run_claimed(store, job, worker_id, settings, on_lost=exit_now)
+        beat.set_job(None)
+    beat.stop()
 
 
-def _exit_now() -> None:
+def exit_now() -> None:
     """Ends this worker process at once: its job was cancelled or given to another worker,
-    so nothing is left to write (the pool starts a fresh process)."""
+    so nothing is left to write (the pool starts a fresh process). Child processes the
+    job started (a solver binary) are killed first, so no work outlives the job."""
     log.info("job no longer ours; worker process exits")
+    kill_children()
     logging.shutdown()
     os._exit(0)
+
+
+def kill_children() -> list[int]:
+    """SIGKILLs this process's child processes (Linux `/proc`; elsewhere none found)."""
+    pids: list[int] = []
+    try:
+        for task in os.scandir(f"/proc/{os.getpid()}/task"):
+            with open(os.path.join(task.path, "children")) as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return pids
 
 
 class WorkerPool:
@@ -130,6 +205,7 @@ class WorkerPool:
         for worker_id in self._procs:
             try:
                 self._store.release(worker_id)
+                self._store.forget(worker_id)
             except Exception as e:  # noqa: BLE001
                 log.warning("could not re-queue the jobs of %s: %s", worker_id, e)
         self._procs.clear()
@@ -149,6 +225,7 @@ class Reaper:
         self._store, self._settings, self._on_requeue = store, settings, on_requeue
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
+        self._pruned_at = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -167,6 +244,9 @@ class Reaper:
                 self._on_requeue(job_id)
         for job_id in failed:
             log.warning("job %s: worker lost too often; failed", job_id)
+        if time.monotonic() - self._pruned_at > 60:
+            self._pruned_at = time.monotonic()
+            self._store.prune_beats(BEAT_RETENTION_S)
         return requeued, failed
 
     def _run(self) -> None:

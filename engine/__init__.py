@@ -3,10 +3,11 @@
 Turns a PyTorch model plus a per-layer `BitConfig` into a model that runs on integer
 kernels (int8 and int4 where the device has them; packed dequant otherwise).
 
-The vocabulary (errors, `BitConfig`, `LayerSpec`, registry, paths) imports without torch, so
-the job service's API process can use it; everything that runs tensors is imported on first
-use of its name. Importing changes no process-wide state: `configure_runtime()` does (heap
-thresholds for the kernels), called by `apply`, `quantize`, `discover_layers` and `time_call`.
+The vocabulary (errors, `BitConfig`, `LayerSpec`, registry, paths, the checksummed cache
+files of `engine._cache`) imports without torch, so the job service's API process can use
+it; everything that runs tensors is imported on first use of its name. Importing changes no
+process-wide state: `configure_runtime()` does (heap thresholds for the kernels), called by
+`apply`, `quantize`, `discover_layers` and `time_call`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from engine._cache import (
+    CacheError,
+    CacheQuarantineWarning,
+    canonical_key,
+    load_cached,
+    quarantine,
+    sidecar_path,
+    store_cached,
+    verify_sidecar,
+)
 from engine._errors import (
     AllocatorError,
     CLIUsageError,
@@ -29,6 +40,8 @@ from engine._errors import (
     UnsupportedBitWidthError,
 )
 from engine._formats import (
+    JSON_FAULT_KINDS,
+    MAX_JSON_DEPTH,
     Document,
     FiniteFloat,
     Integer,
@@ -38,7 +51,9 @@ from engine._formats import (
     NonNegativeInt,
     PositiveInt,
     dataclass_default,
+    decode_json,
     integer,
+    json_fault,
     load_json_file,
     parse_document,
 )
@@ -96,9 +111,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LAYER_KINDS", "BitConfigDocument", "Document", "FiniteFloat", "Integer", "NonEmptyStr",
     "NonNegativeFloat", "NonNegativeInt", "PositiveInt", "dataclass_default", "integer",
-    "JsonFormat", "load_json_file", "parse_document", "LayerKind",
+    "JSON_FAULT_KINDS", "MAX_JSON_DEPTH", "JsonFormat", "decode_json", "json_fault",
+    "load_json_file", "parse_document", "LayerKind",
     "BITCONFIG_FORMAT", "DEFAULT_BITS", "ENGINE_VERSION", "MAX_BITS", "MIN_BITS",
-    "AllocatorError", "BitConfig", "CLIUsageError", "DuplicateJobError", "FinishedJobError",
+    "AllocatorError", "BitConfig", "CLIUsageError", "CacheError", "CacheQuarantineWarning",
+    "canonical_key", "load_cached", "quarantine", "sidecar_path", "store_cached",
+    "verify_sidecar", "DuplicateJobError", "FinishedJobError",
     "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",
     "MissingDependencyError", "Registry", "StoreError", "UnknownComponentError",
     "UnknownLayerError", "UnsupportedBitWidthError", "atomic_write_bytes", "content_hash",

@@ -14,8 +14,9 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Self, TypeVar
+from typing import Annotated, Any, ClassVar, NamedTuple, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -25,18 +26,188 @@ from pydantic import (
     PlainValidator,
     Strict,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from engine._errors import InvalidSpecError
 from engine._paths import atomic_write_bytes
 
+# Deepest nesting of arrays and objects a document may have (the formats need fewer than 10):
+# deeper input is refused before any recursive code (validation, serialization) sees it.
+MAX_JSON_DEPTH = 32
+# Error types of `json_fault`, as pydantic error types.
+JSON_FAULT_KINDS = ("json_too_deep", "string_not_unicode", "number_not_finite")
+
+
+class JsonFault(NamedTuple):
+    """Where decoded JSON breaks a rule every document follows, and which.
+
+    Attributes:
+        loc: Path to the bad value (keys and list indices) from the document's root.
+        kind: One of `JSON_FAULT_KINDS`.
+        message: What is wrong, as a clause after the field ("is nested deeper than ...").
+        value: The bad value (a string or number; None for nesting).
+    """
+
+    loc: tuple[str | int, ...]
+    kind: str
+    message: str
+    value: Any
+
+
+def json_fault(data: Any, *, max_depth: int = MAX_JSON_DEPTH,
+               finite: bool = True) -> JsonFault | None:
+    """A place where decoded JSON is nested deeper than `max_depth` arrays and objects,
+    holds a string (value or key) that is not valid Unicode (a lone surrogate such as
+    `"\\ud800"`: it can be neither stored nor sent as UTF-8), or (with `finite`) a NaN or
+    infinite number; None when there is none.
+
+    Iterative (no depth of input exhausts the stack) and linear in the size of `data`, with
+    a fast path for the plain types JSON decodes to (it runs on every request body and
+    document); values of other types (already built models) are leaves.
+    """
+    fault = _scalar_fault(data, finite)
+    if fault is not None:
+        return JsonFault((), *fault)
+    # Containers still to read: (container, its depth, its path as (parent, key) links).
+    stack: list[tuple[Any, int, tuple | None]] = [(data, 1, None)]
+    while stack:
+        container, depth, path = stack.pop()
+        if not _is_container(container):
+            continue
+        if depth > max_depth:  # named by its first keys: the path is `max_depth` long
+            return JsonFault(_loc(path)[:3], "json_too_deep", "holds arrays and objects "
+                             f"nested deeper than {max_depth} levels", None)
+        is_map = isinstance(container, Mapping)
+        if is_map and not _ascii_keys(container):
+            for key in container:
+                if isinstance(key, str) and not key.isascii() and not _is_unicode(key):
+                    return JsonFault(_loc(path), "string_not_unicode", "has a key that is "
+                                     "not valid Unicode text (it holds a lone surrogate)", key)
+        nested = False
+        for item in (container.values() if is_map else container):
+            kind = type(item)
+            if kind is str:
+                if item.isascii():
+                    continue
+            elif kind is float:
+                if not finite or math.isfinite(item):
+                    continue
+            elif kind is dict or kind is list:
+                nested = True
+                continue
+            elif kind is int or kind is bool or item is None:
+                continue
+            elif not isinstance(item, str | float):
+                nested = nested or _is_container(item)
+                continue
+            fault = _scalar_fault(item, finite)
+            if fault is not None:
+                key = next(k for k, v in _items(container) if v is item)
+                return JsonFault(_loc((path, key)), *fault)
+        if nested:
+            stack.extend(reversed([(v, depth + 1, (path, k)) for k, v in _items(container)
+                                   if _is_container(v)]))
+    return None
+
+
+_PLAIN_CONTAINERS = (dict, list, tuple)
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_container(value: Any) -> bool:
+    kind = type(value)
+    return kind in _PLAIN_CONTAINERS or (kind not in _PLAIN_SCALARS
+                                         and isinstance(value, Mapping | list | tuple))
+
+
+def _ascii_keys(mapping: Mapping) -> bool:
+    """Whether every key is an ASCII string (the common case, checked at C speed)."""
+    try:
+        return all(map(str.isascii, mapping))
+    except TypeError:  # a key that is not a string (Python-built data)
+        return False
+
+
+def _items(container: Any) -> Any:
+    return container.items() if isinstance(container, Mapping) else enumerate(container)
+
+
+def _scalar_fault(value: Any, finite: bool) -> tuple[str, str, Any] | None:
+    if isinstance(value, str):
+        if not value.isascii() and not _is_unicode(value):
+            return ("string_not_unicode",
+                    "is not valid Unicode text (it holds a lone surrogate)", value)
+    elif isinstance(value, float) and finite and not math.isfinite(value):
+        return "number_not_finite", "is not a finite number", value
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _loc(path: tuple | None) -> tuple[str | int, ...]:
+    """The keys of a path of (parent, key) links, root first; a key that is not valid
+    Unicode spelled with escapes (`'\\ud800'`), so the path can be shown and sent."""
+    out: list[str | int] = []
+    while path is not None:
+        path, key = path
+        if isinstance(key, str) and not _is_unicode(key):
+            key = key.encode("utf-8", "backslashreplace").decode("utf-8")
+        out.append(key)
+    return tuple(reversed(out))
+
+
+# Set while a model's input is validated after its whole tree was checked: the models nested
+# in it (layers of a problem) need no second walk.
+_TREE_CHECKED: ContextVar[bool] = ContextVar("tree_checked", default=False)
+
 
 class Document(BaseModel):
-    """Base of the format models: unknown fields are errors, parsed documents are frozen."""
+    """Base of the format models: unknown fields are errors, parsed documents are frozen.
+
+    Before any field is read, the whole input is checked once (`json_fault`): nesting at most
+    `MAX_JSON_DEPTH` deep, every string valid Unicode and, where `finite_numbers` is set
+    (client input), every number finite; a failure is a validation error of type
+    `json_too_deep`, `string_not_unicode` or `number_not_finite` whose `ctx["loc"]` is the
+    path below the model to the bad value (`describe_error` joins the two) and `ctx["shown"]`
+    the value's `repr` (or None).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Also refuse NaN and infinities anywhere, free-form fields included.
+    finite_numbers: ClassVar[bool] = False
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_json_tree(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if _TREE_CHECKED.get():
+            return handler(data)
+        fault = json_fault(data, finite=cls.finite_numbers)
+        if fault is not None:
+            # `ctx` holds only valid text: pydantic cannot report a lone surrogate.
+            shown = None if fault.value is None else _short(fault.value)
+            raise PydanticCustomError(fault.kind, fault.message,
+                                      {"loc": fault.loc, "shown": shown})
+        token = _TREE_CHECKED.set(True)
+        try:
+            return handler(data)
+        finally:
+            _TREE_CHECKED.reset(token)
+
+    @classmethod
+    def from_json_text(cls, text: str, *, what: str) -> Self:
+        """The document of a JSON text (`decode_json`, then `parse_document`): every failure
+        is one `InvalidSpecError` naming the field."""
+        return parse_document(cls, decode_json(text, what=what), what=what)
 
 
 D = TypeVar("D", bound=Document)
@@ -161,14 +332,25 @@ def load_json_file(path: str | Path, parse: Callable[[Any], T], *, what: str) ->
 
 
 def decode_json(text: str, *, what: str) -> Any:
-    """`json.loads` whose failures (bad JSON, nesting deeper than Python's stack) are one-line
-    `InvalidSpecError`s saying what the text should have been ("bit config")."""
+    """`json.loads` whose failures are one-line `InvalidSpecError`s saying what the text
+    should have been ("bit config"): bad JSON, nesting deeper than `MAX_JSON_DEPTH` (or than
+    Python's stack), a string that is not valid Unicode, a NaN or infinite number (`NaN`,
+    `Infinity`, `1e999`), an integer too long to convert."""
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidSpecError(f"not valid JSON: {e}") from e
     except RecursionError:
-        raise InvalidSpecError(f"nested too deeply to be a {what}.") from None
+        raise InvalidSpecError(f"nested too deeply to be a {what} (at most {MAX_JSON_DEPTH} "
+                               "levels of arrays and objects).") from None
+    except ValueError as e:  # an integer past `sys.get_int_max_str_digits()`
+        raise InvalidSpecError(f"not valid JSON for a {what}: {e}") from e
+    fault = json_fault(data)
+    if fault is not None:
+        where = f"`{field_path(fault.loc)}`" if fault.loc else "the document"
+        shown = f" ({_short(fault.value)})" if fault.value is not None else ""
+        raise InvalidSpecError(f"{where}{shown} {fault.message}.")
+    return data
 
 
 class JsonFormat:
@@ -241,11 +423,17 @@ def describe_error(error: Mapping[str, Any], data: Any) -> str:
     """One pydantic error as a clause: the field path in backticks, what is wrong, the
     bad value; a list item that has a `name` is named too (`layers[3]` (layer 'fc1'))."""
     loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind in JSON_FAULT_KINDS:  # found by the document's walk: the path below it is in ctx
+        ctx = error.get("ctx") or {}
+        loc += tuple(ctx.get("loc", ()))
+        where = f"`{field_path(loc)}`" if loc else "the document"
+        shown = f" ({ctx['shown']})" if ctx.get("shown") is not None else ""
+        return f"{where}{shown} {error['msg']}"
     is_key = bool(loc) and loc[-1] == "[key]"
     if is_key:
         loc = loc[:-2] if len(loc) >= 2 else ()
     where = f"`{field_path(loc)}`{_named_item(data, loc)}" if loc else "the document"
-    kind = error["type"]
     if kind == "missing":
         return f"{where} is missing"
     if kind == "extra_forbidden":

@@ -1,10 +1,24 @@
-"""Where the project keeps caches, trained models and tables (`ALLOCATOR_DATA_DIR`)."""
+"""Where the project keeps caches, trained models and tables (`ALLOCATOR_DATA_DIR`), and
+the one way files are written there (atomically).
+
+The data dir's layout (each cache file with its checksum sidecar, see `engine._cache`):
+
+    sensitivity/   allocator.sensitivity/1 tables, `<model>-<estimator>-<key>.json`
+    hwprofiles/    allocator.latency/1 tables, `<model>-b<batch>-<cpu>[-weight-only].json`
+    models/        trained digits weights, `<model>-<key>.safetensors`
+    quarantine/    cache files that failed verification, moved aside, never deleted
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from pathlib import Path
+
+from engine._errors import InvalidSpecError
+
+TMP_SUFFIX = ".tmp"
 
 
 def data_dir() -> Path:
@@ -15,7 +29,13 @@ def data_dir() -> Path:
     else:
         cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         base = Path(cache) / "allocator"
-    base.mkdir(parents=True, exist_ok=True)
+    where = "ALLOCATOR_DATA_DIR" if env else "the data folder"
+    if base.exists() and not base.is_dir():
+        raise InvalidSpecError(f"{where} `{base}` is not a folder.")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidSpecError(f"cannot create {where} `{base}`: {e.strerror or e}.") from e
     return base
 
 
@@ -28,9 +48,24 @@ def content_hash(*parts: bytes | str, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def tmp_prefix(path: Path) -> str:
+    """How the temporary files of writes to `path` begin (`.<name>.`); they end in `.tmp`."""
+    return f".{path.name}."
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes via a temporary file and rename, so readers never see half a file."""
+    """Writes via a temporary file, flushed to disk, and a rename, so readers never see
+    half a file. The temporary name is unique per call (`.<name>.<pid>.<random>.tmp`, so
+    threads and processes writing the same path never share one) and is removed when the
+    write or the rename fails (e.g. a directory sits at `path`); the `OSError` is raised."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    tmp = path.with_name(f"{tmp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -31,6 +31,7 @@ from sensitivity._hutchinson import (
     hessian_traces,
     math_attention,
 )
+from sensitivity._integrity import CORRUPTIONS, IntegrityReport, check_cache_integrity
 from sensitivity._measured import MeasuredConfig, MeasuredEstimator
 from sensitivity._table import SENSITIVITY_FORMAT, LayerSensitivity, SensitivityTable
 from sensitivity._weight_error import weight_errors
@@ -44,7 +45,8 @@ register_estimator(FracBitsEstimator,
                    description="learned fractional bits under a mean-bits budget (FracBits)")
 
 __all__ = [
-    "ESTIMATORS", "SENSITIVITY_FORMAT", "BaseSensitivityEstimator", "CandidateWeights",
+    "CORRUPTIONS", "ESTIMATORS", "SENSITIVITY_FORMAT", "IntegrityReport",
+    "check_cache_integrity", "BaseSensitivityEstimator", "CandidateWeights",
     "CostConstraint", "FracBitsConfig", "FracBitsEstimator", "HutchinsonConfig",
     "HutchinsonEstimator", "LayerSensitivity", "MeasuredConfig", "MeasuredEstimator",
     "ProgressFn", "Relaxation", "SensitivityTable", "Swapped", "calibration_loss", "estimate",

@@ -1,18 +1,32 @@
 """`estimate`: run a registered estimator with a progress bar, through the table cache.
 
-Tables are cached as JSON under `ALLOCATOR_DATA_DIR/sensitivity/`, keyed by hashes of the
-model weights, the calibration data, the estimator and its config, the seed, the bits and
-the engine version, so the pipeline and the service reuse them. A corrupt cache file is
-rebuilt with a warning.
+Tables are cached under `ALLOCATOR_DATA_DIR/sensitivity/` (or the `cache_dir` given), so
+the pipeline and the service reuse them:
+
+    sensitivity/<model>-<estimator>-<key>.json          the table, `allocator.sensitivity/1`
+    sensitivity/<model>-<estimator>-<key>.json.sha256   its sidecar: SHA-256 and the key
+
+`<key>` is the start of a SHA-256 over the model weights, the calibration data, the
+estimator and its config, the seed, the bits and the engine version; the sidecar records
+the whole digest with the model, estimator, seed, bits, config and engine version in the
+clear. A cached table is used only when its bytes match the sidecar's checksum, the
+sidecar's key is the one computed now, and the table passes `SensitivityTable.from_dict`
+and `check_matches` (the same model, estimator, seed, bits and config, exactly the model's
+layers, every Ω finite and >= 0). Anything else (an edited, truncated or foreign file, no
+sidecar, a directory at the path, a `.tmp` leftover) is moved to `<data dir>/quarantine/`,
+logged and warned about (`engine.CacheQuarantineWarning`), and the table is recomputed;
+what cannot be moved aside is an `engine.CacheError` (see `engine._cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +35,11 @@ import engine
 from engine import DEFAULT_BITS, InvalidSpecError
 from sensitivity._base import ESTIMATORS, BaseSensitivityEstimator, make_config
 from sensitivity._table import SensitivityTable
+
+log = logging.getLogger(__name__)
+
+CACHE_FOLDER = "sensitivity"
+WHAT = "sensitivity table"
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -53,22 +72,27 @@ def hash_tensors(obj: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(spec: Any, estimator: str, config: Any, seed: int, bits: Sequence[int]) -> str:
-    """The table cache's key: model weights, calibration batches, estimator, config, seed,
-    bits and engine version (the config enters as `asdict`, so renaming a config field
-    invalidates the cache)."""
+def _key_digest(spec: Any, estimator: str, config: Any, seed: int,
+                bits: Sequence[int]) -> str:
     h = hashlib.sha256()
     _feed(h, dict(spec.build().state_dict()))
     _feed(h, [(b.inputs, b.target) for b in spec.calibration_batches()])
     h.update(json.dumps({"estimator": estimator, "config": asdict(config), "seed": seed,
                          "bits": list(bits), "engine": engine.ENGINE_VERSION},
                         sort_keys=True).encode())
-    return h.hexdigest()[:20]
+    return h.hexdigest()
+
+
+def cache_key(spec: Any, estimator: str, config: Any, seed: int, bits: Sequence[int]) -> str:
+    """The table cache's key: model weights, calibration batches, estimator, config, seed,
+    bits and engine version (the config enters as `asdict`, so renaming a config field
+    invalidates the cache)."""
+    return _key_digest(spec, estimator, config, seed, bits)[:20]
 
 
 def estimate(spec: Any, estimator: str = "hutchinson", *, bits: Sequence[int] = DEFAULT_BITS,
              seed: int = 0, options: Mapping[str, Any] | None = None, use_cache: bool = True,
-             progress: bool = False) -> SensitivityTable:
+             progress: bool = False, cache_dir: str | Path | None = None) -> SensitivityTable:
     """Ω for every layer of `spec` x `bits` with the named estimator (cached).
 
     Args:
@@ -78,31 +102,79 @@ def estimate(spec: Any, estimator: str = "hutchinson", *, bits: Sequence[int] = 
         bits: Candidate weight bit-widths (deduplicated and sorted).
         seed: Seed of the estimator's random choices.
         options: The estimator config's fields, by name (`make_config`).
-        use_cache: Read and write the table cache under `engine.data_dir()`.
+        use_cache: Read and write the table cache (see the module docstring).
         progress: Show a progress bar on the terminal.
+        cache_dir: The cache folder (default `engine.data_dir() / "sensitivity"`); files
+            that fail verification go to `quarantine/` beside it.
 
     Raises:
         UnknownComponentError: `estimator` is not registered.
         InvalidSpecError: A bad option or bit-width.
+        CacheError: A cached table failed verification and cannot be moved aside.
     """
     config = make_config(estimator, options)
     runner = ESTIMATORS.get(estimator)(config)
     bits = sorted({engine.check_bits(b, where="bits") for b in bits})
-    path = None
+    entry = None
     if use_cache:
-        key = cache_key(spec, estimator, config, seed, bits)
-        name = f"{spec.name.replace(':', '_')}-{estimator}-{key}.json"
-        path = engine.data_dir() / "sensitivity" / name
-        if path.is_file():
-            try:
-                return SensitivityTable.load(path)
-            except InvalidSpecError as e:
-                warnings.warn(f"sensitivity cache {path} is corrupt ({e}); recomputing.",
-                              stacklevel=2)
+        entry = _CacheEntry.of(spec, estimator, config, seed, bits, cache_dir)
+        cached = entry.load()
+        if cached is not None:
+            return cached
     table = _run(runner, spec, bits, seed, progress)
-    if path is not None:
-        table.save(path)
+    if entry is not None:
+        entry.store(table)
     return table
+
+
+@dataclass(frozen=True)
+class _CacheEntry:
+    """One table's place in the cache: its file, the key its sidecar must record, and what
+    its content must match."""
+
+    path: Path
+    key: dict[str, Any]
+    layers: dict[str, int] | None
+
+    @classmethod
+    def of(cls, spec: Any, estimator: str, config: Any, seed: int, bits: list[int],
+           cache_dir: str | Path | None) -> _CacheEntry:
+        digest = _key_digest(spec, estimator, config, seed, bits)
+        folder = Path(cache_dir) if cache_dir is not None else engine.data_dir() / CACHE_FOLDER
+        name = f"{str(spec.name).replace(':', '_').replace('/', '_')}-{estimator}-{digest[:20]}"
+        key = {"cache": "sensitivity", "digest": digest, "model": spec.name,
+               "estimator": estimator, "seed": seed, "bits": list(bits),
+               "config": asdict(config), "engine": engine.ENGINE_VERSION}
+        layers_of = getattr(spec, "layers", None)
+        layers = {x.name: x.params for x in layers_of()} if callable(layers_of) else None
+        return cls(folder / f"{name}.json", key, layers)
+
+    def parse(self, data: bytes) -> SensitivityTable:
+        """The cached table, validated like client input, then checked against the key."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidSpecError(f"not UTF-8 text: {e.reason} at byte {e.start}.") from None
+        table = SensitivityTable.from_json(text)
+        k = self.key
+        table.check_matches(model=k["model"], estimator=k["estimator"], seed=k["seed"],
+                            bits=k["bits"], config=k["config"], layers=self.layers)
+        return table
+
+    def load(self) -> SensitivityTable | None:
+        return engine.load_cached(self.path, self.key, self.parse, what=WHAT)
+
+    def store(self, table: SensitivityTable) -> None:
+        """Caches a fresh table; a table that would not pass `parse` or a write that fails
+        is logged and warned about, never an error (the answer itself is right)."""
+        try:
+            data = (table.to_json() + "\n").encode("utf-8")
+            self.parse(data)
+            engine.store_cached(self.path, data, self.key, what=WHAT)
+        except (ValueError, engine.CacheError) as e:  # InvalidSpecError included
+            message = f"{WHAT} not cached at `{self.path}`: {e}"
+            log.warning(message)
+            warnings.warn(message, stacklevel=3)
 
 
 def _run(runner: BaseSensitivityEstimator, spec: Any, bits: list[int], seed: int,

@@ -11,13 +11,16 @@ JSON format `allocator.sensitivity/1`:
 `SensitivityDocument` (pydantic) is the format's one validator: it names the bad field and
 refuses a missing `layers`, a NaN, infinite or negative Ω and unknown stop reasons; every
 layer must have Ω at every bit-width of `bits`. Saving writes what was loaded, byte for byte.
+`check_matches` is what a cached table must also pass before it is used: the same model,
+estimator, seed, bits and config as asked, and exactly the model's layers.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -101,6 +104,43 @@ class SensitivityTable(JsonFormat):
                 "elapsed_s": self.elapsed_s, "created": self.created,
                 "layers": {n: s.to_dict() for n, s in self.layers.items()}}
 
+    def check_matches(self, *, model: str | None, estimator: str, seed: int | None,
+                      bits: Sequence[int], config: Mapping[str, Any],
+                      layers: Mapping[str, int] | None = None) -> None:
+        """Checks that the table is the one asked for, as a cached table must be before it
+        is used: the same model, estimator, seed, bits and config (compared as JSON), and,
+        with `layers` (name -> weight parameters), exactly those layers, each with a finite
+        Ω >= 0 at exactly `bits` and the same parameter count.
+
+        Raises:
+            InvalidSpecError: The first difference, naming the field and both values.
+        """
+        want = {"model": model, "estimator": estimator, "seed": seed,
+                "bits": [int(b) for b in bits], "config": _as_json(config)}
+        have = {"model": self.model, "estimator": self.estimator, "seed": self.seed,
+                "bits": list(self.bits), "config": _as_json(self.config)}
+        for name, value in want.items():
+            if have[name] != value:
+                raise InvalidSpecError(f"`{name}` is {_brief(have[name])}, expected "
+                                       f"{_brief(value)}.")
+        if layers is not None and set(self.layers) != set(layers):
+            missing = sorted(set(layers) - set(self.layers))
+            extra = sorted(set(self.layers) - set(layers))
+            raise InvalidSpecError(f"`layers` do not match the model's: missing {missing[:5]}, "
+                                   f"unexpected {extra[:5]}.")
+        for name, x in self.layers.items():
+            if sorted(x.omega) != sorted(want["bits"]):
+                raise InvalidSpecError(f"`layers[{name!r}].omega` has bits {sorted(x.omega)}, "
+                                       f"expected {want['bits']}.")
+            for b, v in x.omega.items():
+                if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) \
+                        or v < 0:
+                    raise InvalidSpecError(f"`layers[{name!r}].omega.{b}` is {v!r}: it must be "
+                                           "a finite number >= 0.")
+            if layers is not None and x.params != layers[name]:
+                raise InvalidSpecError(f"`layers[{name!r}].params` is {x.params!r}, the model's "
+                                       f"layer has {layers[name]}.")
+
     @classmethod
     def from_document(cls, doc: SensitivityDocument) -> SensitivityTable:
         """The table of a validated document; every layer must have Ω at every bit-width."""
@@ -118,6 +158,16 @@ class SensitivityTable(JsonFormat):
         return cls(layers=layers, bits=bits, estimator=doc.estimator, seed=doc.seed,
                    model=doc.model, config=dict(doc.config), elapsed_s=doc.elapsed_s,
                    created=doc.created)
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as JSON reads it back (tuples as lists), for comparing configs."""
+    return json.loads(json.dumps(value, sort_keys=True, default=repr))
+
+
+def _brief(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True, default=repr)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- the document ------------------------------------------------------------------------------

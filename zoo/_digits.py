@@ -1,7 +1,16 @@
 """`digits-mlp` and `digits-cnn`: small classifiers trained here on scikit-learn's digits.
 
 Training is seeded and takes seconds on 2 cores; the weights are cached as safetensors in
-the data dir under a hash of (architecture, training recipe, data), so they are trained once.
+the data dir under a hash of (model name, training recipe, data), so they are trained once:
+
+    models/<model>-<hash>.safetensors          the trained state dict
+    models/<model>-<hash>.safetensors.sha256   its sidecar: SHA-256 and the key (model,
+                                               recipe, full hash; see `engine._cache`)
+
+Cached weights are used only when the sidecar vouches for them and they hold exactly the
+model's tensors, shapes and dtypes, all finite; anything else is moved to
+`<data dir>/quarantine/` (logged and warned about) and the model is trained again, to the
+same weights (training is seeded).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine
+from engine import InvalidSpecError
 from zoo._base import Batch, ModelSpec, batched
 
 log = logging.getLogger(__name__)
@@ -24,6 +34,7 @@ log = logging.getLogger(__name__)
 # state the process's global generator was in, so two machines trained different models).
 RECIPE = {"epochs": 40, "batch": 64, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0,
           "test_fraction": 0.3, "split_seed": 1234, "version": 2}
+WEIGHTS_FOLDER = "models"
 
 
 class DigitsMLP(nn.Module):
@@ -86,6 +97,33 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+def _parse_weights(data: bytes, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Cached weights for `model`, validated: safetensors bytes holding exactly the model's
+    tensors, each of its shape and dtype, every value finite.
+
+    Raises:
+        InvalidSpecError: The first thing that is wrong.
+    """
+    from safetensors.torch import load
+
+    try:
+        state = load(data)
+    except Exception as e:  # safetensors raises its own error types on bad bytes
+        raise InvalidSpecError(f"not a safetensors file: {e}") from None
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise InvalidSpecError(f"tensors {sorted(state)} are not the model's "
+                               f"{sorted(expected)}.")
+    for name, want in expected.items():
+        got = state[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise InvalidSpecError(f"`{name}` is {got.dtype} {tuple(got.shape)}, expected "
+                                   f"{want.dtype} {tuple(want.shape)}.")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise InvalidSpecError(f"`{name}` holds NaN or infinite values.")
+    return state
+
+
 class _DigitsSpec(ModelSpec):
     primary_metric = "accuracy"
     arch: type[nn.Module]
@@ -100,28 +138,30 @@ class _DigitsSpec(ModelSpec):
         return self._split
 
     def _build(self) -> nn.Module:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import save
 
         x_train, y_train, _, _ = self.split()
-        key = engine.content_hash(self.name, json.dumps(RECIPE, sort_keys=True),
-                                  x_train.numpy().tobytes(), y_train.numpy().tobytes())
-        path = engine.data_dir() / "models" / f"{self.name}-{key}.safetensors"
+        digest = engine.content_hash(self.name, json.dumps(RECIPE, sort_keys=True),
+                                     x_train.numpy().tobytes(), y_train.numpy().tobytes(),
+                                     length=64)
+        path = engine.data_dir() / WEIGHTS_FOLDER / f"{self.name}-{digest[:16]}.safetensors"
+        key = {"cache": "weights", "model": self.name, "digest": digest, "recipe": RECIPE}
         with torch.random.fork_rng():
             torch.manual_seed(RECIPE["seed"])
             model = self.arch()
-        if path.is_file():
-            try:
-                model.load_state_dict(load_file(str(path)))
-                return model.eval()
-            except Exception as e:  # corrupt cache: retrain, never trust a half file
-                warnings.warn(f"cached weights {path} unreadable ({e}); retraining.",
-                              stacklevel=2)
+        state = engine.load_cached(path, key, lambda data: _parse_weights(data, model),
+                                   what="trained weights", action="retraining")
+        if state is not None:
+            model.load_state_dict(state)
+            return model.eval()
         log.info("training %s on scikit-learn digits (seeded)...", self.name)
         model = _train(model, x_train, y_train)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        tmp.replace(path)
+        data = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+        try:
+            engine.store_cached(path, data, key, what="trained weights")
+        except engine.CacheError as e:  # the model is right; only the cache is missing
+            log.warning("%s", e)
+            warnings.warn(str(e), stacklevel=2)
         return model
 
     def _calibration_batches(self) -> list[Batch]:

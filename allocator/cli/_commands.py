@@ -14,6 +14,8 @@ import typer
 import allocator
 from allocator.cli import _render as render
 from allocator.cli._app import app
+from allocator.cli._files import check_input, check_output, writing
+from allocator.cli._models import model_spec
 from allocator.cli._options import (
     AsJson,
     Axis,
@@ -87,11 +89,10 @@ def evaluate(model: ModelName, bits: UniformBits = None, config: ConfigFile = No
              clip_search: ClipSearch = True, calibration_inputs: CalibrationInputs = "fp32",
              data: DataFile = None, weights: WeightsFile = None, as_json: AsJson = False) -> None:
     """Apply a bit config (or uniform bits) on the engine; print metrics, size, latency vs FP32."""
-    import zoo
-
     exactly_one(("--bits", bits), ("--config", config))
-    uniform_bits = None if bits is None else check_bits(bits, where="--bits")
-    spec = zoo.get_model(model, data=data, weights=weights)
+    uniform_bits = 0 if bits is None else check_bits(bits, where="--bits")  # 0: --config
+    check_input("--config", config)
+    spec = model_spec(model, data, weights)
     if config is not None:
         cfg = BitConfig.load(config)
     else:
@@ -108,8 +109,23 @@ def evaluate(model: ModelName, bits: UniformBits = None, config: ConfigFile = No
 
 def _load_problem(path: str, bits: str | None) -> allocator.Problem:
     """The `--problem` file, with the `--bits` candidates when given."""
+    check_input("--problem", path)
     problem = allocator.Problem.load(path)
     return problem if bits is None else problem.with_bits(parse_bits(bits))
+
+
+def _source(problem: str | None, model: str | None, data: str | None,
+            weights: str | None) -> Any:
+    """Checks `--problem` / `--model` and their files before any work: the model's spec
+    (a user model with its `--data` and `--weights`), or None for a problem file."""
+    exactly_one(("--problem", problem), ("--model", model))
+    if model is None:
+        given = [flag for flag, value in (("--data", data), ("--weights", weights)) if value]
+        if given:
+            raise CLIUsageError(f"`{given[0]}` applies with `--model`, not `--problem`.")
+        check_input("--problem", problem)
+        return None
+    return model_spec(model, data, weights)
 
 
 def _solver_options(solver: str, reward: str, model: str | None) -> dict[str, Any]:
@@ -125,22 +141,26 @@ def solve(budget: Budgets, problem: ProblemFile = None, model: PipelineModel = N
           solver: SolverName = "ilp", bits: BitList = None, seed: Seed = 0,
           time_limit: SolveTimeLimit = 60.0, estimator: PipelineEstimator = None,
           rounding: Rounding = "gptq", weight_only: WeightOnlyChoice = None,
-          reward: Reward = "proxy", as_json: AsJson = False, out: ConfigOut = None) -> None:
+          reward: Reward = "proxy", data: DataFile = None, weights: WeightsFile = None,
+          as_json: AsJson = False, out: ConfigOut = None) -> None:
     """Choose per-layer bit-widths under the budgets (exit 3 when they cannot be met)."""
-    exactly_one(("--problem", problem), ("--model", model))
+    spec = _source(problem, model, data, weights)
     options = _solver_options(solver, reward, model)
-    if model is None:
+    check_output("--out", out)
+    if spec is None:
+        assert problem is not None  # _source: exactly one of the two
         report = allocator.solve_problem(_load_problem(problem, bits), budget, solver=solver,
                                          seed=seed, time_limit_s=time_limit)
     else:
         with render.status(f"{model}: sensitivity, solve, apply, measure..."):
             report = allocator.solve(
-                model, budget, solver=solver, bits=parse_bits(bits), seed=seed,
+                spec, budget, solver=solver, bits=parse_bits(bits), seed=seed,
                 estimator=estimator, rounding=rounding, weight_only=weight_only,
                 time_limit_s=time_limit, solver_options=options, progress=not as_json,
                 log=render.log)
     if out is not None:
-        render.write_json(out, report.config.to_dict())
+        with writing("--out", out):
+            render.write_json(out, report.config.to_dict())
     render.emit(report.to_dict(), as_json, render.solve_view)
     render.exit_if_infeasible(report.config)
 
@@ -150,47 +170,51 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
            measure: MeasurePoints = None, png: PlotFile = None, axis: Axis = "bits",
            points: Points = 20, budget: FixedBudgets = None, bits: BitList = None,
            estimator: PipelineEstimator = None, seed: Seed = 0, rounding: Rounding = "gptq",
-           weight_only: WeightOnlyChoice = None, as_json: AsJson = False,
-           out: FrontOut = None) -> None:
+           weight_only: WeightOnlyChoice = None, data: DataFile = None,
+           weights: WeightsFile = None, as_json: AsJson = False, out: FrontOut = None) -> None:
     """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
-    exactly_one(("--problem", problem), ("--model", model))
-    if model is None:
+    spec = _source(problem, model, data, weights)
+    check_output("--out", out)
+    check_output("--png", png)
+    if spec is None:
+        assert problem is not None  # _source: exactly one of the two
+        if png is not None:
+            raise CLIUsageError("`--png` applies with `--model` (a problem file has no "
+                                "measured points to plot).")
         front = allocator.pareto_front(_load_problem(problem, bits), axis, points,
                                        budgets=allocator.parse_budgets(budget or []))
-        data = render.front_document(front, [])
+        document = render.front_document(front, [])
     else:
         with render.status(f"{model}: sensitivity, front, measuring points..."):
             front, measured = allocator.pareto(
-                model, axis=axis, points=points, measure_points=measure, budgets=budget or [],
+                spec, axis=axis, points=points, measure_points=measure, budgets=budget or [],
                 bits=parse_bits(bits), estimator=estimator, seed=seed, rounding=rounding,
                 weight_only=weight_only, progress=not as_json)
-        data = render.front_document(front, measured)
+        document = render.front_document(front, measured)
         png = png or (out.removesuffix(".json") + ".png" if out else None)
-        if png:
-            allocator.plot_front(front, measured, _primary_metric(model), png)
+        if png:  # the folder of --out was checked; a png beside it is writable too
+            with writing("--png", png):
+                allocator.plot_front(front, measured, spec.primary_metric, png)
     if out is not None:
-        render.write_json(out, data)
-    render.emit(data, as_json, render.front_view)
-
-
-def _primary_metric(model: str) -> str:
-    import zoo
-
-    return zoo.get_model(model).primary_metric
+        with writing("--out", out):
+            render.write_json(out, document)
+    render.emit(document, as_json, render.front_view)
 
 
 @app.command("apply")
 def apply_command(model: ModelName, config: RequiredConfigFile, out: QuantizedOut,
                   data: DataFile = None, weights: WeightsFile = None) -> None:
     """Quantize a model with a bit config on the engine and save it (safetensors + JSON)."""
-    import zoo
     from engine import model_size_bytes, save_quantized
 
-    spec = zoo.get_model(model, data=data, weights=weights)
+    check_input("--config", config)
+    check_output("--out", out, folder=True)
+    spec = model_spec(model, data, weights)
     cfg = BitConfig.load(config)
     with render.status(f"quantizing {spec.name}..."):
         qmodel = spec.quantize(cfg)
-        path = save_quantized(qmodel, cfg, out)
+        with writing("--out", out):
+            path = save_quantized(qmodel, cfg, out)
     typer.echo(f"saved {spec.name} ({model_size_bytes(qmodel) / 2**20:.2f} MiB in memory) "
                f"to {path}")
 
@@ -235,15 +259,17 @@ def sensitivity(model: ModelName, estimator: Estimator = "hutchinson", seed: See
                 as_json: AsJson = False) -> None:
     """Estimate every layer's sensitivity Ω per bit-width (cached per model/data/config/seed)."""
     import sensitivity as sens
-    import zoo
 
     options = _estimator_options(estimator, rounding, max_probes=max_probes, rel_tol=rel_tol,
                                  time_limit_s=time_limit)
-    spec = zoo.get_model(model, data=data, weights=weights)
+    candidates = parse_bits(bits)
+    check_output("--out", out)
+    spec = model_spec(model, data, weights)
     with render.status(f"loading {model}..."):
         spec.layers()
-    table = sens.estimate(spec, estimator, bits=parse_bits(bits), seed=seed, options=options,
+    table = sens.estimate(spec, estimator, bits=candidates, seed=seed, options=options,
                           use_cache=not no_cache, progress=True)
     if out is not None:
-        table.save(out)
+        with writing("--out", out):
+            table.save(out)
     render.emit(table.to_dict(), as_json, render.sensitivity_view)

@@ -6,6 +6,8 @@ Commands take these aliases as parameter types, so a flag shared by several comm
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -14,6 +16,47 @@ from engine import DEFAULT_BITS, CLIUsageError, InvalidSpecError, check_bits
 
 _DEFAULT_BITS_TEXT = ",".join(map(str, DEFAULT_BITS))
 _WITH_MODEL = "With --model: "
+
+
+def _positive_seconds(value: float | None) -> float | None:
+    """A time limit: a finite number of seconds above 0 (nan, inf, 0 and below refused)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number of seconds above 0, got {value}.")
+    return value
+
+
+def _fraction(value: float | None) -> float | None:
+    """A relative tolerance: finite, above 0 and below 1."""
+    if value is not None and not (math.isfinite(value) and 0 < value < 1):
+        raise typer.BadParameter(f"must be a number above 0 and below 1, got {value}.")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[int | None], int | None]:
+    """A callback refusing integers outside [low, high] (typer's own `min`/`max` message
+    would be fine too; this one also bounds the huge values that overflow later)."""
+
+    def check(value: int | None) -> int | None:
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"must be between {low} and {high}, got {value}.")
+        return value
+
+    return check
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    """A callback refusing text outside `allowed` (case-insensitive; returned lower-case)."""
+
+    def check(value: str) -> str:
+        if value.lower() not in allowed:
+            raise typer.BadParameter(f"must be one of {', '.join(allowed)}; got {value!r}.")
+        return value.lower()
+
+    return check
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take it
+MAX_COUNT = 10**6  # points, probes, repeats, batch rows: beyond any sensible run
 
 # Shared by several commands.
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -25,7 +68,8 @@ ProblemFile = Annotated[str | None, typer.Option(
 BitList = Annotated[str | None, typer.Option(
     "--bits", help=f"Candidate bit-widths, e.g. 2,4,8 (default {_DEFAULT_BITS_TEXT}; "
     "with --problem: the file's own).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of every stochastic step.")]
+Seed = Annotated[int, typer.Option("--seed", callback=_int_range(0, MAX_SEED),
+                                   help="Seed of every stochastic step.")]
 Rounding = Annotated[str, typer.Option("--rounding", help="gptq (calibrated) or rtn.")]
 PipelineEstimator = Annotated[str | None, typer.Option(
     "--estimator", help=_WITH_MODEL + "hutchinson, measured or fracbits (default: the model's "
@@ -44,7 +88,8 @@ _CONFIG_FILE_HELP = "allocator.bitconfig/1 JSON file."
 ConfigFile = Annotated[str | None, typer.Option("--config", help=_CONFIG_FILE_HELP)]
 RequiredConfigFile = Annotated[str, typer.Option("--config", help=_CONFIG_FILE_HELP)]
 GroupSize = Annotated[int | None, typer.Option(
-    "--group-size", help="Group size below 8 bits (0: per-channel).")]
+    "--group-size", callback=_int_range(0, MAX_COUNT),
+    help="Group size below 8 bits (0: per-channel).")]
 WeightOnlyFlag = Annotated[bool, typer.Option(
     "--weight-only/--no-weight-only", help="Keep activations float (no W8A8 kernels).")]
 BiasCorrection = Annotated[bool, typer.Option(
@@ -63,11 +108,12 @@ Estimator = Annotated[str, typer.Option(
 SensitivityOut = Annotated[str | None, typer.Option(
     "--out", help="Write the allocator.sensitivity/1 JSON here.")]
 MaxProbes = Annotated[int | None, typer.Option(
-    "--max-probes", min=1, help="Hutchinson: probes per layer at most.")]
+    "--max-probes", callback=_int_range(1, MAX_COUNT),
+    help="Hutchinson: probes per layer at most.")]
 RelTol = Annotated[float | None, typer.Option(
-    "--rel-tol", help="Hutchinson: stop at this relative std-error.")]
+    "--rel-tol", callback=_fraction, help="Hutchinson: stop at this relative std-error.")]
 EstimatorTimeLimit = Annotated[float | None, typer.Option(
-    "--time-limit", help="Hutchinson or fracbits: seconds.")]
+    "--time-limit", callback=_positive_seconds, help="Hutchinson or fracbits: seconds.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Recompute even if cached.")]
 
 # solve and pareto
@@ -76,39 +122,49 @@ Budgets = Annotated[list[str], typer.Option(
 FixedBudgets = Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")]
 SolverName = Annotated[str, typer.Option(
     "--solver", help="ilp, ddpg, fracbits (with --model), greedy, uniform, dp, brute.")]
-SolveTimeLimit = Annotated[float, typer.Option("--time-limit", help="Solver time limit (s).")]
+SolveTimeLimit = Annotated[float, typer.Option(
+    "--time-limit", callback=_positive_seconds, help="Solver time limit (s).")]
 Reward = Annotated[str, typer.Option(
     "--reward", help="DDPG reward: proxy (Ω) or measured (with --model: calibration loss on "
     "the engine's weights).")]
 ConfigOut = Annotated[str | None, typer.Option("--out", help="Write the BitConfig JSON here.")]
 MeasurePoints = Annotated[int | None, typer.Option(
-    "--measure", help=_WITH_MODEL + "measure the first N points (default all).")]
+    "--measure", callback=_int_range(0, MAX_COUNT),
+    help=_WITH_MODEL + "measure the first N points (default all).")]
 PlotFile = Annotated[str | None, typer.Option(
     "--png", help=_WITH_MODEL + "plot the front to this PNG.")]
 Axis = Annotated[str, typer.Option("--axis", help="Cost axis: bits, size, bops or latency.")]
-Points = Annotated[int, typer.Option("--points", help="Budget values swept.")]
+Points = Annotated[int, typer.Option("--points", callback=_int_range(2, 1000),
+                                     help="Budget values swept.")]
 FrontOut = Annotated[str | None, typer.Option(
     "--out", help="Write the allocator.pareto/1 JSON here.")]
 
 # profile
 Batch = Annotated[int | None, typer.Option(
-    "--batch", min=1, help="Batch size to measure at (default: the model's evaluation batch).")]
+    "--batch", callback=_int_range(1, MAX_COUNT),
+    help="Batch size to measure at (default: the model's evaluation batch).")]
 Repeats = Annotated[int, typer.Option(
-    "--repeats", min=1, help="Timed calls per measurement.")]
+    "--repeats", callback=_int_range(1, MAX_COUNT), help="Timed calls per measurement.")]
 ProfileOut = Annotated[str | None, typer.Option("--out", help="Also write the table here.")]
 
 # serve and worker
 Host = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
-Port = Annotated[int, typer.Option("--port", help="TCP port.")]
+Port = Annotated[int, typer.Option("--port", callback=_int_range(1, 65535),
+                                   help="TCP port.")]
 Workers = Annotated[int | None, typer.Option(
-    "--workers",
+    "--workers", callback=_int_range(0, 64),
     help="In-process worker processes (default ALLOCATOR_WORKERS or 1; 0: API only).")]
 ServeDemo = Annotated[bool, typer.Option(
     "--demo/--no-demo",
     help="Submit a demo job (digits-cnn, 4bits, ilp), print it, keep serving.")]
-LogLevel = Annotated[str, typer.Option("--log-level", help="uvicorn log level.")]
-Concurrency = Annotated[int, typer.Option("--concurrency", help="Jobs run at once (processes).")]
-CeleryLogLevel = Annotated[str, typer.Option("--loglevel", help="Celery log level.")]
+LogLevel = Annotated[str, typer.Option(
+    "--log-level", callback=_choice("critical", "error", "warning", "info", "debug", "trace"),
+    help="uvicorn log level.")]
+Concurrency = Annotated[int, typer.Option("--concurrency", callback=_int_range(1, 256),
+                                          help="Jobs run at once (processes).")]
+CeleryLogLevel = Annotated[str, typer.Option(
+    "--loglevel", callback=_choice("critical", "error", "warning", "info", "debug"),
+    help="Celery log level.")]
 
 
 def parse_bits(text: str | None) -> tuple[int, ...]:
@@ -119,11 +175,11 @@ def parse_bits(text: str | None) -> tuple[int, ...]:
     """
     if text is None:
         return DEFAULT_BITS
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not all(t.isascii() and t.isdigit() for t in parts):  # int() reads "٤" and "4_0" too
         raise InvalidSpecError(
-            f"`--bits` must be a comma-separated list such as 2,4,8; got {text!r}.") from None
+            f"`--bits` must be a comma-separated list such as 2,4,8; got {text!r}.")
+    values = [int(t) for t in parts]
     if not values:
         raise InvalidSpecError(f"`--bits` must name at least one bit-width; got {text!r}.")
     return tuple(dict.fromkeys(check_bits(v, where="--bits") for v in values))

@@ -5,29 +5,33 @@ from __future__ import annotations
 import allocator
 from allocator.cli import _render as render
 from allocator.cli._app import app
+from allocator.cli._files import check_output, writing
+from allocator.cli._models import model_spec
 from allocator.cli._options import (
     AsJson,
     Batch,
     BitList,
+    DataFile,
     ModelName,
     ProfileOut,
     Repeats,
+    WeightsFile,
     parse_bits,
 )
 
 
 @app.command("profile")
 def profile_command(model: ModelName, batch: Batch = None, bits: BitList = None,
-                    out: ProfileOut = None, repeats: Repeats = 20,
-                    as_json: AsJson = False) -> None:
+                    out: ProfileOut = None, repeats: Repeats = 20, data: DataFile = None,
+                    weights: WeightsFile = None, as_json: AsJson = False) -> None:
     """Measure per-layer latency at each bit-width on this machine; store the table."""
-    import zoo
-
     candidates = parse_bits(bits)
-    run = allocator.profile_model(zoo.get_model(model), candidates, batch=batch, repeats=repeats,
-                                  progress=True)
+    check_output("--out", out)
+    spec = model_spec(model, data, weights)
+    run = allocator.profile_model(spec, candidates, batch=batch, repeats=repeats, progress=True)
     if out is not None:
-        run.table.save(out)
+        with writing("--out", out):
+            run.table.save(out)
     render.emit(render.profile_document(run, out), as_json, render.profile_view)
 
 

@@ -6,6 +6,7 @@ The API process never imports torch; the workers do.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -37,9 +38,12 @@ def serve_command(host: Host = "127.0.0.1", port: Port = 8000, workers: Workers 
     import uvicorn
     from sqlalchemy.engine import make_url
 
-    from api import Settings, create_app
+    from api import create_app, load_settings
 
-    settings = Settings(**({} if workers is None else {"workers": workers}))
+    # A setting that cannot work, or a database that cannot be written, ends here with
+    # one line naming it (SettingsError / StoreError, exit 2 / 1), not a traceback.
+    settings = load_settings(**({} if workers is None else {"workers": workers}))
+    _check_bindable(host, port)
     service = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(service, host=host, port=port, log_level=log_level))
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -52,14 +56,33 @@ def serve_command(host: Host = "127.0.0.1", port: Port = 8000, workers: Workers 
     server.run()
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Refuses, in one line, an address the server could not listen on (a port in use, a
+    host that does not resolve), before anything starts or is printed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise CLIUsageError(f"`--host` {host!r} does not resolve: {e.strerror}.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise CLIUsageError(f"cannot listen on {host}:{port}: {e.strerror or e}.") from None
+
+
 @app.command("worker")
 def worker_command(concurrency: Concurrency = 1, loglevel: CeleryLogLevel = "info") -> None:
     """Run a Celery worker for scale-out (needs ALLOCATOR_BROKER_URL and a shared database)."""
-    from api import Settings
+    from api import load_settings, open_database
 
-    if not Settings().broker_url:
+    settings = load_settings()
+    if not settings.broker_url:
         raise CLIUsageError("`allocator worker` needs ALLOCATOR_BROKER_URL (e.g. "
                             "redis://127.0.0.1:6379/0) and a shared ALLOCATOR_DATABASE_URL.")
+    # A database the workers cannot write ends here in one line, not in every task.
+    open_database(settings.resolved_database_url()).dispose()
     from api.celery_app import app as celery
 
     celery.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}",

@@ -13,6 +13,7 @@ from allocator.solvers._base import (
     ModelSolver,
     Solution,
     SolverConfig,
+    SolverTimeoutError,
     config_from_dict,
     get_solver,
     register_solver,
@@ -38,7 +39,8 @@ from allocator.solvers._ddpg import DdpgConfig, DdpgSolver
 # isort: on
 
 __all__ = [
-    "SOLVERS", "BaseSolver", "ModelSolver", "Solution", "SolverConfig", "config_from_dict",
+    "SOLVERS", "BaseSolver", "ModelSolver", "Solution", "SolverConfig", "SolverTimeoutError",
+    "config_from_dict",
     "get_solver",
     "register_solver", "solve", "solver_for",
     "BruteForceConfig", "BruteForceSolver", "DdpgConfig", "DdpgSolver",

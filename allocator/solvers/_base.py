@@ -14,7 +14,19 @@ from allocator._budget import Budget
 from allocator._problem import Problem, Unit
 from allocator.solvers._diagnosis import diagnose
 from allocator.solvers._feasibility import Rhs, feasible, least_cost
-from engine import BitConfig, InvalidSpecError, Registry, UnknownComponentError
+from allocator.solvers._repair import RepairTimeout
+from engine import AllocatorError, BitConfig, InvalidSpecError, Registry, UnknownComponentError
+
+
+class SolverTimeoutError(AllocatorError, TimeoutError):
+    """Raised when a solver found no feasible assignment within its `time_limit_s` (an
+    answer found in time is returned instead, "feasible" with `time_limit_reached`)."""
+
+    def __init__(self, solver: str, time_limit_s: float) -> None:
+        super().__init__(f"solver {solver!r} found no feasible assignment within "
+                         f"`time_limit_s`={time_limit_s:g} s.")
+        self.solver, self.time_limit_s = solver, time_limit_s
+
 
 # What `BaseSolver.solve_units` returns: a choice per unit (None: none found), the status and
 # solver-specific facts.
@@ -113,7 +125,9 @@ class BaseSolver(ABC):
         - "infeasible" is returned, not raised, when no assignment meets the budgets;
         - the result is the same for the same `seed`;
         - the problem is not modified; `time_limit_s` is honoured (the infeasibility
-          diagnosis included).
+          diagnosis included): out of time, the best assignment found is "feasible" with
+          `extra["time_limit_reached"]`, and none found is a `SolverTimeoutError`, never
+          "infeasible" (which claims that no assignment exists).
 
     Subclasses are built from their config (`register_solver` sets `name` and
     `config_cls`) and say what they need in class flags:
@@ -163,7 +177,11 @@ class BaseSolver(ABC):
         units = problem.units(budgets)
         rhs = [(b, problem.budget_rhs(b)) for b in budgets]
         start = time.perf_counter()
-        picks, status, extra = self.solve_units(units, rhs, seed=seed, time_limit_s=time_limit_s)
+        try:
+            picks, status, extra = self.solve_units(units, rhs, seed=seed,
+                                                    time_limit_s=time_limit_s)
+        except RepairTimeout:
+            raise SolverTimeoutError(self.name, time_limit_s) from None
         diagnosis: dict[str, str] = {}
         if picks is None or not feasible(units, rhs, picks):
             picks = least_cost(units, rhs)

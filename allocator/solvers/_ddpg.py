@@ -199,7 +199,8 @@ class DdpgSolver(ModelSolver):
         except ImportError as e:
             raise MissingDependencyError(
                 "solver 'ddpg' needs the `rl` extra (stable-baselines3, gymnasium).") from e
-        if repair(units, rhs, [min(u.choices) for u in units]) is None:
+        fallback = repair(units, rhs, [min(u.choices) for u in units])
+        if fallback is None:
             return None, "infeasible", {}
         config = self.config
         torch.manual_seed(seed)
@@ -219,17 +220,21 @@ class DdpgSolver(ModelSolver):
                      batch_size=128, policy_kwargs={"net_arch": [64, 64]}, device="cpu")
         start = time.perf_counter()
         model.learn(total_timesteps=steps, callback=_Deadline())
+        out_of_time = time.monotonic() >= deadline  # training was cut short
         # one greedy (noise-free) episode of the trained policy
         obs, _ = env.reset(seed=seed)
         done = False
         while not done:
             action, _ = model.predict(obs, deterministic=True)
             obs, _, done, _, _ = env.step(action)
-        if env.best is None:
-            return None, "infeasible", {}
+        if env.best is None:  # no episode's assignment could be repaired: the lowest one
+            objective = sum(u.omega[c] for u, c in zip(units, fallback, strict=True))
+            env.best = (objective if measure is None else measure(fallback), fallback)
         extra: dict[str, Any] = {"episodes": config.episodes, "reward": config.reward,
                                  "train_s": time.perf_counter() - start,
                                  "best_objective": env.best[0]}
+        if out_of_time:
+            extra["time_limit_reached"] = True
         if measure is not None:
             extra["measured_configs"] = len(measure.evaluations)
         elif config.report_gap:

@@ -10,12 +10,18 @@ from typing import ClassVar
 
 from allocator._budget import REL_TOL
 from allocator._problem import Unit
-from allocator.solvers._base import Answer, BaseSolver, SolverConfig, register_solver
+from allocator.solvers._base import (
+    Answer,
+    BaseSolver,
+    SolverConfig,
+    SolverTimeoutError,
+    register_solver,
+)
 from allocator.solvers._feasibility import Rhs, feasible
 from engine import InvalidSpecError
 
-# Assignments enumerated between two looks at the clock.
-_CLOCK_EVERY = 1 << 16
+# Assignments enumerated (brute) or states visited (dp) between two looks at the clock.
+_CLOCK_EVERY = 1 << 12
 
 
 
@@ -37,7 +43,7 @@ class BruteForceSolver(BaseSolver):
     """Exhaustive oracle (small problems).
 
     Enumerates every assignment (up to `max_assignments`); out of time, the best one seen
-    is "feasible"."""
+    is "feasible" (`SolverTimeoutError` when none was)."""
 
     exact = True
     config: BruteForceConfig
@@ -53,8 +59,9 @@ class BruteForceSolver(BaseSolver):
         best, best_obj = None, math.inf
         for i, picks in enumerate(itertools.product(*(u.choices for u in units))):
             if i % _CLOCK_EVERY == 0 and i and time.monotonic() > deadline:
-                found = "infeasible" if best is None else "feasible"
-                return best, found, {"time_limit_reached": True}
+                if best is None:
+                    raise SolverTimeoutError(self.name, time_limit_s)
+                return best, "feasible", {"time_limit_reached": True}
             obj = math.fsum(u.omega[c] for u, c in zip(units, picks, strict=True))
             if obj < best_obj - 1e-15 and feasible(units, rhs, picks):
                 best, best_obj = list(picks), obj
@@ -79,8 +86,8 @@ class DynamicProgrammingSolver(BaseSolver):
     """Knapsack DP oracle (one budget, integer costs).
 
     Knapsack dynamic programming for one budget whose unit costs are integers (mean
-    bits: params x bits; sizes in whole bytes). Exact on such problems; out of time, none
-    is found."""
+    bits: params x bits; sizes in whole bytes). Exact on such problems; out of time it has
+    no answer (`SolverTimeoutError`)."""
 
     exact = True
     max_budgets = 1
@@ -111,11 +118,13 @@ class DynamicProgrammingSolver(BaseSolver):
         choice_log: list[list[int]] = []
         for u, cs in zip(units, costs, strict=True):
             if time.monotonic() > deadline:
-                return None, "infeasible", {"time_limit_reached": True}
+                raise SolverTimeoutError(self.name, time_limit_s)
             base = min(cs.values())
             nxt = [inf] * (slack + 1)
             arg = [-1] * (slack + 1)
             for s, val in enumerate(best):
+                if s % _CLOCK_EVERY == 0 and s and time.monotonic() > deadline:
+                    raise SolverTimeoutError(self.name, time_limit_s)
                 if val == inf:
                     continue
                 for c, cost in cs.items():

@@ -4,6 +4,7 @@ budgets, the least-cost assignment and the uniform one. Every solver builds on t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from allocator._budget import Budget, within
 from allocator._problem import Problem, Unit
@@ -20,6 +21,24 @@ def unit_cost(units: list[Unit], kind: str, picks: Sequence[int]) -> float:
 def feasible(units: list[Unit], rhs: Rhs, picks: Sequence[int]) -> bool:
     """Whether one choice per unit meets every budget (`allocator._budget.within`)."""
     return all(within(unit_cost(units, budget.kind, picks), limit) for budget, limit in rhs)
+
+
+def fitting_choices(units: list[Unit], rhs: Rhs) -> list[Unit] | None:
+    """The units with only the choices whose own cost meets every budget (costs are >= 0,
+    so a choice over a budget alone is in no feasible assignment); None when a unit has no
+    such choice (the problem is infeasible). The same list when nothing is dropped."""
+    out, dropped = [], False
+    for u in units:
+        keep = tuple(b for b in u.choices
+                     if all(within(u.costs[budget.kind][b], limit) for budget, limit in rhs))
+        if not keep:
+            return None
+        if len(keep) < len(u.choices):
+            dropped = True
+            u = replace(u, choices=keep, omega={b: u.omega[b] for b in keep},
+                        costs={k: {b: c[b] for b in keep} for k, c in u.costs.items()})
+        out.append(u)
+    return out if dropped else units
 
 
 def least_cost(units: list[Unit], rhs: Rhs) -> list[int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from allocator._problem import Unit
 from allocator.solvers._base import Answer, ModelSolver, SolverConfig, register_solver
@@ -114,7 +114,10 @@ class FracBitsSolver(ModelSolver):
                         constraints, self.config.relaxation(time_limit_s), seed)
         picks = round_to_budget(units, rhs, relaxed.bits)
         learned = zip(units, relaxed.bits, strict=True)
-        extra = {"fractional_bits": {n: round(b, 4) for u, b in learned for n in u.names},
-                 "relaxation_steps": relaxed.steps, "relaxation_stop": relaxed.stop_reason,
-                 "relaxation_s": round(relaxed.elapsed_s, 3)}
+        extra: dict[str, Any] = {
+            "fractional_bits": {n: round(b, 4) for u, b in learned for n in u.names},
+            "relaxation_steps": relaxed.steps, "relaxation_stop": relaxed.stop_reason,
+            "relaxation_s": round(relaxed.elapsed_s, 3)}
+        if relaxed.stop_reason == "time_limit":
+            extra["time_limit_reached"] = True
         return (None, "infeasible", extra) if picks is None else (picks, "feasible", extra)

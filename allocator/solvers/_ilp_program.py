@@ -16,12 +16,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from allocator._budget import ABS_TOL
 from allocator._problem import Unit
-from allocator.solvers._feasibility import Rhs, feasible, uniform_picks
+from allocator.solvers._feasibility import Rhs, feasible, fitting_choices, uniform_picks
 from engine import InvalidSpecError, MissingDependencyError
 
 BACKENDS = ("HiGHS", "PULP_CBC_CMD", "COIN_CMD")
 GAP_REL, GAP_ABS = 1e-7, 1e-9
+# Smallest objective scale relative to the largest coefficient (see `_solve_scaled`).
+MIN_SCALE_RATIO = 1e-12
 
 
 def pulp_available() -> bool:
@@ -76,6 +79,9 @@ def solve_ilp(units: list[Unit], rhs: Rhs, objective: Sequence[Mapping[int, floa
               backend: str = "auto") -> tuple[list[int] | None, str, dict[str, Any]]:
     """Minimizes sum objective[u][b] x[u,b] under the budgets; returns picks, status, facts.
 
+    Choices whose own cost breaks a budget are dropped first (`fitting_choices`): none of
+    them is in a feasible answer, and without them every constraint coefficient is at most
+    about 1, however small the budget (the backend fails on coefficients of 1e15).
     The objective is divided by a scale close to the optimum, so that the backend's gap and
     feasibility tolerances act on numbers of order 1: the best feasible uniform assignment's
     objective (an upper bound), else the largest coefficient; when the optimum found is
@@ -83,6 +89,10 @@ def solve_ilp(units: list[Unit], rhs: Rhs, objective: Sequence[Mapping[int, floa
     what is left of `time_limit_s`.
     """
     deadline = time.monotonic() + time_limit_s
+    fitting = fitting_choices(units, rhs)
+    if fitting is None:  # a unit whose every choice alone breaks a budget (`1e-15bits`)
+        return None, "infeasible", {"backend": _backend(backend, time_limit_s)[0]}
+    units = fitting
     scale = _uniform_objective(units, rhs, objective)
     if not scale > 0:
         scale = max((abs(v) for o in objective for v in o.values()), default=1.0) or 1.0
@@ -115,6 +125,11 @@ def _solve_scaled(units, rhs, objective, scale, time_limit_s, backend):
     import pulp
 
     name, solver = _backend(backend, time_limit_s)
+    # Objective coefficients at most 1/MIN_SCALE_RATIO: Ω spanning more orders of magnitude
+    # than the backend's tolerances ends as rounding, never as an infinite coefficient.
+    largest = max((abs(objective[i][b]) for i, u in enumerate(units) for b in u.choices),
+                  default=0.0)
+    scale = max(scale, largest * MIN_SCALE_RATIO)
     prob = pulp.LpProblem("bit_allocation", pulp.LpMinimize)
     new_var = getattr(prob, "add_variable", None)  # PuLP >= 3.3; LpVariable before
     if new_var is None:
@@ -129,8 +144,11 @@ def _solve_scaled(units, rhs, objective, scale, time_limit_s, backend):
     for j, (budget, limit) in enumerate(rhs):
         if limit <= 0:
             return None, "infeasible", {"backend": name}
-        prob += (pulp.lpSum(u.costs[budget.kind][b] / limit * x[i][b]
-                            for i, u in enumerate(units) for b in u.choices) <= 1.0,
+        # Divided by the limit (at least ABS_TOL: a limit of 1e-300 leaves only choices of
+        # cost <= ABS_TOL, whose coefficients stay <= ~1).
+        norm = max(limit, ABS_TOL)
+        prob += (pulp.lpSum(u.costs[budget.kind][b] / norm * x[i][b]
+                            for i, u in enumerate(units) for b in u.choices) <= limit / norm,
                  f"budget_{j}")
     with _stdout_silenced():
         prob.solve(solver)

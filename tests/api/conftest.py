@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,9 @@ from fastapi.testclient import TestClient
 
 from allocator.testing_problems import random_problem
 from api import Settings, create_app
+from api._db import make_engine, upgrade
+from api._store import JobStore
+from api.testing import free_port
 from tests.conftest import private_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +34,7 @@ REDIS_URL = os.environ.get("ALLOCATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 TOKEN = "test-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+SPEC = {"budgets": ["4bits"], "solver": "ilp", "seed": 0, "measure": False, "bits": [2, 4, 8]}
 
 
 def problem_doc(n_layers: int = 6, seed: int = 0) -> dict[str, Any]:
@@ -82,7 +81,7 @@ def _drop_pg_tables() -> None:
 
     engine = sa.create_engine(PG_URL)
     with engine.begin() as conn:
-        for table in ("problems", "fronts", "results", "jobs", "alembic_version"):
+        for table in ("problems", "fronts", "results", "heartbeats", "jobs", "alembic_version"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
 
@@ -186,13 +185,8 @@ class LiveService:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process_group(self.proc)
 
 
 @pytest.fixture
@@ -214,3 +208,31 @@ def live_service(tmp_path: Path) -> Iterator[Any]:
 
 
 __all__ = ["LiveService", "json", "problem_doc", "wait_for"]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a process group started with `start_new_session`, SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    upgrade(engine)  # idempotent
+    s = JobStore(engine)
+    if request.param == "postgres":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM jobs")
+    yield s
+    engine.dispose()

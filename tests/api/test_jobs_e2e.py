@@ -15,7 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import Settings, create_app
-from tests.api.conftest import REPO, TOKEN, in_sensitivity, problem_doc, wait_for
+from tests.api.conftest import (
+    REPO,
+    TOKEN,
+    in_sensitivity,
+    problem_doc,
+    stop_process_group,
+    wait_for,
+)
 
 MODEL_JOB = {"model": "digits-cnn", "budgets": ["4bits"], "solver": "ilp",
              "estimator": "hutchinson", "bits": [2, 4, 8], "seed": 0}
@@ -185,12 +192,7 @@ def celery_worker(redis_url, tmp_path, request):
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     yield db_url, proc, tmp_path / "celery.log"
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    stop_process_group(proc)
     log.close()
 
 

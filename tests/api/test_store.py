@@ -5,33 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from api._db import make_engine, upgrade
 from api._store import JobOutput, JobStore, NotSucceededError
 from engine import FinishedJobError, JobNotFoundError
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path) -> Iterator[JobStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    engine = make_engine(url)
-    upgrade(engine)
-    upgrade(engine)  # idempotent
-    s = JobStore(engine)
-    if request.param == "postgres":
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM jobs")
-    yield s
-    engine.dispose()
-
-
-SPEC = {"budgets": ["4bits"], "solver": "ilp", "seed": 0, "measure": False, "bits": [2, 4, 8]}
+from tests.api.conftest import SPEC
 
 
 def test_claim_is_atomic_under_threads(store: JobStore) -> None:
@@ -134,7 +113,7 @@ def test_migrations_match_the_models(store: JobStore) -> None:
     from api._db import Base
 
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         if conn.dialect.name == "sqlite":
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -42,3 +42,24 @@ def test_latency_axis_and_json():
     data = front.to_dict()
     assert data["format"] == "allocator.pareto/1" and data["cost_key"] == "latency_us"
     assert len(data["points"]) >= 2
+
+
+def test_front_stops_at_its_total_time_with_the_points_found():
+    problem = random_problem(10, seed=4)
+    whole = pareto_front(problem, "bits", points=6, total_time_s=60.0)
+    assert not whole.time_limit_reached and whole.points
+    assert whole.to_dict()["time_limit_reached"] is False
+    spent = pareto_front(problem, "bits", points=6, total_time_s=0.0)
+    assert spent.time_limit_reached and spent.points == ()
+    assert spent.to_dict()["time_limit_reached"] is True
+
+
+def test_front_total_time_bounds_a_slow_solver():
+    import time
+
+    problem = random_problem(8, seed=1)  # 6**8 assignments: brute needs seconds per point
+    start = time.perf_counter()
+    front = pareto_front(problem, "bits", points=8, solver="brute", time_limit_s=5.0,
+                         total_time_s=1.0)
+    assert time.perf_counter() - start < 1.0 + 3.0
+    assert front.time_limit_reached

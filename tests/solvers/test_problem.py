@@ -8,7 +8,7 @@ import pytest
 
 from allocator import ProblemDocument
 from allocator._budget import parse_budgets
-from allocator._problem import Problem
+from allocator._problem import MAX_COUNT, MAX_TABLE_VALUE, Problem
 from allocator.testing_problems import random_problem
 from engine import InvalidSpecError
 
@@ -79,7 +79,8 @@ def test_document_json_schema():
     layer = schema["$defs"]["ProblemLayerDocument"]
     assert layer["required"] == ["name", "omega"]
     assert layer["properties"]["omega"]["patternProperties"] == {
-        "^[2-8]$": {"minimum": 0, "type": "number"}}
+        "^[2-8]$": {"maximum": MAX_TABLE_VALUE, "minimum": 0, "type": "number"}}
+    assert layer["properties"]["params"]["maximum"] == MAX_COUNT
     assert all(f.get("description") for f in layer["properties"].values())
     example = schema["examples"][0]
     assert Problem.from_dict(example).to_dict()["layers"][0]["omega"] == \
