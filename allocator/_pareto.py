@@ -1,17 +1,18 @@
-"""Pareto fronts: the ILP swept over one budget, non-dominated (Ω, cost) points kept."""
+"""Pareto fronts: the ILP swept over one budget (its program built once for the sweep),
+non-dominated (Ω, cost) points kept."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from allocator._budget import BASE_UNITS, COST_KEYS, Budget
 from allocator._problem import Problem
-from allocator.solvers import Solution, SolverTimeoutError, get_solver
+from allocator.solvers import IlpSolver, Solution, SolverTimeoutError, get_solver
 from engine import InvalidSpecError
 
 PARETO_FORMAT = "allocator.pareto/1"
@@ -59,23 +60,37 @@ def non_dominated(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def pareto_front(problem: Problem, axis: str = "bits", points: int = 20, *,
                  budgets: Sequence[Budget] = (), solver: str = "ilp",
-                 time_limit_s: float = 60.0, total_time_s: float | None = None) -> ParetoFront:
+                 time_limit_s: float = 60.0, total_time_s: float | None = None,
+                 reuse_program: bool = True) -> ParetoFront:
     """Sweeps a budget on `axis` over `points` values between the cheapest and the
     dearest assignment (other `budgets` held fixed) and keeps the non-dominated solutions.
 
     `time_limit_s` bounds each solve; `total_time_s` the whole sweep: past it the sweep
     stops with the points found so far and `time_limit_reached` set (a job's front must not
-    outlive the job's limit)."""
+    outlive the job's limit). The `ilp` solver builds its program once for the whole sweep
+    (`IlpSolver.sweep`), with the same answers as a solve per point;
+    `reuse_program=False` solves each point from scratch, as every other solver does."""
     if axis not in COST_KEYS:
         raise InvalidSpecError(f"`axis` must be one of {sorted(COST_KEYS)}, got {axis!r}.")
     if points < 2:
         raise InvalidSpecError(f"`points` must be >= 2, got {points}.")
     if any(b.kind == axis for b in budgets):
         raise InvalidSpecError(f"a fixed {axis} budget cannot also be the swept axis.")
-    units = problem.units(list(budgets) + [Budget(axis, 1.0, f"1{BASE_UNITS[axis]}")])
+    runner = get_solver(solver)
+    solve_at: Callable[[Budget, float], Solution]
+    if reuse_program and isinstance(runner, IlpSolver):
+        sweep = runner.sweep(problem, budgets, axis)
+        units = sweep.units
+
+        def solve_at(budget: Budget, limit_s: float) -> Solution:
+            return sweep.solve(budget, time_limit_s=limit_s, diagnose_infeasible=False)
+    else:
+        units = problem.units(list(budgets) + [Budget(axis, 1.0, f"1{BASE_UNITS[axis]}")])
+
+        def solve_at(budget: Budget, limit_s: float) -> Solution:
+            return runner.solve(problem, [*budgets, budget], time_limit_s=limit_s)
     lo = sum(min(u.costs[axis].values()) for u in units)
     hi = sum(max(u.costs[axis].values()) for u in units)
-    runner = get_solver(solver)
     found: list[Solution] = []
     deadline = None if total_time_s is None else time.monotonic() + total_time_s
     cut_short = False
@@ -88,7 +103,7 @@ def pareto_front(problem: Problem, axis: str = "bits", points: int = 20, *,
         value = problem.budget_value(axis, lo + (hi - lo) * i / (points - 1))
         budget = Budget(axis, max(value, 1e-12), f"{value:.9g}{BASE_UNITS[axis]}")
         try:
-            sol = runner.solve(problem, [*budgets, budget], time_limit_s=left_s)
+            sol = solve_at(budget, left_s)
         except SolverTimeoutError:
             if deadline is None:
                 raise

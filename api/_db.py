@@ -10,10 +10,12 @@ for byte.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -177,11 +179,28 @@ def upgrade(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
+    with _sqlite_migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(724513)")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """On a SQLite file, an exclusive lock on `<file>.migrate.lock` while migrating: an API
+    and a worker starting together would otherwise both create the tables, and one fail."""
+    path = sqlite_path(engine.url.database, engine.url.query) \
+        if engine.dialect.name == "sqlite" else None
+    if path is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".migrate.lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def open_database(url: str, *, setting: str = "ALLOCATOR_DATABASE_URL",

@@ -182,17 +182,34 @@ class BaseSolver(ABC):
                                                     time_limit_s=time_limit_s)
         except RepairTimeout:
             raise SolverTimeoutError(self.name, time_limit_s) from None
-        diagnosis: dict[str, str] = {}
-        if picks is None or not feasible(units, rhs, picks):
-            picks = least_cost(units, rhs)
-            status = "infeasible"
+        return solution_of(problem, units, budgets, rhs, (picks, status, extra),
+                           solver=self.name, start=start, time_limit_s=time_limit_s)
+
+
+def solution_of(problem: Problem, units: list[Unit], budgets: Sequence[Budget], rhs: Rhs,
+                answer: Answer, *, solver: str, start: float, time_limit_s: float,
+                diagnose_infeasible: bool = True) -> Solution:
+    """A solver's answer as a `Solution`: a wrong or missing answer is "infeasible", with
+    the least-cost assignment and (unless `diagnose_infeasible` is False) the smallest
+    value of each budget that can be met; bits in the model's layer order.
+
+    Args:
+        start: `time.perf_counter()` when the solve began (for `seconds` and the
+            diagnosis's share of the time limit).
+    """
+    picks, status, extra = answer
+    diagnosis: dict[str, str] = {}
+    if picks is None or not feasible(units, rhs, picks):
+        picks = least_cost(units, rhs)
+        status = "infeasible"
+        if diagnose_infeasible:
             left_s = time_limit_s - (time.perf_counter() - start)
             diagnosis = diagnose(problem, units, budgets, time_limit_s=left_s)
-        seconds = time.perf_counter() - start
-        bits = {n: b for u, b in zip(units, picks, strict=True) for n in u.names}
-        bits = {x.name: bits[x.name] for x in problem.layers}  # model order
-        objective, cost = problem.evaluate(bits)
-        return Solution(bits, status, objective, cost, self.name, seconds, diagnosis, extra)
+    seconds = time.perf_counter() - start
+    bits = {n: b for u, b in zip(units, picks, strict=True) for n in u.names}
+    bits = {x.name: bits[x.name] for x in problem.layers}  # model order
+    objective, cost = problem.evaluate(bits)
+    return Solution(bits, status, objective, cost, solver, seconds, diagnosis, extra)
 
 
 class ModelSolver(BaseSolver):
