@@ -1,7 +1,11 @@
 """The model zoo: real models with calibration data, evaluation data and metrics, offline.
 
-`get_model(name)` returns a `ModelSpec`; `MODELS` lists the registered ones. A name of the
-form `package.module:factory` builds a user model (see `UserModelSpec`).
+`get_model(name)` returns a `ModelSpec`; `MODELS` lists the built-in ones. Other names:
+
+- `hf:<folder or repo id>`: a Hugging Face checkpoint (`HfModelSpec`);
+- a name registered by an operator (`ALLOCATOR_MODELS_FILE`) or uploaded to the service
+  (`allocator._registered`): the checkpoint it names, with its data and defaults;
+- `package.module:factory`: a user model built by the user's code (`UserModelSpec`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from typing import Any
 from engine import Registry
 from zoo._base import Batch, ModelSpec
 from zoo._digits import DigitsCNNSpec, DigitsMLPSpec
+from zoo._hf import HfModelSpec
+from zoo._hf_checkpoint import HF_PREFIX
 from zoo._minilm import MiniLMSpec, minilm_available
 from zoo._mobilenet import MobileNetV2Spec, mobilenet_available
+from zoo._smollm2_spec import SMOLLM2_NAME, SmolLM2Spec, smollm2_available
 from zoo._user import UserModelSpec
 
 
@@ -31,25 +38,67 @@ MODELS.register("minilm", MiniLMSpec, available=minilm_available, extra="models"
                 description=MiniLMSpec.description)
 MODELS.register("mobilenetv2", MobileNetV2Spec, available=mobilenet_available, extra="models",
                 description=MobileNetV2Spec.description)
+MODELS.register(SMOLLM2_NAME, SmolLM2Spec, available=smollm2_available, extra="models",
+                description=SmolLM2Spec.description)
 
-_INSTANCES: dict[str, ModelSpec] = {}
+_INSTANCES: dict[tuple[str, str | None, str | None], ModelSpec] = {}
+
+
+def _registered_spec(name: str) -> ModelSpec | None:
+    """The spec of a name registered in the models file or uploaded, else None."""
+    try:
+        from allocator._registered import find_registered
+    except ImportError:  # TODO(remove): until the registry module lands
+        return None
+    reg = find_registered(name)
+    if reg is None:
+        return None
+    return HfModelSpec(reg.source, data=reg.data, name=reg.name, metric=reg.metric,
+                       estimator=reg.estimator, description=reg.description)
 
 
 def get_model(
     name: str, *, data: str | Path | None = None, weights: str | Path | None = None
 ) -> ModelSpec:
-    """The `ModelSpec` registered as `name` (one shared instance per process), or a user
-    model when `name` is `package.module:factory` (then `data` is required)."""
-    if ":" in name:
-        from engine import InvalidSpecError
+    """The spec of `name`, one shared instance per process and (name, data, weights).
 
+    Args:
+        name: A built-in model, `hf:<folder or repo id>`, a registered or uploaded model's
+            name, or `package.module:factory`.
+        data: The data file of an `hf:` or user model (required for user models).
+        weights: A user model's safetensors weights.
+
+    Raises:
+        UnknownComponentError: `name` is none of these.
+        InvalidSpecError: A bad data file, checkpoint or factory.
+    """
+    from engine import InvalidSpecError
+
+    key = (name, None if data is None else str(data), None if weights is None else str(weights))
+    if key in _INSTANCES:
+        return _INSTANCES[key]
+    if name.startswith(HF_PREFIX):
+        if weights is not None:
+            raise InvalidSpecError(f"`weights` applies to user models; {name!r} brings its "
+                                   f"own safetensors.")
+        spec: ModelSpec = HfModelSpec(name, data=data)
+    elif ":" in name:
         if data is None:
             raise InvalidSpecError(
                 f"user model {name!r} needs `data` (a .pt or .npy file of inputs).")
-        return UserModelSpec(name, data, weights)
-    if name not in _INSTANCES:
-        _INSTANCES[name] = MODELS.get(name)()
-    return _INSTANCES[name]
+        return UserModelSpec(name, data, weights)  # user code: built anew every time
+    elif name in MODELS.names() or (registered := _registered_spec(name)) is None:
+        spec = MODELS.get(name)()  # unknown names: the registry's error lists the known ones
+    else:
+        spec = registered
+    _INSTANCES[key] = spec
+    return spec
+
+
+def describe_layers(name: str, *, data: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every weight module of a model with whether it is quantized and, if not, why
+    (`ModelSpec.describe_layers`)."""
+    return get_model(name, data=data).describe_layers()
 
 
 def describe_models(*, details: bool = False) -> list[dict[str, Any]]:
@@ -79,4 +128,5 @@ def describe_models(*, details: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["MODELS", "Batch", "ModelSpec", "UserModelSpec", "describe_models", "get_model"]
+__all__ = ["MODELS", "Batch", "HfModelSpec", "ModelSpec", "UserModelSpec", "describe_layers",
+           "describe_models", "get_model"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -104,6 +105,31 @@ class ModelSpec(ABC):
             self._layers = engine.discover_layers(self.build(), self.example_inputs(),
                                                   skip=self.skip_layers)
         return self._layers
+
+    def skip_reason(self, name: str, module: nn.Module) -> str:
+        """Why the weight module `name` is left float (it is not in `layers()`)."""
+        if isinstance(module, nn.Embedding):
+            return "embedding table: a lookup, not a matrix product; kept float"
+        if type(module) not in engine.QUANTIZABLE_TYPES:
+            return f"{type(module).__name__} has no engine kernel; kept float"
+        if any(fnmatch.fnmatchcase(name, p) for p in self.skip_layers):
+            return "left float by the model (skip_layers)"
+        return "never ran on the example batch"
+
+    def describe_layers(self) -> list[dict[str, Any]]:
+        """Every module with a weight matrix: `name`, `kind`, `shape`, `params`,
+        `quantized`, and the `reason` it is left float (None when quantized)."""
+        model = self.build()
+        quantized = {x.name for x in self.layers()}
+        rows = []
+        for name, m in model.named_modules():
+            weight = getattr(m, "weight", None)
+            if not name or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+                continue
+            rows.append({"name": name, "kind": type(m).__name__, "shape": list(weight.shape),
+                         "params": weight.numel(), "quantized": name in quantized,
+                         "reason": None if name in quantized else self.skip_reason(name, m)})
+        return rows
 
     def baseline(self) -> dict[str, float]:
         """FP32 metrics (computed once)."""

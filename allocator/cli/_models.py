@@ -2,7 +2,9 @@
 
 A user model (`package.module:factory`) runs the user's code; its data and weights files are
 checked before the factory is imported or called, so a missing file is named as such and
-never hidden behind whatever the factory does.
+never hidden behind whatever the factory does. A Hugging Face checkpoint (`hf:<folder or
+repo id>`) is checked (config, safetensors, no custom code) before anything is loaded, and
+what it will use by default (the built-in text when no `--data`) is said on stderr.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ if TYPE_CHECKING:
 
 
 def is_user_model(model: str) -> bool:
-    """True for `package.module:factory` (and other `prefix:...` names the zoo resolves)."""
+    """True for `package.module:factory` and `hf:<checkpoint>`: models that take `--data`."""
     return ":" in model
+
+
+def is_hf_model(model: str) -> bool:
+    return model.startswith("hf:")
 
 
 def model_spec(model: str, data: str | None = None, weights: str | None = None) -> ModelSpec:
@@ -39,8 +45,19 @@ def model_spec(model: str, data: str | None = None, weights: str | None = None) 
         if given:
             raise CLIUsageError(f"`{given[0]}` applies to user models (`--model "
                                 f"package.module:factory`); {model!r} brings its own.")
-    elif data is None and not model.startswith("hf:"):  # hf: checkpoints may bring data
+    elif is_hf_model(model):
+        if weights is not None:
+            raise CLIUsageError(f"`--weights` applies to `module:factory` models; {model!r} "
+                                f"brings its own safetensors.")
+    elif data is None:
         raise CLIUsageError(f"user model {model!r} needs `--data` (a .pt or .npy file of "
                             f"inputs), and `--weights` (.safetensors) unless the factory "
                             f"loads its own.")
-    return zoo.get_model(model, data=data, weights=weights)
+    spec = zoo.get_model(model, data=data, weights=weights)
+    if isinstance(spec, zoo.HfModelSpec):
+        from allocator.cli._render import log
+
+        spec.checkpoint()  # config.json and the weights' format checked before any work
+        for note in spec.notes:
+            log(note)
+    return spec

@@ -1,0 +1,184 @@
+"""Hugging Face checkpoints (`hf:<folder>`): tiny random Llama, GPT-2, BERT and ViT models
+made here with transformers, solved under budgets, applied, saved, reloaded; refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import allocator  # noqa: E402
+import engine  # noqa: E402
+import zoo  # noqa: E402
+from allocator.cli import main  # noqa: E402
+from engine import InvalidSpecError  # noqa: E402
+from zoo._hf_data import split_indices  # noqa: E402
+from zoo.testing import tiny_checkpoint  # noqa: E402
+
+ARCHS = {"llama": "causal-lm", "gpt2": "causal-lm", "bert": "feature-extraction",
+         "bert-classifier": "sequence-classification", "vit": "image-classification"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    return {arch: tiny_checkpoint(arch, root / arch) for arch in ARCHS}
+
+
+def _spec(folder: Path, **kwargs) -> zoo.HfModelSpec:
+    """A small data setting: the models are tiny, the test time is the data's."""
+    kwargs = {"window_tokens": 64, "calibration_samples": 4, "evaluation_samples": 8} | kwargs
+    return zoo.HfModelSpec(f"hf:{folder}", **kwargs)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_each_architecture_solves_applies_and_reloads(checkpoints, arch, tmp_path):
+    spec = _spec(checkpoints[arch])
+    assert spec.task == ARCHS[arch]
+    layers = spec.layers()
+    assert layers and all(x.kind == "linear" for x in layers)
+    report = allocator.solve(spec, ["6bits"], bits=(4, 8), estimator="measured",
+                             rounding="rtn", latency=False)
+    cfg = report.config
+    assert cfg.status != "infeasible"
+    assert engine.mean_bits(layers, cfg.bits) <= 6.0 + 1e-9
+    assert set(cfg.bits.values()) <= {4, 8}
+    assert spec.primary_metric in report.measured["metrics"]
+    if arch == "llama":  # same seed, same bytes
+        again = allocator.solve(spec, ["6bits"], bits=(4, 8), estimator="measured",
+                                rounding="rtn", latency=False)
+        assert again.config.to_json() == cfg.to_json()
+    # Apply, save, reload: the reloaded model gives the same outputs.
+    qmodel = spec.quantize(cfg)
+    engine.save_quantized(qmodel, cfg, tmp_path / "q")
+    fresh = _spec(checkpoints[arch])
+    reloaded, _ = engine.load_quantized(fresh.build(), tmp_path / "q")
+    batch = spec.evaluation_batches()[0]
+    with torch.inference_mode():
+        a, b = spec.forward(qmodel, batch.inputs), fresh.forward(reloaded, batch.inputs)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_causal_lm_metrics_and_skipped_head(checkpoints):
+    spec = _spec(checkpoints["llama"])
+    base = spec.baseline()
+    assert base["kl"] == pytest.approx(0.0, abs=1e-6) and base["top1_agreement"] == 1.0
+    assert 1.0 < base["ppl"] < 2 * 384  # a random model over a 384-token vocabulary
+    assert spec.primary_metric == "kl" and not spec.higher_is_better
+    assert spec.default_estimator == "fisher"
+    rows = {r["name"]: r for r in spec.describe_layers()}
+    assert not rows["lm_head"]["quantized"] and "tied" in rows["lm_head"]["reason"]
+    assert "embedding" in rows["model.embed_tokens"]["reason"]
+    q2 = spec.evaluate(spec.quantize(engine.BitConfig.uniform(spec.layers(), 2,
+                                                              activation_bits=None)))
+    q8 = spec.evaluate(spec.quantize(engine.BitConfig.uniform(spec.layers(), 8,
+                                                              activation_bits=None)))
+    assert 0 <= q8["kl"] < q2["kl"]
+    head = _spec(checkpoints["llama"], quantize_head=True)
+    assert "lm_head" in {x.name for x in head.layers()}
+
+
+def test_gpt2_conv1d_becomes_linear_with_the_same_outputs(checkpoints):
+    from transformers import GPT2LMHeadModel
+
+    spec = _spec(checkpoints["gpt2"])
+    ref = GPT2LMHeadModel.from_pretrained(str(checkpoints["gpt2"])).eval()
+    ids = torch.arange(40).reshape(2, 20)
+    with torch.inference_mode():
+        a = spec.build()(input_ids=ids).logits
+        b = ref(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert "transformer.h.0.attn.c_attn" in {x.name for x in spec.layers()}
+
+
+def test_data_files_text_jsonl_and_token_ids(checkpoints, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("\n\n".join(f"Paragraph {i} says something about the weather and tea."
+                                * 8 for i in range(40)))
+    spec = _spec(checkpoints["llama"], data=text, calibration_samples=None,
+                 evaluation_samples=None)
+    assert not spec.notes  # no built-in text note with --data
+    cal = [b.inputs["input_ids"] for b in spec.calibration_batches()]
+    ev = [b.inputs["input_ids"] for b in spec.evaluation_batches()]
+    cal_rows = {tuple(r.tolist()) for t in cal for r in t}
+    ev_rows = {tuple(r.tolist()) for t in ev for r in t}
+    assert cal_rows and ev_rows and not cal_rows & ev_rows  # disjoint
+    jsonl = tmp_path / "calib.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": f"sentence number {i} is here."})
+                               for i in range(50)))
+    enc = _spec(checkpoints["bert"], data=jsonl)
+    assert sum(b.size for b in enc.evaluation_batches()) > 0
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(0).integers(0, 384, size=(6, 32)))
+    rows = _spec(checkpoints["llama"], data=ids)
+    assert sum(b.size for b in rows.calibration_batches() + rows.evaluation_batches()) == 6
+
+
+def test_split_is_seeded_and_disjoint():
+    a = split_indices(100, 10, 20, seed=3)
+    assert a == split_indices(100, 10, 20, seed=3)
+    assert a != split_indices(100, 10, 20, seed=4)
+    assert not set(a[0]) & set(a[1]) and len(a[0]) == 10 and len(a[1]) == 20
+    with pytest.raises(InvalidSpecError, match="at least 2"):
+        split_indices(1, 1, 1, seed=0)
+
+
+def test_bad_data_is_named(checkpoints, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": 3}\n')
+    with pytest.raises(InvalidSpecError, match="line 2"):
+        _spec(checkpoints["llama"], data=bad).calibration_batches()
+    floats = tmp_path / "x.npy"
+    np.save(floats, np.zeros((4, 8), dtype=np.float32))
+    with pytest.raises(InvalidSpecError, match="token ids"):
+        _spec(checkpoints["llama"], data=floats).calibration_batches()
+    with pytest.raises(InvalidSpecError, match="use a .txt"):
+        _spec(checkpoints["llama"], data=tmp_path / "bad.csv" if (tmp_path / "bad.csv")
+              .write_text("a") else None)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refusals_are_named(checkpoints, tmp_path):
+    pickled = _copy(checkpoints["llama"], tmp_path / "pickled")
+    (pickled / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    with pytest.raises(InvalidSpecError, match="pickle.*safetensors"):
+        _spec(pickled).checkpoint()
+    remote = _copy(checkpoints["llama"], tmp_path / "remote")
+    config = json.loads((remote / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling.MyModel"}
+    (remote / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidSpecError, match="auto_map"):
+        _spec(remote).checkpoint()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InvalidSpecError, match="no config.json"):
+        _spec(empty).checkpoint()
+    with pytest.raises(InvalidSpecError, match="local Hugging Face cache"):
+        _spec(Path("nobody-here/no-such-model")).checkpoint()
+
+
+def test_cli_solve_on_a_checkpoint_folder(checkpoints, capsys, tmp_path):
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(0).integers(0, 384, size=(6, 32)))
+    code = main(["solve", "--model", f"hf:{checkpoints['gpt2']}", "--budget", "6bits",
+                 "--data", str(ids),
+                 "--bits", "4,8", "--estimator", "measured", "--rounding", "rtn", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    doc = json.loads(out.out)
+    assert set(doc["config"]["bits"].values()) <= {4, 8}
+    assert "built-in text" not in out.err
+    code = main(["solve", "--model", f"hf:{checkpoints['gpt2']}", "--budget", "6bits",
+                 "--weights", "w.safetensors"])
+    assert code == 2
