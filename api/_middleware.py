@@ -52,24 +52,33 @@ class MetricsMiddleware(HttpMiddleware):
 
 
 class BodyLimitMiddleware(HttpMiddleware):
-    """Answers 413 (JSON) when a request body exceeds `max_bytes`, by header or by count."""
+    """Answers 413 (JSON) when a request body exceeds `max_bytes`, by header or by count.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Args:
+        max_bytes: The limit of every request (the `max_upload_bytes` setting).
+        route_limits: (method, path) -> (limit, the setting that says so), for routes that
+            take more (checkpoint uploads) and check their parts themselves.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 route_limits: dict[tuple[str, str], tuple[int, str]] | None = None) -> None:
         super().__init__(app)
         self.max_bytes = max_bytes
+        self.route_limits = route_limits or {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-
+        max_bytes, setting = self.route_limits.get((scope["method"], scope["path"]),
+                                                   (self.max_bytes, "max_upload_bytes"))
         length = dict(scope.get("headers") or ()).get(b"content-length")
         too_big = error_response(413, f"request body larger than the upload limit of "
-                                      f"{self.max_bytes} bytes (max_upload_bytes).",
+                                      f"{max_bytes} bytes ({setting}).",
                                  "body", None)
         if length is not None:
             try:
                 size = int(length)
             except ValueError:
                 size = -1
-            if size > self.max_bytes:
+            if size > max_bytes:
                 await too_big(scope, receive, send)
                 return
         received = 0
@@ -83,7 +92,7 @@ class BodyLimitMiddleware(HttpMiddleware):
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     overflow = True
                     raise _TooBig
             return message

@@ -1,4 +1,5 @@
-"""HTTP routes: jobs, synchronous solves, catalogs, settings, health and metrics.
+"""HTTP routes: jobs, synchronous solves, models (listed, uploaded, deleted), catalogs,
+settings, health and metrics.
 
 Handlers return plain data; FastAPI checks it against the route's `response_model` and
 serializes it (non-finite floats as null), leaving out keys the data did not have.
@@ -6,22 +7,38 @@ serializes it (non-finite floats as null), leaving out keys the data did not hav
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import pathlib
+import shutil
+import tempfile
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from allocator import ProblemDocument
+from allocator._registered import (
+    BUILTIN_MODELS,
+    ModelExistsError,
+    RegisteredModel,
+    delete_upload,
+    register_upload,
+    registered_models,
+    uploads_dir,
+)
 from api import _validate as check
 from api._auth import require_read, require_write
 from api._errors import ApiError
+from api._model_uploads import receive_form
 from api._schemas import (
     MAX_BUDGETS,
     MAX_PAGE_SIZE,
     MAX_SEED,
+    MODEL_UPLOAD_FORM,
     BitConfigPublic,
     BudgetsPublic,
     BudgetsValidate,
@@ -33,6 +50,7 @@ from api._schemas import (
     JobCreate,
     JobPublic,
     JobsPublic,
+    ModelPublic,
     ModelsPublic,
     ParetoPublic,
     ResolveCreate,
@@ -51,6 +69,7 @@ from engine import (
     MAX_BITS,
     MIN_BITS,
     InvalidSpecError,
+    UnknownComponentError,
 )
 
 log = logging.getLogger("allocator.api")
@@ -90,8 +109,14 @@ def _submit(svc: Service, body: JobCreate) -> dict[str, Any]:
     spec: dict[str, Any] = {"budgets": [b.text for b in budgets], "solver": solver,
                             "seed": body.seed, "measure": body.measure}
     if body.model is not None:
-        check.model(body.model, svc.catalog)
-        spec |= {"estimator": check.estimator(body.estimator, svc.catalog),
+        registered = ({} if body.model.startswith("hf:") or body.model in BUILTIN_MODELS
+                      else _registered(svc))
+        check.model(body.model, svc.catalog, registered=registered)
+        estimator = body.estimator
+        entry = registered.get(body.model)
+        if entry is not None and entry.estimator and "estimator" not in body.model_fields_set:
+            estimator = entry.estimator  # the registration's default, unless the job names one
+        spec |= {"estimator": check.estimator(estimator, svc.catalog),
                  "bits": bits or list(DEFAULT_BITS)}
         job = svc.store.create(kind="model", model=body.model, spec=spec)
     else:
@@ -148,7 +173,7 @@ def create_job_upload(
 def read_jobs(
     svc: ServiceDep,
     status: Status | None = None,
-    model: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")] = None,
+    model: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9._:/\-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Any:
@@ -229,8 +254,107 @@ def validate_budgets(body: BudgetsValidate) -> Any:
 
 @read.get("/models", response_model=ModelsPublic, **EXACT)
 def read_models(svc: ServiceDep) -> Any:
-    """Registered models and whether they are installed."""
-    return {"models": svc.catalog.get()["models"]}
+    """Built-in models and whether they are installed, then the registered ones (models
+    file and uploads, read now) with their origin, source and size."""
+    registered = _registered(svc)
+    builtins = [m for m in svc.catalog.get()["models"]
+                if m["name"] not in registered and m.get("origin") is None]
+    return {"models": builtins + [_model_row(m) for m in registered.values()]}
+
+
+def _registered(svc: Service) -> dict[str, RegisteredModel]:
+    """The registered models, read fresh (uploads come and go); 503 when the models file
+    has turned unreadable since the service started."""
+    try:
+        return registered_models(data_dir=svc.settings.resolved_data_dir(),
+                                 models_file=svc.settings.models_file)
+    except InvalidSpecError as e:
+        raise ApiError(503, f"the registered models cannot be read: {e}") from None
+
+
+def _model_row(model: RegisteredModel) -> dict[str, Any]:
+    """A registered model as `ModelPublic` (keys without a value left out)."""
+    import importlib.util
+
+    row: dict[str, Any] = {"name": model.name, "description": model.description,
+                           "available": importlib.util.find_spec("transformers") is not None}
+    if not row["available"]:
+        row["missing"] = "install the `models` extra (transformers)"
+    return row | {k: v for k, v in model.to_dict().items()
+                  if v is not None and k not in ("name", "description")}
+
+
+def _upload_field(message: str, archive_field: str) -> str:
+    """The form field an upload's refusal is about (the library names it first)."""
+    for prefix, name in (("data file", "data"), ("`name`", "name"),
+                         ("`description`", "description")):
+        if message.startswith(prefix):
+            return f"body.{name}"
+    return f"body.{archive_field}"
+
+
+@write.post("/models", status_code=201, response_model=ModelPublic,
+            openapi_extra=MODEL_UPLOAD_FORM, **EXACT)
+async def create_model(request: Request, svc: ServiceDep) -> Any:
+    """Upload a Hugging Face checkpoint archive and register it (multipart: `archive` or
+    `file`, optional `data`, `name`, `description`); the same archive again answers its
+    existing registration."""
+    s = svc.settings
+    data_dir = s.resolved_data_dir()
+    # Streamed into the uploads folder itself: the unpacked copy lands on the same disk.
+    incoming = pathlib.Path(tempfile.mkdtemp(prefix=".incoming-", dir=uploads_dir(data_dir)))
+    try:
+        form = await receive_form(
+            request, incoming, text_fields=("name", "description"),
+            file_limits={"archive": (s.max_model_bytes, "max_model_bytes"),
+                         "file": (s.max_model_bytes, "max_model_bytes"),
+                         "data": (s.max_upload_bytes, "max_upload_bytes")})
+        given = [f for f in ("archive", "file") if f in form.files]
+        if len(given) != 1:
+            raise ApiError(422, "`body.archive`: give the checkpoint archive once, as "
+                                "`archive` (or `file`).", "body.archive", None)
+        archive, data = form.files[given[0]], form.files.get("data")
+        name = form.fields.get("name") or None
+        try:
+            model = await run_in_threadpool(functools.partial(
+                register_upload, archive.path, data=None if data is None else data.path,
+                data_filename=None if data is None else data.filename, data_dir=data_dir,
+                max_bytes=s.max_model_bytes, name=name,
+                description=form.fields.get("description", ""), models_file=s.models_file))
+        except ModelExistsError as e:
+            raise ApiError(409, str(e), "body.name", name) from None
+        except InvalidSpecError as e:
+            field = _upload_field(str(e), given[0])
+            values = {"body.data": data.filename if data else None, "body.name": name,
+                      "body.description": None}
+            raise ApiError(422, str(e), field, values.get(field, archive.filename)) from None
+    finally:
+        await run_in_threadpool(shutil.rmtree, incoming, True)
+    return _model_row(model)
+
+
+@write.delete("/models/{name}", status_code=204, response_class=Response,
+              responses={204: {"description": "The upload is removed"}})
+def delete_model(svc: ServiceDep,
+                 name: Annotated[str, Path(min_length=1, max_length=128)]) -> Response:
+    """Remove an uploaded model (404 when no model has the name; 409 for a built-in or a
+    models-file entry)."""
+    if name in BUILTIN_MODELS:
+        raise ApiError(409, f"`path.name`: {name!r} is a built-in model; only uploaded models "
+                            "can be deleted.", "path.name", name)
+    model = _registered(svc).get(name)
+    if model is None:
+        raise ApiError(404, f"`path.name`: no registered model {name!r}.", "path.name", name)
+    if model.origin != "upload":
+        raise ApiError(409, f"`path.name`: {name!r} is registered by the models file "
+                            f"`{svc.settings.models_file}`; remove it there.", "path.name",
+                       name)
+    try:
+        delete_upload(name, svc.settings.resolved_data_dir())
+    except UnknownComponentError:  # deleted meanwhile
+        raise ApiError(404, f"`path.name`: no registered model {name!r}.", "path.name",
+                       name) from None
+    return Response(status_code=204)
 
 
 @read.get("/solvers", response_model=SolversPublic, **EXACT)
@@ -270,7 +394,8 @@ def read_settings(svc: ServiceDep) -> Any:
         "limits": {"max_budgets": MAX_BUDGETS, "max_upload_bytes": s.max_upload_bytes,
                    "sync_max_layers": s.sync_max_layers,
                    "sync_time_limit_s": s.sync_time_limit_s,
-                   "job_time_limit_s": s.job_time_limit_s, "max_page_size": MAX_PAGE_SIZE},
+                   "job_time_limit_s": s.job_time_limit_s, "max_page_size": MAX_PAGE_SIZE,
+                   "max_model_bytes": s.max_model_bytes},
         "write_requires_token": bool(s.api_token),
         "read_requires_token": bool(s.api_token) and s.read_requires_token,
         "workers": svc.mode,

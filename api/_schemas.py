@@ -220,14 +220,44 @@ class BudgetsPublic(BaseModel):
 
 
 class ModelPublic(BaseModel):
+    """A model jobs can name: a built-in (no `origin`), or one registered by the models file
+    or uploaded (`origin`, `source` and, for uploads, size, checksum and date)."""
+
     name: str
     description: str
     available: bool
     missing: str | None = Field(default=None, description="What to install, when not available")
+    origin: Literal["models-file", "upload"] | None = Field(
+        default=None, description="Where a registered model comes from; absent for built-ins")
+    source: str | None = Field(default=None, description="`hf:<checkpoint folder or repo id>`")
+    data: str | None = Field(default=None, description="Its calibration data file")
+    metric: str | None = None
+    estimator: str | None = Field(default=None,
+                                  description="The estimator its jobs use unless they name one")
+    size_bytes: int | None = Field(default=None, description="Unpacked size of an upload")
+    sha256: str | None = Field(default=None, description="SHA-256 of the uploaded archive")
+    created: str | None = Field(default=None, description="When it was uploaded (ISO 8601)")
 
 
 class ModelsPublic(BaseModel):
     models: list[ModelPublic]
+
+
+# The form of `POST /models` (read as a stream by the route, so described here by hand).
+MODEL_UPLOAD_FORM: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "archive": {"type": "string", "format": "binary",
+                    "description": "A zip or tar (plain or gzip) of a Hugging Face checkpoint "
+                                   "folder: config.json, tokenizer files, *.safetensors (at "
+                                   "the top or in one folder; no pickles, no code)"},
+        "file": {"type": "string", "format": "binary",
+                 "description": "The same as `archive` (give one of the two)"},
+        "data": {"type": "string", "format": "binary",
+                 "description": "Calibration data: .txt, .jsonl or .npy"},
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$",
+                 "description": "Default: upload-<first 12 hex of the archive's sha256>"},
+        "description": {"type": "string", "maxLength": 500},
+    }}}}}}
 
 
 class SolverPublic(BaseModel):
@@ -304,6 +334,8 @@ class LimitsPublic(BaseModel):
     sync_time_limit_s: float
     job_time_limit_s: float
     max_page_size: int
+    max_model_bytes: int | None = Field(default=None,
+                                        description="Largest checkpoint POST /models takes")
 
 
 class ServiceSettingsPublic(BaseModel):

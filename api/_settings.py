@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         redispatch_after_s: A queued job sent this long ago and still not started is sent
             again (a broker that restarted may have lost its message; a duplicate is
             claimed once).
+        models_file: A TOML models file registering Hugging Face checkpoints by name
+            (`allocator._registered`); checked at start, read again on every listing.
+        max_model_bytes: Largest checkpoint `POST /models` accepts: the archive and its
+            unpacked files (413 above).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
@@ -80,6 +84,8 @@ class Settings(BaseSettings):
     broker_timeout_s: float = Field(default=0.5, gt=0, le=30)
     dispatch_interval_s: float = Field(default=2.0, gt=0, le=3600)
     redispatch_after_s: float = Field(default=300.0, gt=0)
+    models_file: Path | None = None
+    max_model_bytes: int = Field(default=2 * 2**30, gt=0)
 
     @field_validator("database_url", "broker_url", "api_token")
     @classmethod
@@ -104,6 +110,22 @@ class Settings(BaseSettings):
                              "Authorization header cannot carry, so no request could ever "
                              "match it; use ASCII letters, digits and punctuation")
         return value
+
+    @field_validator("models_file")
+    @classmethod
+    def _readable_models_file(cls, value: Path | None) -> Path | None:
+        """The models file as an absolute path, once it reads without error (workers and the
+        probe get the same file whatever their working folder)."""
+        if value is None:
+            return None
+        from allocator._registered import read_models_file
+
+        path = value.expanduser().resolve()
+        try:
+            read_models_file(path)
+        except InvalidSpecError as e:
+            raise ValueError(str(e)) from None
+        return path
 
     @model_validator(mode="after")
     def _read_lock_has_a_key(self) -> Settings:
@@ -138,6 +160,10 @@ class Settings(BaseSettings):
         env = {"ALLOCATOR_DATABASE_URL": self.resolved_database_url()}
         if self.data_dir is not None:
             env["ALLOCATOR_DATA_DIR"] = str(self.data_dir)
+        if self.models_file is not None:
+            from allocator._registered import MODELS_FILE_ENV
+
+            env[MODELS_FILE_ENV] = str(self.models_file)
         return env
 
     # Synchronous solves (`api._solving`): each runs in one of a few solver processes.

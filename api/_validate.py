@@ -3,6 +3,7 @@ problem documents. Each failure is an `ApiError` (422) naming the field and the 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from allocator import Problem, ProblemDocument
@@ -66,9 +67,25 @@ def solver(name: str, field: str = "body.solver", *, in_api: bool = False,
     return name
 
 
-def model(name: str, catalog: Catalog, field: str = "body.model") -> str:
+def model(name: str, catalog: Catalog, field: str = "body.model", *,
+          registered: Collection[str] = ()) -> str:
+    """A built-in model the service has installed, a `registered` one (models file or
+    upload), or `hf:<org>/<name>`: a Hugging Face repo id, never a path (a checkpoint
+    folder on the service's disk is registered by the operator or uploaded)."""
+    if name.startswith("hf:"):
+        from allocator._registered import is_repo_id
+
+        repo = name[3:]
+        if "/" not in repo or not is_repo_id(repo):
+            raise ApiError(422, f"`{field}`: {name!r}: 'hf:' takes a Hugging Face repo id "
+                                "'hf:<org>/<name>' here; a checkpoint folder is registered "
+                                "with ALLOCATOR_MODELS_FILE or uploaded with POST /models.",
+                           field, name)
+        return name
+    if name in registered:
+        return name
     names = catalog.model_names()
-    _known("model", name, list(names), field)
+    _known("model", name, [*names, *registered], field)
     if not names[name]:
         raise ApiError(422, f"`{field}`: model {name!r} is not installed on this service.",
                        field, name)

@@ -44,19 +44,6 @@ MODELS.register(SMOLLM2_NAME, SmolLM2Spec, available=smollm2_available, extra="m
 _INSTANCES: dict[tuple[str, str | None, str | None], ModelSpec] = {}
 
 
-def _registered_spec(name: str) -> ModelSpec | None:
-    """The spec of a name registered in the models file or uploaded, else None."""
-    try:
-        from allocator._registered import find_registered
-    except ImportError:  # TODO(remove): until the registry module lands
-        return None
-    reg = find_registered(name)
-    if reg is None:
-        return None
-    return HfModelSpec(reg.source, data=reg.data, name=reg.name, metric=reg.metric,
-                       estimator=reg.estimator, description=reg.description)
-
-
 def get_model(
     name: str, *, data: str | Path | None = None, weights: str | Path | None = None
 ) -> ModelSpec:
@@ -87,10 +74,21 @@ def get_model(
             raise InvalidSpecError(
                 f"user model {name!r} needs `data` (a .pt or .npy file of inputs).")
         return UserModelSpec(name, data, weights)  # user code: built anew every time
-    elif name in MODELS.names() or (registered := _registered_spec(name)) is None:
-        spec = MODELS.get(name)()  # unknown names: the registry's error lists the known ones
+    elif name in MODELS.names():
+        spec = MODELS.get(name)()
     else:
-        spec = registered
+        from allocator._registered import find_registered
+
+        reg = find_registered(name)
+        if reg is None:
+            MODELS.get(name)  # unknown: the registry's error lists the known names
+            raise AssertionError("unreachable")
+        # A registered name may be re-uploaded or edited: its content keys the instance.
+        key = (name, reg.sha256 or reg.source, reg.data)
+        if key in _INSTANCES:
+            return _INSTANCES[key]
+        spec = HfModelSpec(reg.source, data=reg.data, name=reg.name, metric=reg.metric,
+                           estimator=reg.estimator, description=reg.description)
     _INSTANCES[key] = spec
     return spec
 
@@ -105,7 +103,8 @@ def describe_models(*, details: bool = False) -> list[dict[str, Any]]:
     """One row per registered model, for listings (`allocator models`, the API catalog).
 
     Each row has `name`, `available` and `description`, and `missing` (the extra to
-    install) when the model is not available here.
+    install) when the model is not available here. Registered and uploaded checkpoints
+    follow the built-ins with their `origin` and `source` (never loaded for details).
 
     Args:
         details: Also load each available model and add `params`, `quantizable_layers`,
@@ -125,6 +124,12 @@ def describe_models(*, details: bool = False) -> list[dict[str, Any]]:
                     "quantizable_params": sum(x.params for x in layers),
                     "metric": spec.primary_metric}
         rows.append(row)
+    from allocator._registered import registered_models
+
+    for reg in registered_models().values():  # the operator's and uploaded checkpoints
+        rows.append({"name": reg.name, "available": True,
+                     "description": reg.description or f"registered checkpoint {reg.source}",
+                     "origin": reg.origin, "source": reg.source})
     return rows
 
 

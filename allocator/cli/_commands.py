@@ -3,6 +3,9 @@ hands the result to `allocator.cli._render`.
 
 Heavy packages (torch, the zoo, sensitivity) are imported inside the commands, so that
 `allocator --help` and the API process's `import allocator.cli` stay light.
+
+A flag not given takes the project file's setting (`allocator.toml` or `[tool.allocator]`
+in `pyproject.toml`, read from the working directory), else the default: flags win.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.console import RenderableType
+from rich.table import Table
 
 import allocator
+from allocator._project import PROJECT_FILE, LoadedProject, load_project
 from allocator.cli import _render as render
 from allocator.cli._app import app
+from allocator.cli._config import NO_MODEL_HINT, choose_model, require_model
 from allocator.cli._files import check_input, check_output, writing
 from allocator.cli._models import model_spec
 from allocator.cli._options import (
@@ -32,6 +39,7 @@ from allocator.cli._options import (
     FixedBudgets,
     FrontOut,
     GroupSize,
+    LayersOf,
     MaxProbes,
     MeasurePoints,
     ModelName,
@@ -68,39 +76,71 @@ def demo(seed: Seed = 0) -> None:
     from allocator.cli._demo import run_demo
 
     with render.status("measuring fp32, int8, int4 and mixed on the engine..."):
-        rows = run_demo(seed=seed)
+        rows = run_demo(seed=seed or 0)
     render.show(*render.demo_view(rows))
 
 
-@app.command()
-def models(as_json: AsJson = False) -> None:
-    """List the registered models with parameters and quantizable layer counts."""
+def layers_view(doc: render.Document) -> list[RenderableType]:
+    """`allocator models --layers MODEL`: every weight layer, quantized or why not."""
+    rows = doc["layers"]
+    quantized = sum(1 for r in rows if r["quantized"])
+    table = Table(title=f"{doc['model']}: {len(rows)} Linear/Conv layers, {quantized} quantized")
+    for column in ("layer", "kind", "shape", "params", "quantized", "reason"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for r in rows:
+        shape = "x".join(map(str, r["shape"])) if r.get("shape") else "-"
+        table.add_row(r["name"], r["kind"], shape, f"{r['params']:,}",
+                      "yes" if r["quantized"] else "[yellow]no[/yellow]", r.get("reason") or "")
+    return [table]
+
+
+def _model_layers(model: str, as_json: bool) -> None:
     import zoo
 
+    project = load_project()  # the project's data goes with the project's model only
+    data = project.settings.data if model == project.settings.model else None
+    with render.status(f"loading {model}..."):
+        rows = zoo.describe_layers(model, data=data)
+    render.emit({"model": model, "layers": rows}, as_json, layers_view)
+
+
+@app.command()
+def models(layers: LayersOf = None, as_json: AsJson = False) -> None:
+    """List the registered models with parameters and quantizable layer counts, or with
+    `--layers MODEL` every Linear/Conv layer of one model (quantized, or why not)."""
+    import zoo
+
+    if layers is not None:
+        _model_layers(layers, as_json)
+        return
     with render.status("loading the models..."):
         rows = zoo.describe_models(details=True)
     render.emit({"models": rows}, as_json, render.models_view)
 
 
 @app.command()
-def evaluate(model: ModelName, bits: UniformBits = None, config: ConfigFile = None,
-             group_size: GroupSize = None, weight_only: WeightOnlyFlag = False,
-             rounding: Rounding = "gptq", bias_correction: BiasCorrection = True,
+def evaluate(model: ModelName = None, bits: UniformBits = None, config: ConfigFile = None,
+             group_size: GroupSize = None, weight_only: WeightOnlyFlag = None,
+             rounding: Rounding = None, bias_correction: BiasCorrection = True,
              clip_search: ClipSearch = True, calibration_inputs: CalibrationInputs = "fp32",
              data: DataFile = None, weights: WeightsFile = None, as_json: AsJson = False) -> None:
     """Apply a bit config (or uniform bits) on the engine; print metrics, size, latency vs FP32."""
     exactly_one(("--bits", bits), ("--config", config))
     uniform_bits = 0 if bits is None else check_bits(bits, where="--bits")  # 0: --config
     check_input("--config", config)
-    spec = model_spec(model, data, weights)
+    project = load_project()
+    spec = model_spec(*require_model(project, model, data, weights))
     if config is not None:
         cfg = BitConfig.load(config)
     else:
-        settings = {"rounding": rounding, "bias_correction": bias_correction,
+        # here "the model's own" activations is W8A8 on 8-bit layers, as before the project
+        only_weights = bool(project.pick("weight_only", weight_only))
+        settings = {"rounding": project.pick("rounding", rounding),
+                    "bias_correction": bias_correction,
                     "clip_search": clip_search, "calibration_inputs": calibration_inputs,
-                    **({} if group_size is None else {"group_size": group_size or None}),
-                    **({"activation_bits": None} if weight_only else {})}
-        with render.status(f"loading {model}..."):
+                    **_group_size(project, group_size),
+                    **({"activation_bits": None} if only_weights else {})}
+        with render.status(f"loading {spec.name}..."):
             cfg = BitConfig.uniform(spec.layers(), uniform_bits, model=spec.name, **settings)
     with render.status(f"evaluating {spec.name} at FP32 and quantized..."):
         result = allocator.evaluate_config(spec, cfg)
@@ -114,50 +154,82 @@ def _load_problem(path: str, bits: str | None) -> allocator.Problem:
     return problem if bits is None else problem.with_bits(parse_bits(bits))
 
 
-def _source(problem: str | None, model: str | None, data: str | None,
-            weights: str | None) -> Any:
+def _group_size(project: LoadedProject, flag: int | None) -> dict[str, Any]:
+    """The `group_size` setting when the flag or the project gives one (0: per channel),
+    else nothing: the engine's own default applies."""
+    value = flag if flag is not None else project.settings.group_size
+    return {} if value is None else {"group_size": value or None}
+
+
+def _model_bits(project: LoadedProject, bits: str | None) -> tuple[int, ...]:
+    """The candidate widths of a model: `--bits`, else the project's, else the default."""
+    return parse_bits(bits) if bits is not None else tuple(project.value("bits"))
+
+
+def _source(project: LoadedProject, problem: str | None, model: str | None,
+            data: str | None, weights: str | None) -> Any:
     """Checks `--problem` / `--model` and their files before any work: the model's spec
-    (a user model with its `--data` and `--weights`), or None for a problem file."""
+    (a user model with its `--data` and `--weights`), or None for a problem file. Without
+    either flag, the project's model (with its data and weights) is the model."""
+    if problem is None:
+        choice = choose_model(project, model, data, weights)
+        if choice.model is None:
+            raise CLIUsageError(f"give exactly one of `--problem` and `--model`, or "
+                                f"{NO_MODEL_HINT}.")
+        return model_spec(choice.model, choice.data, choice.weights)
     exactly_one(("--problem", problem), ("--model", model))
-    if model is None:
-        given = [flag for flag, value in (("--data", data), ("--weights", weights)) if value]
-        if given:
-            raise CLIUsageError(f"`{given[0]}` applies with `--model`, not `--problem`.")
-        check_input("--problem", problem)
-        return None
-    return model_spec(model, data, weights)
+    given = [flag for flag, value in (("--data", data), ("--weights", weights)) if value]
+    if given:
+        raise CLIUsageError(f"`{given[0]}` applies with `--model`, not `--problem`.")
+    check_input("--problem", problem)
+    return None
 
 
-def _solver_options(solver: str, reward: str, model: str | None) -> dict[str, Any]:
+def _solver_options(solver: str, reward: str, spec: Any) -> dict[str, Any]:
     if reward not in REWARDS:
         raise CLIUsageError(f"`--reward` must be proxy or measured, got {reward!r}.")
-    if reward == "measured" and (solver != "ddpg" or model is None):
+    if reward == "measured" and (solver != "ddpg" or spec is None):
         raise CLIUsageError("`--reward measured` applies to `--solver ddpg` with `--model`.")
     return {"reward": reward} if solver == "ddpg" else {}
 
 
+def _budgets(project: LoadedProject, budget: list[str] | None) -> list[str]:
+    budgets = project.pick("budget", budget or None)
+    if not budgets:
+        raise CLIUsageError(f"give `--budget` (e.g. 4.5bits), or add `budget = \"4.5bits\"` "
+                            f"to {PROJECT_FILE}.")
+    return list(budgets)
+
+
 @app.command()
-def solve(budget: Budgets, problem: ProblemFile = None, model: PipelineModel = None,
-          solver: SolverName = "ilp", bits: BitList = None, seed: Seed = 0,
-          time_limit: SolveTimeLimit = 60.0, estimator: PipelineEstimator = None,
-          rounding: Rounding = "gptq", weight_only: WeightOnlyChoice = None,
+def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineModel = None,
+          solver: SolverName = None, bits: BitList = None, seed: Seed = None,
+          time_limit: SolveTimeLimit = None, estimator: PipelineEstimator = None,
+          rounding: Rounding = None, weight_only: WeightOnlyChoice = None,
           reward: Reward = "proxy", data: DataFile = None, weights: WeightsFile = None,
           as_json: AsJson = False, out: ConfigOut = None) -> None:
     """Choose per-layer bit-widths under the budgets (exit 3 when they cannot be met)."""
-    spec = _source(problem, model, data, weights)
-    options = _solver_options(solver, reward, model)
+    project = load_project()
+    spec = _source(project, problem, model, data, weights)
+    budgets = _budgets(project, budget)
+    solver = project.pick("solver", solver)
+    seed = project.pick("seed", seed)
+    time_limit = project.pick("time_limit_s", time_limit)
+    options = _solver_options(solver, reward, spec)
     check_output("--out", out)
     if spec is None:
         assert problem is not None  # _source: exactly one of the two
-        report = allocator.solve_problem(_load_problem(problem, bits), budget, solver=solver,
+        report = allocator.solve_problem(_load_problem(problem, bits), budgets, solver=solver,
                                          seed=seed, time_limit_s=time_limit)
     else:
-        with render.status(f"{model}: sensitivity, solve, apply, measure..."):
+        with render.status(f"{spec.name}: sensitivity, solve, apply, measure..."):
             report = allocator.solve(
-                spec, budget, solver=solver, bits=parse_bits(bits), seed=seed,
-                estimator=estimator, rounding=rounding, weight_only=weight_only,
-                time_limit_s=time_limit, solver_options=options, progress=not as_json,
-                log=render.log)
+                spec, budgets, solver=solver, bits=_model_bits(project, bits), seed=seed,
+                estimator=project.pick("estimator", estimator),
+                rounding=project.pick("rounding", rounding),
+                weight_only=project.pick("weight_only", weight_only),
+                **_group_size(project, None), time_limit_s=time_limit,
+                solver_options=options, progress=not as_json, log=render.log)
     if out is not None:
         with writing("--out", out):
             render.write_json(out, report.config.to_dict())
@@ -169,11 +241,12 @@ def solve(budget: Budgets, problem: ProblemFile = None, model: PipelineModel = N
 def pareto(problem: ProblemFile = None, model: PipelineModel = None,
            measure: MeasurePoints = None, png: PlotFile = None, axis: Axis = "bits",
            points: Points = 20, budget: FixedBudgets = None, bits: BitList = None,
-           estimator: PipelineEstimator = None, seed: Seed = 0, rounding: Rounding = "gptq",
+           estimator: PipelineEstimator = None, seed: Seed = None, rounding: Rounding = None,
            weight_only: WeightOnlyChoice = None, data: DataFile = None,
            weights: WeightsFile = None, as_json: AsJson = False, out: FrontOut = None) -> None:
     """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
-    spec = _source(problem, model, data, weights)
+    project = load_project()  # its `budget` is solve's: pareto's --budget holds costs fixed
+    spec = _source(project, problem, model, data, weights)
     check_output("--out", out)
     check_output("--png", png)
     if spec is None:
@@ -185,11 +258,14 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
                                        budgets=allocator.parse_budgets(budget or []))
         document = render.front_document(front, [])
     else:
-        with render.status(f"{model}: sensitivity, front, measuring points..."):
+        with render.status(f"{spec.name}: sensitivity, front, measuring points..."):
             front, measured = allocator.pareto(
                 spec, axis=axis, points=points, measure_points=measure, budgets=budget or [],
-                bits=parse_bits(bits), estimator=estimator, seed=seed, rounding=rounding,
-                weight_only=weight_only, progress=not as_json)
+                bits=_model_bits(project, bits),
+                estimator=project.pick("estimator", estimator),
+                seed=project.pick("seed", seed), rounding=project.pick("rounding", rounding),
+                weight_only=project.pick("weight_only", weight_only),
+                **_group_size(project, None), progress=not as_json)
         document = render.front_document(front, measured)
         png = png or (out.removesuffix(".json") + ".png" if out else None)
         if png:  # the folder of --out was checked; a png beside it is writable too
@@ -202,14 +278,14 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
 
 
 @app.command("apply")
-def apply_command(model: ModelName, config: RequiredConfigFile, out: QuantizedOut,
+def apply_command(config: RequiredConfigFile, out: QuantizedOut, model: ModelName = None,
                   data: DataFile = None, weights: WeightsFile = None) -> None:
     """Quantize a model with a bit config on the engine and save it (safetensors + JSON)."""
     from engine import model_size_bytes, save_quantized
 
     check_input("--config", config)
     check_output("--out", out, folder=True)
-    spec = model_spec(model, data, weights)
+    spec = model_spec(*require_model(load_project(), model, data, weights))
     cfg = BitConfig.load(config)
     with render.status(f"quantizing {spec.name}..."):
         qmodel = spec.quantize(cfg)
@@ -251,8 +327,8 @@ def _estimator_options(estimator: str, rounding: str, **limits: Any) -> dict[str
 
 
 @app.command()
-def sensitivity(model: ModelName, estimator: Estimator = "hutchinson", seed: Seed = 0,
-                out: SensitivityOut = None, bits: BitList = None, rounding: Rounding = "gptq",
+def sensitivity(model: ModelName = None, estimator: Estimator = None, seed: Seed = None,
+                out: SensitivityOut = None, bits: BitList = None, rounding: Rounding = None,
                 max_probes: MaxProbes = None, rel_tol: RelTol = None,
                 time_limit: EstimatorTimeLimit = None, no_cache: NoCache = False,
                 data: DataFile = None, weights: WeightsFile = None,
@@ -260,15 +336,17 @@ def sensitivity(model: ModelName, estimator: Estimator = "hutchinson", seed: See
     """Estimate every layer's sensitivity Ω per bit-width (cached per model/data/config/seed)."""
     import sensitivity as sens
 
-    options = _estimator_options(estimator, rounding, max_probes=max_probes, rel_tol=rel_tol,
-                                 time_limit_s=time_limit)
-    candidates = parse_bits(bits)
+    project = load_project()
+    estimator = project.pick("estimator", estimator) or "hutchinson"
+    options = _estimator_options(estimator, project.pick("rounding", rounding),
+                                 max_probes=max_probes, rel_tol=rel_tol, time_limit_s=time_limit)
+    candidates = _model_bits(project, bits)
     check_output("--out", out)
-    spec = model_spec(model, data, weights)
-    with render.status(f"loading {model}..."):
+    spec = model_spec(*require_model(project, model, data, weights))
+    with render.status(f"loading {spec.name}..."):
         spec.layers()
-    table = sens.estimate(spec, estimator, bits=candidates, seed=seed, options=options,
-                          use_cache=not no_cache, progress=True)
+    table = sens.estimate(spec, estimator, bits=candidates, seed=project.pick("seed", seed),
+                          options=options, use_cache=not no_cache, progress=True)
     if out is not None:
         with writing("--out", out):
             table.save(out)

@@ -18,6 +18,12 @@ _DEFAULT_BITS_TEXT = ",".join(map(str, DEFAULT_BITS))
 _WITH_MODEL = "With --model: "
 
 
+def _or_project(default: object) -> str:
+    """The help's default of a flag the project file may set (allocator.toml's key)."""
+    return f"default: the project file's, else {default}"
+
+
+
 def _positive_seconds(value: float | None) -> float | None:
     """A time limit: a finite number of seconds above 0 (nan, inf, 0 and below refused)."""
     if value is not None and not (math.isfinite(value) and value > 0):
@@ -60,26 +66,35 @@ MAX_COUNT = 10**6  # points, probes, repeats, batch rows: beyond any sensible ru
 
 # Shared by several commands.
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-ModelName = Annotated[str, typer.Option("--model", help="Registered model, or module:factory.")]
+ModelName = Annotated[str | None, typer.Option(
+    "--model", help="Registered model, or module:factory (default: the project file's).")]
 PipelineModel = Annotated[str | None, typer.Option(
-    "--model", help="Registered model: estimate, solve, then apply and measure on the engine.")]
+    "--model", help="Registered model: estimate, solve, then apply and measure on the engine "
+    "(default: the project file's, unless --problem).")]
 ProblemFile = Annotated[str | None, typer.Option(
     "--problem", help="allocator.problem/1 JSON file.")]
 BitList = Annotated[str | None, typer.Option(
-    "--bits", help=f"Candidate bit-widths, e.g. 2,4,8 (default {_DEFAULT_BITS_TEXT}; "
-    "with --problem: the file's own).")]
-Seed = Annotated[int, typer.Option("--seed", callback=_int_range(0, MAX_SEED),
-                                   help="Seed of every stochastic step.")]
-Rounding = Annotated[str, typer.Option("--rounding", help="gptq (calibrated) or rtn.")]
+    "--bits", help=f"Candidate bit-widths, e.g. 2,4,8 ({_or_project(_DEFAULT_BITS_TEXT)}; "
+    "with --problem: the problem file's own).")]
+Seed = Annotated[int | None, typer.Option(
+    "--seed", callback=_int_range(0, MAX_SEED),
+    help=f"Seed of every stochastic step ({_or_project(0)}).")]
+Rounding = Annotated[str | None, typer.Option(
+    "--rounding", help=f"gptq (calibrated) or rtn ({_or_project('gptq')}).")]
 PipelineEstimator = Annotated[str | None, typer.Option(
-    "--estimator", help=_WITH_MODEL + "hutchinson, measured or fracbits (default: the model's "
-    "own).")]
+    "--estimator", help=_WITH_MODEL + "hutchinson, measured or fracbits (default: the project "
+    "file's, else the model's own).")]
 WeightOnlyChoice = Annotated[bool | None, typer.Option(
     "--weight-only/--w8a8", help=_WITH_MODEL + "keep activations float, or quantize them on "
-    "8-bit layers (default: the model's own).")]
+    "8-bit layers (default: the project file's, else the model's own).")]
 DataFile = Annotated[str | None, typer.Option("--data", help="User model inputs (.pt or .npy).")]
 WeightsFile = Annotated[str | None, typer.Option(
     "--weights", help="User model weights (.safetensors).")]
+
+# models
+LayersOf = Annotated[str | None, typer.Option(
+    "--layers", metavar="MODEL",
+    help="List every Linear/Conv layer of MODEL: whether it is quantized, and why not.")]
 
 # evaluate and apply
 UniformBits = Annotated[int | None, typer.Option(
@@ -89,9 +104,10 @@ ConfigFile = Annotated[str | None, typer.Option("--config", help=_CONFIG_FILE_HE
 RequiredConfigFile = Annotated[str, typer.Option("--config", help=_CONFIG_FILE_HELP)]
 GroupSize = Annotated[int | None, typer.Option(
     "--group-size", callback=_int_range(0, MAX_COUNT),
-    help="Group size below 8 bits (0: per-channel).")]
-WeightOnlyFlag = Annotated[bool, typer.Option(
-    "--weight-only/--no-weight-only", help="Keep activations float (no W8A8 kernels).")]
+    help=f"Group size below 8 bits (0: per-channel; {_or_project(128)}).")]
+WeightOnlyFlag = Annotated[bool | None, typer.Option(
+    "--weight-only/--no-weight-only",
+    help=f"Keep activations float, no W8A8 kernels ({_or_project('no')}).")]
 BiasCorrection = Annotated[bool, typer.Option(
     "--bias-correction/--no-bias-correction", help="Remove the mean output shift.")]
 ClipSearch = Annotated[bool, typer.Option(
@@ -103,8 +119,8 @@ QuantizedOut = Annotated[str, typer.Option(
     "--out", help="Folder for model.safetensors + bitconfig.json.")]
 
 # sensitivity
-Estimator = Annotated[str, typer.Option(
-    "--estimator", help="hutchinson, measured or fracbits.")]
+Estimator = Annotated[str | None, typer.Option(
+    "--estimator", help=f"hutchinson, measured or fracbits ({_or_project('hutchinson')}).")]
 SensitivityOut = Annotated[str | None, typer.Option(
     "--out", help="Write the allocator.sensitivity/1 JSON here.")]
 MaxProbes = Annotated[int | None, typer.Option(
@@ -117,13 +133,16 @@ EstimatorTimeLimit = Annotated[float | None, typer.Option(
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Recompute even if cached.")]
 
 # solve and pareto
-Budgets = Annotated[list[str], typer.Option(
-    "--budget", help="e.g. 4.5bits, 12MB, 1.2GBOPs, 2.5ms; repeatable.")]
+Budgets = Annotated[list[str] | None, typer.Option(
+    "--budget", help="e.g. 4.5bits, 12MB, 1.2GBOPs, 2.5ms; repeatable (default: the project "
+    "file's `budget`).")]
 FixedBudgets = Annotated[list[str] | None, typer.Option("--budget", help="Budgets held fixed.")]
-SolverName = Annotated[str, typer.Option(
-    "--solver", help="ilp, ddpg, fracbits (with --model), greedy, uniform, dp, brute.")]
-SolveTimeLimit = Annotated[float, typer.Option(
-    "--time-limit", callback=_positive_seconds, help="Solver time limit (s).")]
+SolverName = Annotated[str | None, typer.Option(
+    "--solver", help="ilp, ddpg, fracbits (with --model), greedy, uniform, dp, brute "
+    f"({_or_project('ilp')}).")]
+SolveTimeLimit = Annotated[float | None, typer.Option(
+    "--time-limit", callback=_positive_seconds,
+    help=f"Solver time limit in seconds ({_or_project(60)}).")]
 Reward = Annotated[str, typer.Option(
     "--reward", help="DDPG reward: proxy (Ω) or measured (with --model: calibration loss on "
     "the engine's weights).")]

@@ -1,10 +1,16 @@
-"""`allocator profile` and `allocator profiles`: measure and list per-layer latency tables."""
+"""`allocator profile` and `allocator profiles`: measure and list per-layer latency tables.
+
+`profile` takes the model, its files and the candidate bits from the project file when the
+flags are not given (flags win).
+"""
 
 from __future__ import annotations
 
 import allocator
+from allocator._project import load_project
 from allocator.cli import _render as render
 from allocator.cli._app import app
+from allocator.cli._config import require_model
 from allocator.cli._files import check_output, writing
 from allocator.cli._models import model_spec
 from allocator.cli._options import (
@@ -21,13 +27,14 @@ from allocator.cli._options import (
 
 
 @app.command("profile")
-def profile_command(model: ModelName, batch: Batch = None, bits: BitList = None,
+def profile_command(model: ModelName = None, batch: Batch = None, bits: BitList = None,
                     out: ProfileOut = None, repeats: Repeats = 20, data: DataFile = None,
                     weights: WeightsFile = None, as_json: AsJson = False) -> None:
     """Measure per-layer latency at each bit-width on this machine; store the table."""
-    candidates = parse_bits(bits)
+    project = load_project()
+    candidates = parse_bits(bits) if bits is not None else tuple(project.value("bits"))
     check_output("--out", out)
-    spec = model_spec(model, data, weights)
+    spec = model_spec(*require_model(project, model, data, weights))
     run = allocator.profile_model(spec, candidates, batch=batch, repeats=repeats, progress=True)
     if out is not None:
         with writing("--out", out):

@@ -124,7 +124,7 @@ def evaluation_view(doc: Document) -> list[RenderableType]:
     table = _table(f"{doc['model']}: {doc['avg_bits']:.2f} average weight bits, measured here",
                    ("", "FP32", "quantized"), right=("FP32", "quantized"))
     for key, value in doc["metrics"].items():
-        table.add_row(key, f"{doc['fp32_metrics'][key]:.4f}", f"{value:.4f}")
+        table.add_row(key, f"{doc['fp32_metrics'][key]:.5g}", f"{value:.5g}")
     table.add_row("size", _mib(doc["fp32_size_bytes"]), _mib(doc["size_bytes"]))
     table.add_row("latency (1 batch)", _ms(doc["fp32_latency_us"]),
                   f"{_ms(doc['latency_us'])} ({doc['speedup_vs_fp32']:.2f}x)")
@@ -179,8 +179,8 @@ def _measured_table(doc: Document) -> Table:
     columns += [f"uniform {u['bits']} bits"] if u else []
     table = _table("measured on the engine", columns, right=columns[1:])
     for k in m["metrics"]:
-        table.add_row(k, f"{m['fp32_metrics'][k]:.4f}", f"{m['metrics'][k]:.4f}",
-                      *([f"{u['metrics'][k]:.4f}"] if u else []))
+        table.add_row(k, f"{m['fp32_metrics'][k]:.5g}", f"{m['metrics'][k]:.5g}",
+                      *([f"{u['metrics'][k]:.5g}"] if u else []))
     table.add_row("size", _mib(m["fp32_size_bytes"]), _mib(m["size_bytes"]),
                   *([_mib(u["size_bytes"])] if u else []))
     if "latency_us" in m:
@@ -223,7 +223,7 @@ def front_view(doc: Document) -> list[RenderableType]:
         row = [f"{p['cost'][key]:.6g}", f"{p['objective']:.6g}", used]
         if measured:
             shown = list(p.get("measured", {}).items())[:2]
-            row.append(", ".join(f"{k}={v:.4f}" for k, v in shown) if shown else "-")
+            row.append(", ".join(f"{k}={v:.5g}" for k, v in shown) if shown else "-")
         table.add_row(*row)
     return [table]
 
@@ -303,12 +303,12 @@ def job_result_lines(result: Document) -> list[str]:
     lines += [f"  {layer:<24} {bits} bits" for layer, bits in config["bits"].items()]
     if measured:
         metric = next(iter(measured["metrics"]))
-        line = (f"{metric}: mixed {measured['metrics'][metric]:.4f}, "
-                f"FP32 {measured['fp32_metrics'][metric]:.4f}")
+        line = (f"{metric}: mixed {measured['metrics'][metric]:.5g}, "
+                f"FP32 {measured['fp32_metrics'][metric]:.5g}")
         size = (f"size: mixed {measured['size_bytes'] / 1e3:.1f} kB, "
                 f"FP32 {measured['fp32_size_bytes'] / 1e3:.1f} kB")
         if uniform:
-            line += f", uniform {uniform['bits']} bits {uniform['metrics'][metric]:.4f}"
+            line += f", uniform {uniform['bits']} bits {uniform['metrics'][metric]:.5g}"
             size += f", uniform {uniform['size_bytes'] / 1e3:.1f} kB"
         lines += [line, size]
     return lines

@@ -67,6 +67,7 @@ EXAMPLES: dict[str, Any] = {
     "/jobs/{job_id}/cancel": {},
     "/budgets/validate": {"budgets": ["4bits", "12MB"]},
     "/jobs/upload": _PROBLEM,
+    "/models": {"name": "x"},  # multipart only: any JSON body is a named 422
 }
 _RAW = "\x00raw:"  # a string the JSON text replaces by the number it spells
 

@@ -68,7 +68,7 @@ def test_each_architecture_solves_applies_and_reloads(checkpoints, arch, tmp_pat
 def test_causal_lm_metrics_and_skipped_head(checkpoints):
     spec = _spec(checkpoints["llama"])
     base = spec.baseline()
-    assert base["kl"] == pytest.approx(0.0, abs=1e-6) and base["top1_agreement"] == 1.0
+    assert base["kl"] == pytest.approx(0.0, abs=1e-5) and base["top1_agreement"] == 1.0
     assert 1.0 < base["ppl"] < 2 * 384  # a random model over a 384-token vocabulary
     assert spec.primary_metric == "kl" and not spec.higher_is_better
     assert spec.default_estimator == "fisher"

@@ -121,6 +121,23 @@ function optionList(items, selected) {
   }, item.available === false ? `${item.name} (not installed)` : item.name));
 }
 
+// Option groups of the model list: built-ins (no `origin`), then registered models.
+const MODEL_GROUPS = [
+  ["built-in", (m) => !m.origin],
+  ["models file", (m) => m.origin === "models-file"],
+  ["uploaded", (m) => m.origin === "upload"],
+];
+
+/** The model options, grouped by origin once any model is registered. */
+function modelOptions(models, selected) {
+  if (!models.some((m) => m.origin)) return optionList(models, selected);
+  return MODEL_GROUPS.map(([label, test]) => {
+    const items = models.filter(test).map((m) => m.origin
+      ? { ...m, description: [m.description, m.source].filter(Boolean).join(" · ") } : m);
+    return items.length ? el("optgroup", { label }, optionList(items, selected)) : null;
+  });
+}
+
 function listing(path, key) {
   return api(path).then((d) => d[key]).catch((err) => {
     showBanner(`${path}: ${err.message}`);
@@ -173,7 +190,7 @@ function renderForm(root, choices, onSubmitted) {
     el("h2", {}, "New job"),
     el("div", { class: "grid" },
       el("label", {}, "Model", el("select", { name: "model", id: "model-select", required: true },
-        optionList(models, defaultOf(models, PREFERRED_MODEL)))),
+        modelOptions(models, defaultOf(models, PREFERRED_MODEL)))),
       el("label", {}, "Budgets",
         el("input", { name: "budgets", id: "budget-input", value: "4bits", required: true,
           placeholder: "4bits, 12MB, 1.2GBOPs", spellcheck: "false" }),
