@@ -41,7 +41,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "solver": "ilp",
     "target": None,
     "rounding": "gptq",
-    "group_size": 128,
+    "group_size": None,  # the model's own (128; 64 where rows are not multiples of 128)
     "weight_only": None,  # the model's own
     "seed": 0,
     "budget": None,  # none: `solve` needs `--budget`

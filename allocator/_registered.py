@@ -16,7 +16,7 @@ A models file (TOML)::
 An upload lives under the data dir, written into a temporary sibling folder and renamed
 into place only once complete::
 
-    models/uploads/<name>/
+    uploads/<name>/
         checkpoint/    config.json, tokenizer files, *.safetensors  (the `hf:` source)
         data.<ext>     the optional calibration data (.txt, .jsonl or .npy)
         record.json    the `RegisteredModel` fields
@@ -50,7 +50,7 @@ from engine import data_dir as default_data_dir
 log = logging.getLogger("allocator.models")
 
 MODELS_FILE_ENV = "ALLOCATOR_MODELS_FILE"
-UPLOADS_FOLDER = ("models", "uploads")  # under engine.data_dir()
+UPLOADS_FOLDER = ("uploads",)  # under engine.data_dir(), apart from the built-in models
 # Names the zoo registers itself; a registered model may not take one.
 BUILTIN_MODELS = ("digits-mlp", "digits-cnn", "minilm", "mobilenetv2", "smollm2-135m")
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -217,7 +217,7 @@ def _resolve_source(where: str, folder: Path, source: str) -> str:
 
 
 def uploads_dir(data_dir: Path | None = None) -> Path:
-    """`<data dir>/models/uploads` (created)."""
+    """`<data dir>/uploads` (created)."""
     folder = (data_dir if data_dir is not None else default_data_dir()).joinpath(*UPLOADS_FOLDER)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

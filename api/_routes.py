@@ -114,9 +114,11 @@ def _submit(svc: Service, body: JobCreate) -> dict[str, Any]:
         check.model(body.model, svc.catalog, registered=registered)
         estimator = body.estimator
         entry = registered.get(body.model)
-        if entry is not None and entry.estimator and "estimator" not in body.model_fields_set:
+        if estimator is None and entry is not None:
             estimator = entry.estimator  # the registration's default, unless the job names one
-        spec |= {"estimator": check.estimator(estimator, svc.catalog),
+        # None: the model's own default (hutchinson; fisher for causal LMs), chosen by the worker
+        spec |= {"estimator": None if estimator is None else check.estimator(estimator,
+                                                                              svc.catalog),
                  "bits": bits or list(DEFAULT_BITS)}
         job = svc.store.create(kind="model", model=body.model, spec=spec)
     else:

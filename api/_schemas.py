@@ -60,7 +60,10 @@ class JobCreate(_Strict):
     budgets: list[BudgetText] = Field(min_length=1, max_length=MAX_BUDGETS,
                                       examples=[["4bits"]])
     solver: str = Field(default="ilp", min_length=1, max_length=32)
-    estimator: str = Field(default="hutchinson", min_length=1, max_length=32)
+    estimator: str | None = Field(
+        default=None, min_length=1, max_length=32,
+        description="Sensitivity estimator (default: the model's own: hutchinson, fisher for "
+                    "causal LMs, or what its registration names)")
     bits: list[int] | None = Field(
         default=None, min_length=1, max_length=MAX_CANDIDATE_BITS, examples=[[2, 4, 8]],
         description=f"Candidate bit-widths (default: {_DEFAULT_BITS_TEXT} for models, the "
@@ -320,7 +323,7 @@ class JobDefaultsPublic(BaseModel):
     """What a job request gets for the fields it leaves out."""
 
     solver: str
-    estimator: str
+    estimator: str | None = Field(description="None: the model's own default")
     seed: int
     measure: bool
 

@@ -21,6 +21,7 @@ from safetensors.numpy import save as save_safetensors
 from allocator._registered import (
     BUILTIN_MODELS,
     MODELS_FILE_ENV,
+    UPLOADS_FOLDER,
     ModelExistsError,
     RegisteredModel,
     delete_upload,
@@ -98,7 +99,7 @@ def bomb_files(unpacked_bytes: int = 40 * 2**20) -> dict[str, bytes]:
 
 def leftovers(data_dir: Path) -> list[str]:
     """Everything under the uploads folder (complete uploads and temporary folders)."""
-    folder = data_dir.joinpath("models", "uploads")
+    folder = data_dir.joinpath(*UPLOADS_FOLDER)
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
@@ -203,7 +204,7 @@ def test_upload_zip_registers_and_lists(tmp_path: Path, monkeypatch) -> None:
 
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert model.name == f"upload-{sha[:12]}" and model.sha256 == sha
-    folder = data_dir / "models" / "uploads" / model.name
+    folder = data_dir / "uploads" / model.name
     assert model.source == f"hf:{folder.resolve() / 'checkpoint'}"
     assert sorted(p.name for p in (folder / "checkpoint").iterdir()) == sorted(checkpoint_files())
     assert (folder / "checkpoint" / "model.safetensors").read_bytes() == \

@@ -21,7 +21,8 @@ from zoo._hf import HfModelSpec
 from zoo._hf_checkpoint import HF_PREFIX
 from zoo._minilm import MiniLMSpec, minilm_available
 from zoo._mobilenet import MobileNetV2Spec, mobilenet_available
-from zoo._smollm2_spec import SMOLLM2_NAME, SmolLM2Spec, smollm2_available
+from zoo._smollm2 import SMOLLM2_NAME, smollm2_available
+from zoo._smollm2_spec import SmolLM2Spec
 from zoo._user import UserModelSpec
 
 

@@ -25,6 +25,9 @@ class Batch:
     size: int = 0
 
 
+LATENCY_BUDGET_S = 15.0
+
+
 class ModelSpec(ABC):
     """A real model plus everything needed to quantize and judge it, all offline.
 
@@ -152,9 +155,17 @@ class ModelSpec(ABC):
         return self.evaluation_batches()[0].inputs
 
     def measure_latency_us(self, model: nn.Module, *, repeats: int = 10) -> float:
+        """Median latency of the latency batch; a model whose call takes seconds (an LLM on
+        a CPU) is timed over about `LATENCY_BUDGET_S`, at least 3 calls, not `repeats`."""
         batch = self.latency_batch()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            engine.call_model(model, batch)  # the first warm-up call, timed to size the rest
+        first_s = time.perf_counter() - start
+        if first_s * repeats > LATENCY_BUDGET_S:
+            repeats = max(3, int(LATENCY_BUDGET_S / first_s))
         timing = engine.time_call(lambda _i: engine.call_model(model, batch), repeats=repeats,
-                                  warmup=2)
+                                  warmup=1)
         return timing.p50_us
 
     def outputs(self, model: nn.Module, batches: Sequence[Batch]) -> list[torch.Tensor]:

@@ -11,18 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from zoo._hf import HfModelSpec
+from zoo._smollm2 import SMOLLM2_NAME, smollm2_checkpoint
 
-SMOLLM2_NAME = "smollm2-135m"
 CAVEAT = ("its FP32 weights are a dequantized Q4_1 grid (group 32, asymmetric, float min): "
           "4-bit group-32 asymmetric results on it are no finding")
-
-
-def smollm2_available() -> bool:
-    try:
-        from zoo._smollm2 import smollm2_available as available
-    except ImportError:
-        return False
-    return available()
 
 
 class SmolLM2Spec(HfModelSpec):
@@ -37,6 +29,4 @@ class SmolLM2Spec(HfModelSpec):
         self.notes.append(f"{SMOLLM2_NAME}: {CAVEAT}")
 
     def checkpoint_folder(self) -> Path:
-        from zoo._smollm2 import smollm2_checkpoint
-
         return smollm2_checkpoint()

@@ -133,12 +133,15 @@ def evaluate(model: ModelName = None, bits: UniformBits = None, config: ConfigFi
     if config is not None:
         cfg = BitConfig.load(config)
     else:
-        # here "the model's own" activations is W8A8 on 8-bit layers, as before the project
-        only_weights = bool(project.pick("weight_only", weight_only))
+        # unset: the model's own activations and group size, as its solves use them
+        only_weights = project.pick("weight_only", weight_only)
+        if only_weights is None:
+            only_weights = spec.default_activation_bits is None
         settings = {"rounding": project.pick("rounding", rounding),
                     "bias_correction": bias_correction,
                     "clip_search": clip_search, "calibration_inputs": calibration_inputs,
-                    **_group_size(project, group_size),
+                    **(_group_size(project, group_size)
+                       or {"group_size": spec.default_group_size}),
                     **({"activation_bits": None} if only_weights else {})}
         with render.status(f"loading {spec.name}..."):
             cfg = BitConfig.uniform(spec.layers(), uniform_bits, model=spec.name, **settings)

@@ -39,7 +39,7 @@ app.add_typer(config_app, name="config")
 # What a default of None means, for `config show`.
 _NONE_MEANS = {"model": "none (give --model)", "budget": "none (give --budget)",
                "estimator": "the model's own (sensitivity: hutchinson)",
-               "weight_only": "the model's own"}
+               "weight_only": "the model's own", "group_size": "the model's own"}
 
 NO_MODEL_HINT = f'add `model = "..."` to {PROJECT_FILE}'
 

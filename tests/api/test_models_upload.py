@@ -82,7 +82,7 @@ def test_upload_list_delete(client: TestClient, service) -> None:
                 name="tiny-bert", description="a tiny BERT")
     assert r.status_code == 201, r.text
     model = r.json()
-    folder = (root / "data" / "models" / "uploads" / "tiny-bert").resolve()
+    folder = (root / "data" / "uploads" / "tiny-bert").resolve()
     assert model | {"created": None, "sha256": None} == {
         "name": "tiny-bert", "description": "a tiny BERT", "available": True,
         "origin": "upload", "source": f"hf:{folder / 'checkpoint'}",
@@ -219,6 +219,9 @@ def test_jobs_accept_registered_models_and_repo_ids(client: TestClient) -> None:
         # The models file's estimator is the default of its jobs; a job may name another.
         ops = client.get("/jobs", params={"model": "ops-bert"}).json()["items"][0]
         assert ops["estimator"] == "measured"
+        # Without one, the model's own default is chosen by the worker (fisher for LLMs).
+        hub = client.get("/jobs", params={"model": "hf:HuggingFaceTB/SmolLM2-135M"}).json()
+        assert hub["items"][0]["estimator"] is None
         r = client.post("/jobs", json={"model": "ops-bert", "budgets": ["4bits"],
                                        "estimator": "hutchinson"})
         assert r.json()["estimator"] == "hutchinson"

@@ -198,7 +198,11 @@ function renderForm(root, choices, onSubmitted) {
       el("label", {}, "Solver", el("select", { name: "solver", id: "solver-select" },
         optionList(solvers, defaultOf(solvers, defaults.solver)))),
       el("label", {}, "Sensitivity", el("select", { name: "estimator", id: "estimator-select" },
-        optionList(estimators, defaultOf(estimators, defaults.estimator)))),
+        el("option", { value: "", selected: !defaults.estimator,
+                       title: "hutchinson; fisher for causal LMs; a registration's own" },
+           "the model's own"),
+        ...optionList(estimators, defaults.estimator && defaultOf(estimators,
+                                                                  defaults.estimator)))),
       el("fieldset", { class: "bits" }, el("legend", {}, "Candidate bits"), bitBoxes),
       el("label", {}, "Seed", el("input", { name: "seed", id: "seed-input", type: "number",
         value: defaults.seed, min: 0, step: 1 })),
@@ -245,7 +249,8 @@ function renderForm(root, choices, onSubmitted) {
     }
     const body = {
       model: data.get("model"), budgets, solver: data.get("solver"),
-      estimator: data.get("estimator"), bits, seed, measure: data.get("measure") === "on",
+      estimator: data.get("estimator") || undefined,  // "": the model's own
+      bits, seed, measure: data.get("measure") === "on",
     };
     submitButton.disabled = true;
     try {
