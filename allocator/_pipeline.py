@@ -184,8 +184,8 @@ def solve(
         budgets: Budget texts ("5bits", "12MB", "1.2GBOPs", "4ms") or `Budget`s.
         solver: Registered solver name ("ilp", "ddpg", "greedy", "uniform", ...).
         bits: Candidate bit-widths.
-        estimator: Sensitivity estimator ("hutchinson", "measured", "fracbits"; default:
-            the model's `default_estimator`).
+        estimator: Sensitivity estimator ("hutchinson", "measured", "fracbits", "fisher";
+            default: the model's `default_estimator`).
         seed: Seed of every stochastic step.
         rounding: "gptq" (calibrated: GPTQ + bias correction + clipping search) or "rtn".
         group_size: Scale group size below 8 bits (None: per channel; default: the

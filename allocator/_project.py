@@ -65,7 +65,7 @@ class ProjectSettings(BaseModel):
     weights: str | None = Field(None, description="User model weights (.safetensors).")
     bits: str | list[int] | None = Field(
         None, description='Candidate bit-widths: [2, 4, 8] or "2,4,8".')
-    estimator: str | None = Field(None, description="hutchinson, measured or fracbits.")
+    estimator: str | None = Field(None, description="hutchinson, measured, fracbits or fisher.")
     solver: str | None = Field(None, description="Solver name (ilp, greedy, ...).")
     target: str | None = Field(
         None, description="Deployment target (shown by `config show`; no command reads it yet).")

@@ -17,6 +17,7 @@ from sensitivity._base import (
 )
 from sensitivity._candidates import CandidateWeights, Swapped, calibration_loss
 from sensitivity._estimate import estimate, hash_tensors
+from sensitivity._fisher import FisherConfig, FisherEstimator, curvature_sampler
 from sensitivity._fracbits import (
     CostConstraint,
     FracBitsConfig,
@@ -43,13 +44,18 @@ register_estimator(MeasuredEstimator,
                    description="loss change with one layer quantized on the engine")
 register_estimator(FracBitsEstimator,
                    description="learned fractional bits under a mean-bits budget (FracBits)")
+register_estimator(FisherEstimator,
+                   description="output error weighted by the loss's Fisher / Gauss-Newton "
+                               "curvature (one backward pass)")
 
 __all__ = [
     "CORRUPTIONS", "ESTIMATORS", "SENSITIVITY_FORMAT", "IntegrityReport",
     "check_cache_integrity", "BaseSensitivityEstimator", "CandidateWeights",
-    "CostConstraint", "FracBitsConfig", "FracBitsEstimator", "HutchinsonConfig",
+    "CostConstraint", "FisherConfig", "FisherEstimator", "FracBitsConfig",
+    "FracBitsEstimator", "HutchinsonConfig",
     "HutchinsonEstimator", "LayerSensitivity", "MeasuredConfig", "MeasuredEstimator",
-    "ProgressFn", "Relaxation", "SensitivityTable", "Swapped", "calibration_loss", "estimate",
+    "ProgressFn", "Relaxation", "SensitivityTable", "Swapped", "calibration_loss",
+    "curvature_sampler", "estimate",
     "estimator_for", "exact_traces", "hash_tensors", "hessian_traces", "make_config",
     "math_attention", "register_estimator", "relax", "weight_errors",
 ]

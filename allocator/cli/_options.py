@@ -82,8 +82,8 @@ Seed = Annotated[int | None, typer.Option(
 Rounding = Annotated[str | None, typer.Option(
     "--rounding", help=f"gptq (calibrated) or rtn ({_or_project('gptq')}).")]
 PipelineEstimator = Annotated[str | None, typer.Option(
-    "--estimator", help=_WITH_MODEL + "hutchinson, measured or fracbits (default: the project "
-    "file's, else the model's own).")]
+    "--estimator", help=_WITH_MODEL + "hutchinson, measured, fracbits or fisher (default: the "
+    "project file's, else the model's own).")]
 WeightOnlyChoice = Annotated[bool | None, typer.Option(
     "--weight-only/--w8a8", help=_WITH_MODEL + "keep activations float, or quantize them on "
     "8-bit layers (default: the project file's, else the model's own).")]
@@ -120,7 +120,8 @@ QuantizedOut = Annotated[str, typer.Option(
 
 # sensitivity
 Estimator = Annotated[str | None, typer.Option(
-    "--estimator", help=f"hutchinson, measured or fracbits ({_or_project('hutchinson')}).")]
+    "--estimator",
+    help=f"hutchinson, measured, fracbits or fisher ({_or_project('hutchinson')}).")]
 SensitivityOut = Annotated[str | None, typer.Option(
     "--out", help="Write the allocator.sensitivity/1 JSON here.")]
 MaxProbes = Annotated[int | None, typer.Option(

@@ -333,7 +333,7 @@ def test_sensitivity_estimator_defaults_to_hutchinson_without_the_project(projec
     main(["sensitivity"])
     main(["sensitivity", "--estimator", "fracbits"])
     capsys.readouterr()
-    assert estimators == ["hutchinson", "measured", "fracbits"]
+    assert estimators == ["hutchinson", "measured", "fracbits", "fisher"]
 
 
 def test_project_data_goes_with_the_project_model_only(project, calls, tmp_path, capsys):

@@ -17,6 +17,7 @@ FAST = {
     "hutchinson": {"min_probes": 4, "max_probes": 8, "rounding": "rtn"},
     "measured": {"rounding": "rtn"},
     "fracbits": {"steps": 10, "rounding": "rtn"},
+    "fisher": {"rounding": "rtn"},
 }
 
 

@@ -40,7 +40,7 @@ class _Toy:
 
 
 def test_registry_lists_the_builtins_in_order_with_descriptions():
-    assert ESTIMATORS.names() == ["hutchinson", "measured", "fracbits"]
+    assert ESTIMATORS.names() == ["hutchinson", "measured", "fracbits", "fisher"]
     assert all(e.description and e.available() for e in ESTIMATORS)
 
 
