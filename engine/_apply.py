@@ -25,8 +25,9 @@ from engine._stats import ConvGeometry, InputStats, collect_input_stats
 from engine._types import BitConfig
 
 # Float-model statistics are collected for several layers per forward pass, as many as fit
-# this many bytes of x xᵀ sums (float64), so that a large model never holds them all.
-STATS_CHUNK_BYTES = 1 << 30
+# this many bytes of x xᵀ sums (float64), so that a large model never holds them all
+# (SmolLM2-135M: 1 GB in all, 4 passes at this size, next to its 0.5 GB of weights).
+STATS_CHUNK_BYTES = 256 << 20
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "bitconfig.json"
 
@@ -109,7 +110,7 @@ def apply(
         raise InvalidSpecError(
             f"`rounding` {config.rounding!r} / `bias_correction` need calibration data; "
             "pass `calibration=` batches (or use rounding 'rtn' without bias correction).")
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _copy_around(model, list(config.bits))
     modules = quantizable_modules(target)
     smoothing = {}
     if batches and act_quant and config.smoothing_alpha is not None:
@@ -142,6 +143,19 @@ def apply(
     if batches and needs_ranges:
         calibrate(target, batches)
     return target
+
+
+def _copy_around(model: nn.Module, names: list[str]) -> nn.Module:
+    """A deep copy of `model` that shares (does not copy) the weight and bias of the layers
+    about to be replaced by quantized ones: they are only read, and the model's peak memory
+    stays one float model plus the quantized layers, not two float models."""
+    modules = quantizable_modules(model)
+    memo: dict[int, Any] = {}
+    for name in names:
+        for param in (modules[name].weight, modules[name].bias):
+            if param is not None:
+                memo[id(param)] = param
+    return copy.deepcopy(model, memo)
 
 
 def _stats_chunks(modules: Mapping[str, nn.Linear | nn.Conv2d],

@@ -101,7 +101,8 @@ def estimate(spec: Any, estimator: str = "hutchinson", *, bits: Sequence[int] = 
         estimator: A registered estimator name (`ESTIMATORS.names()`).
         bits: Candidate weight bit-widths (deduplicated and sorted).
         seed: Seed of the estimator's random choices.
-        options: The estimator config's fields, by name (`make_config`).
+        options: The estimator config's fields, by name (`make_config`), over the spec's
+            own `estimator_options[estimator]` where it has them.
         use_cache: Read and write the table cache (see the module docstring).
         progress: Show a progress bar on the terminal.
         cache_dir: The cache folder (default `engine.data_dir() / "sensitivity"`); files
@@ -112,7 +113,10 @@ def estimate(spec: Any, estimator: str = "hutchinson", *, bits: Sequence[int] = 
         InvalidSpecError: A bad option or bit-width.
         CacheError: A cached table failed verification and cannot be moved aside.
     """
-    config = make_config(estimator, options)
+    # The model's own settings for this estimator first (e.g. a causal LM's Fisher form),
+    # then the caller's.
+    own = dict(getattr(spec, "estimator_options", {}).get(estimator, {}))
+    config = make_config(estimator, own | dict(options or {}))
     runner = ESTIMATORS.get(estimator)(config)
     bits = sorted({engine.check_bits(b, where="bits") for b in bits})
     entry = None

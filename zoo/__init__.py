@@ -42,11 +42,12 @@ MODELS.register("mobilenetv2", MobileNetV2Spec, available=mobilenet_available, e
 MODELS.register(SMOLLM2_NAME, SmolLM2Spec, available=smollm2_available, extra="models",
                 description=SmolLM2Spec.description)
 
-_INSTANCES: dict[tuple[str, str | None, str | None], ModelSpec] = {}
+_INSTANCES: dict[tuple[str | None, ...], ModelSpec] = {}
 
 
 def get_model(
-    name: str, *, data: str | Path | None = None, weights: str | Path | None = None
+    name: str, *, data: str | Path | None = None, weights: str | Path | None = None,
+    device: str = "auto",
 ) -> ModelSpec:
     """The spec of `name`, one shared instance per process and (name, data, weights).
 
@@ -55,6 +56,8 @@ def get_model(
             name, or `package.module:factory`.
         data: The data file of an `hf:` or user model (required for user models).
         weights: A user model's safetensors weights.
+        device: Where a Hugging Face model runs: "auto" (CUDA when present), "cpu" or
+            "cuda"; the other models run on the CPU ("cuda" is refused for them).
 
     Raises:
         UnknownComponentError: `name` is none of these.
@@ -62,21 +65,28 @@ def get_model(
     """
     from engine import InvalidSpecError
 
-    key = (name, None if data is None else str(data), None if weights is None else str(weights))
+    key = (name, None if data is None else str(data), None if weights is None else str(weights),
+           device)
     if key in _INSTANCES:
         return _INSTANCES[key]
     if name.startswith(HF_PREFIX):
         if weights is not None:
             raise InvalidSpecError(f"`weights` applies to user models; {name!r} brings its "
                                    f"own safetensors.")
-        spec: ModelSpec = HfModelSpec(name, data=data)
+        spec: ModelSpec = HfModelSpec(name, data=data, device=device)
     elif ":" in name:
         if data is None:
             raise InvalidSpecError(
                 f"user model {name!r} needs `data` (a .pt or .npy file of inputs).")
+        _cpu_only(name, device)
         return UserModelSpec(name, data, weights)  # user code: built anew every time
     elif name in MODELS.names():
-        spec = MODELS.get(name)()
+        cls = MODELS.get(name)
+        if issubclass(cls, HfModelSpec):
+            spec = cls(device=device)  # type: ignore[call-arg]
+        else:
+            _cpu_only(name, device)
+            spec = cls()
     else:
         from allocator._registered import find_registered
 
@@ -85,13 +95,21 @@ def get_model(
             MODELS.get(name)  # unknown: the registry's error lists the known names
             raise AssertionError("unreachable")
         # A registered name may be re-uploaded or edited: its content keys the instance.
-        key = (name, reg.sha256 or reg.source, reg.data)
+        key = (name, reg.sha256 or reg.source, reg.data, device)
         if key in _INSTANCES:
             return _INSTANCES[key]
         spec = HfModelSpec(reg.source, data=reg.data, name=reg.name, metric=reg.metric,
-                           estimator=reg.estimator, description=reg.description)
+                           estimator=reg.estimator, description=reg.description, device=device)
     _INSTANCES[key] = spec
     return spec
+
+
+def _cpu_only(name: str, device: str) -> None:
+    from engine import InvalidSpecError
+
+    if device not in ("auto", "cpu"):
+        raise InvalidSpecError(f"`device` {device!r} applies to Hugging Face models; "
+                               f"{name!r} runs on the CPU.")
 
 
 def describe_layers(name: str, *, data: str | Path | None = None) -> list[dict[str, Any]]:

@@ -79,6 +79,8 @@ class HfModelSpec(ModelSpec):
         window_tokens: Tokens per causal-LM window.
         calibration_samples, evaluation_samples: Samples in each part: windows of a causal
             LM, texts of other text models, images (default: the task's, `SAMPLES`).
+        device: "auto" (CUDA when present), "cpu" or "cuda": where the model, its batches
+            and its quantized copies run.
     """
 
     default_activation_bits = None  # weight-only: what LLM deployments run
@@ -87,7 +89,7 @@ class HfModelSpec(ModelSpec):
                  description: str = "", metric: str | None = None,
                  estimator: str | None = None, quantize_head: bool = False, seed: int = 0,
                  window_tokens: int = WINDOW_TOKENS, calibration_samples: int | None = None,
-                 evaluation_samples: int | None = None) -> None:
+                 evaluation_samples: int | None = None, device: str = "auto") -> None:
         super().__init__()
         self.source = source if source.startswith(HF_PREFIX) else HF_PREFIX + source
         self.name = name or self.source
@@ -96,6 +98,7 @@ class HfModelSpec(ModelSpec):
         self._seed = seed
         self._window = window_tokens
         self._n_samples = (calibration_samples, evaluation_samples)
+        self.device = resolve_device(device)
         self._checkpoint: Checkpoint | None = None
         self._tokenizer: Any = None
         self._skip_reasons: dict[str, str] = {}
@@ -140,6 +143,12 @@ class HfModelSpec(ModelSpec):
     def higher_is_better(self) -> bool:
         return self.primary_metric not in LOWER_IS_BETTER
 
+    @property
+    def estimator_options(self) -> dict[str, dict[str, Any]]:
+        """Estimator settings for this model: a causal LM's Fisher squares per token (a few
+        long sequences per batch make the per-sequence form noisy)."""
+        return {"fisher": {"form": "token"}} if self.task == "causal-lm" else {}
+
     @property  # type: ignore[override]
     def default_estimator(self) -> str:
         if self._estimator_override:
@@ -162,7 +171,7 @@ class HfModelSpec(ModelSpec):
         return self._tokenizer
 
     def _build(self) -> nn.Module:
-        model = load_model(self.checkpoint())
+        model = load_model(self.checkpoint()).to(self.device)
         self._skip_reasons = self._find_skips(model)
         self.skip_layers = tuple(self._skip_reasons)
         return model
@@ -240,22 +249,30 @@ class HfModelSpec(ModelSpec):
         return token_windows(ids, self._window, separator=tok.eos_token_id)
 
     def _builtin_windows(self) -> tuple[list[Any], list[Any]]:
-        """Calibration windows of the help topics, evaluation windows of Shakespeare: held
-        out by source. Paragraphs are taken in a seeded order until the windows are full,
-        so only what is used is tokenized."""
+        """Evaluation windows of Shakespeare; calibration windows half of the help topics,
+        half of other Shakespeare paragraphs (never an evaluation window's text). Paragraphs
+        are taken in a seeded order until the windows are full, so only what is used is
+        tokenized."""
         n_cal, n_eval = self._counts()
         rng = random.Random(self._seed)
-        out = []
-        for paragraphs, count in zip(builtin_sources(), (n_cal, n_eval), strict=True):
-            order = list(paragraphs)
-            rng.shuffle(order)
-            windows: list[list[int]] = []
-            for start in range(0, len(order), 32):
-                windows = self._windows(order[: start + 32])
-                if len(windows) >= count:
-                    break
-            out.append(windows[:count])
-        return out[0], out[1]
+        pydoc, plays = (list(p) for p in builtin_sources())
+        rng.shuffle(pydoc)
+        rng.shuffle(plays)
+        held_out = len(plays) // 2  # evaluation paragraphs: the first half of the shuffle
+        evaluation = self._fill(plays[:held_out], n_eval)
+        n_plays = n_cal // 2
+        calibration = (self._fill(pydoc, n_cal - n_plays)
+                       + self._fill(plays[held_out:], n_plays))
+        return calibration, evaluation
+
+    def _fill(self, paragraphs: Sequence[str], count: int) -> list[list[int]]:
+        """The first `count` token windows of `paragraphs` (tokenized 32 at a time)."""
+        windows: list[list[int]] = []
+        for start in range(0, len(paragraphs), 32):
+            windows = self._windows(paragraphs[: start + 32])
+            if len(windows) >= count:
+                break
+        return windows[:count]
 
     def _image_parts(self) -> tuple[list[Any], list[Any]]:
         size = int(self.checkpoint().config.get("image_size") or 224)
@@ -299,7 +316,8 @@ class HfModelSpec(ModelSpec):
     def _batches(self, samples: Sequence[Any]) -> list[Batch]:
         model = self.build()
         out = []
-        for inputs in self._inputs(samples):
+        for cpu_inputs in self._inputs(samples):
+            inputs = {k: v.to(self.device) for k, v in cpu_inputs.items()}
             with torch.inference_mode():
                 target = self._reference(self.forward(model, inputs), inputs)
             out.append(Batch(inputs, target, len(next(iter(inputs.values())))))
@@ -365,11 +383,13 @@ class HfModelSpec(ModelSpec):
         if self.task == "feature-extraction":
             # loss = mean_n ||out_n - t_n||^2: Hessian 2/N per sample; r ~ N(0, 2/N) matches.
             n = output.shape[0]
-            r = torch.randn(output.shape, generator=generator) * math.sqrt(2.0 / n)
+            r = torch.randn(output.shape, generator=generator).to(output.device)
+            r = r * math.sqrt(2.0 / n)
             return (output * r).sum()
         logq = F.log_softmax(output.float(), dim=-1)
-        probs = _log_probs(batch.target).exp().reshape(-1, logq.shape[-1])
+        probs = _log_probs(batch.target).exp().reshape(-1, logq.shape[-1]).cpu()
         labels = torch.multinomial(probs, 1, generator=generator).reshape(logq.shape[:-1])
+        labels = labels.to(logq.device)  # drawn on the CPU: the generator's device
         picked = logq.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         mask = batch.inputs.get("attention_mask") if self.task == "causal-lm" else None
         if mask is not None:
@@ -421,3 +441,16 @@ def _log_probs(reference: torch.Tensor) -> torch.Tensor:
     moves a KL by second-order amounts only (FP32 against itself stays ~0)."""
     return reference if reference.dtype == torch.float32 else \
         F.log_softmax(reference.float(), dim=-1)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a CUDA device is present, else "cpu"; "cuda" without one, or
+    any other name, is an `InvalidSpecError` naming it."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidSpecError("`device` 'cuda': this machine has no CUDA device (use auto "
+                               "or cpu).")
+    if device not in ("cpu", "cuda"):
+        raise InvalidSpecError(f"`device` must be auto, cpu or cuda; got {device!r}.")
+    return device

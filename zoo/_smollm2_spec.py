@@ -23,9 +23,9 @@ class SmolLM2Spec(HfModelSpec):
     description = ("SmolLM2-135M-Instruct decoder LLM (210 Linear in 30 blocks); KL to FP32, "
                    "perplexity and top-1 agreement on held-out text; " + CAVEAT + ".")
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         super().__init__(f"hf:{SMOLLM2_NAME}", name=SMOLLM2_NAME,
-                         description=self.description)
+                         description=self.description, device=device)
         self.notes.append(f"{SMOLLM2_NAME}: {CAVEAT}")
 
     def checkpoint_folder(self) -> Path:

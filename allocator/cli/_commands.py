@@ -34,6 +34,7 @@ from allocator.cli._options import (
     ConfigFile,
     ConfigOut,
     DataFile,
+    Device,
     Estimator,
     EstimatorTimeLimit,
     FixedBudgets,
@@ -123,13 +124,14 @@ def evaluate(model: ModelName = None, bits: UniformBits = None, config: ConfigFi
              group_size: GroupSize = None, weight_only: WeightOnlyFlag = None,
              rounding: Rounding = None, bias_correction: BiasCorrection = True,
              clip_search: ClipSearch = True, calibration_inputs: CalibrationInputs = "fp32",
-             data: DataFile = None, weights: WeightsFile = None, as_json: AsJson = False) -> None:
+             device: Device = "auto", data: DataFile = None, weights: WeightsFile = None,
+             as_json: AsJson = False) -> None:
     """Apply a bit config (or uniform bits) on the engine; print metrics, size, latency vs FP32."""
     exactly_one(("--bits", bits), ("--config", config))
     uniform_bits = 0 if bits is None else check_bits(bits, where="--bits")  # 0: --config
     check_input("--config", config)
     project = load_project()
-    spec = model_spec(*require_model(project, model, data, weights))
+    spec = model_spec(*require_model(project, model, data, weights), device=device)
     if config is not None:
         cfg = BitConfig.load(config)
     else:
@@ -170,7 +172,7 @@ def _model_bits(project: LoadedProject, bits: str | None) -> tuple[int, ...]:
 
 
 def _source(project: LoadedProject, problem: str | None, model: str | None,
-            data: str | None, weights: str | None) -> Any:
+            data: str | None, weights: str | None, device: str = "auto") -> Any:
     """Checks `--problem` / `--model` and their files before any work: the model's spec
     (a user model with its `--data` and `--weights`), or None for a problem file. Without
     either flag, the project's model (with its data and weights) is the model."""
@@ -179,7 +181,7 @@ def _source(project: LoadedProject, problem: str | None, model: str | None,
         if choice.model is None:
             raise CLIUsageError(f"give exactly one of `--problem` and `--model`, or "
                                 f"{NO_MODEL_HINT}.")
-        return model_spec(choice.model, choice.data, choice.weights)
+        return model_spec(choice.model, choice.data, choice.weights, device=device)
     exactly_one(("--problem", problem), ("--model", model))
     given = [flag for flag, value in (("--data", data), ("--weights", weights)) if value]
     if given:
@@ -209,11 +211,12 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
           solver: SolverName = None, bits: BitList = None, seed: Seed = None,
           time_limit: SolveTimeLimit = None, estimator: PipelineEstimator = None,
           rounding: Rounding = None, weight_only: WeightOnlyChoice = None,
-          reward: Reward = "proxy", data: DataFile = None, weights: WeightsFile = None,
+          reward: Reward = "proxy", device: Device = "auto", data: DataFile = None,
+          weights: WeightsFile = None,
           as_json: AsJson = False, out: ConfigOut = None) -> None:
     """Choose per-layer bit-widths under the budgets (exit 3 when they cannot be met)."""
     project = load_project()
-    spec = _source(project, problem, model, data, weights)
+    spec = _source(project, problem, model, data, weights, device)
     budgets = _budgets(project, budget)
     solver = project.pick("solver", solver)
     seed = project.pick("seed", seed)
@@ -245,11 +248,11 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
            measure: MeasurePoints = None, png: PlotFile = None, axis: Axis = "bits",
            points: Points = 20, budget: FixedBudgets = None, bits: BitList = None,
            estimator: PipelineEstimator = None, seed: Seed = None, rounding: Rounding = None,
-           weight_only: WeightOnlyChoice = None, data: DataFile = None,
+           weight_only: WeightOnlyChoice = None, device: Device = "auto", data: DataFile = None,
            weights: WeightsFile = None, as_json: AsJson = False, out: FrontOut = None) -> None:
     """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
     project = load_project()  # its `budget` is solve's: pareto's --budget holds costs fixed
-    spec = _source(project, problem, model, data, weights)
+    spec = _source(project, problem, model, data, weights, device)
     check_output("--out", out)
     check_output("--png", png)
     if spec is None:
@@ -282,13 +285,14 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
 
 @app.command("apply")
 def apply_command(config: RequiredConfigFile, out: QuantizedOut, model: ModelName = None,
-                  data: DataFile = None, weights: WeightsFile = None) -> None:
+                  device: Device = "auto", data: DataFile = None,
+                  weights: WeightsFile = None) -> None:
     """Quantize a model with a bit config on the engine and save it (safetensors + JSON)."""
     from engine import model_size_bytes, save_quantized
 
     check_input("--config", config)
     check_output("--out", out, folder=True)
-    spec = model_spec(*require_model(load_project(), model, data, weights))
+    spec = model_spec(*require_model(load_project(), model, data, weights), device=device)
     cfg = BitConfig.load(config)
     with render.status(f"quantizing {spec.name}..."):
         qmodel = spec.quantize(cfg)
@@ -334,7 +338,7 @@ def sensitivity(model: ModelName = None, estimator: Estimator = None, seed: Seed
                 out: SensitivityOut = None, bits: BitList = None, rounding: Rounding = None,
                 max_probes: MaxProbes = None, rel_tol: RelTol = None,
                 time_limit: EstimatorTimeLimit = None, no_cache: NoCache = False,
-                data: DataFile = None, weights: WeightsFile = None,
+                device: Device = "auto", data: DataFile = None, weights: WeightsFile = None,
                 as_json: AsJson = False) -> None:
     """Estimate every layer's sensitivity Ω per bit-width (cached per model/data/config/seed)."""
     import sensitivity as sens
@@ -345,7 +349,7 @@ def sensitivity(model: ModelName = None, estimator: Estimator = None, seed: Seed
                                  max_probes=max_probes, rel_tol=rel_tol, time_limit_s=time_limit)
     candidates = _model_bits(project, bits)
     check_output("--out", out)
-    spec = model_spec(*require_model(project, model, data, weights))
+    spec = model_spec(*require_model(project, model, data, weights), device=device)
     with render.status(f"loading {spec.name}..."):
         spec.layers()
     table = sens.estimate(spec, estimator, bits=candidates, seed=project.pick("seed", seed),

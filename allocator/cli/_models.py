@@ -27,7 +27,8 @@ def is_hf_model(model: str) -> bool:
     return model.startswith("hf:")
 
 
-def model_spec(model: str, data: str | None = None, weights: str | None = None) -> ModelSpec:
+def model_spec(model: str, data: str | None = None, weights: str | None = None,
+               device: str = "auto") -> ModelSpec:
     """The zoo's spec of `--model`, with `--data` / `--weights` for a user model.
 
     Raises:
@@ -53,7 +54,7 @@ def model_spec(model: str, data: str | None = None, weights: str | None = None) 
         raise CLIUsageError(f"user model {model!r} needs `--data` (a .pt or .npy file of "
                             f"inputs), and `--weights` (.safetensors) unless the factory "
                             f"loads its own.")
-    spec = zoo.get_model(model, data=data, weights=weights)
+    spec = zoo.get_model(model, data=data, weights=weights, device=device)
     if isinstance(spec, zoo.HfModelSpec):
         from allocator.cli._render import log
 

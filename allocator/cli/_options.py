@@ -87,6 +87,9 @@ PipelineEstimator = Annotated[str | None, typer.Option(
 WeightOnlyChoice = Annotated[bool | None, typer.Option(
     "--weight-only/--w8a8", help=_WITH_MODEL + "keep activations float, or quantize them on "
     "8-bit layers (default: the project file's, else the model's own).")]
+Device = Annotated[str, typer.Option(
+    "--device", callback=_choice("auto", "cpu", "cuda"),
+    help="Where an hf: model runs: auto (CUDA when present), cpu or cuda.")]
 DataFile = Annotated[str | None, typer.Option("--data", help="User model inputs (.pt or .npy).")]
 WeightsFile = Annotated[str | None, typer.Option(
     "--weights", help="User model weights (.safetensors).")]

@@ -18,6 +18,7 @@ from allocator.cli._options import (
     Batch,
     BitList,
     DataFile,
+    Device,
     ModelName,
     ProfileOut,
     Repeats,
@@ -28,13 +29,14 @@ from allocator.cli._options import (
 
 @app.command("profile")
 def profile_command(model: ModelName = None, batch: Batch = None, bits: BitList = None,
-                    out: ProfileOut = None, repeats: Repeats = 20, data: DataFile = None,
-                    weights: WeightsFile = None, as_json: AsJson = False) -> None:
+                    out: ProfileOut = None, repeats: Repeats = 20, device: Device = "auto",
+                    data: DataFile = None, weights: WeightsFile = None,
+                    as_json: AsJson = False) -> None:
     """Measure per-layer latency at each bit-width on this machine; store the table."""
     project = load_project()
     candidates = parse_bits(bits) if bits is not None else tuple(project.value("bits"))
     check_output("--out", out)
-    spec = model_spec(*require_model(project, model, data, weights))
+    spec = model_spec(*require_model(project, model, data, weights), device=device)
     run = allocator.profile_model(spec, candidates, batch=batch, repeats=repeats, progress=True)
     if out is not None:
         with writing("--out", out):

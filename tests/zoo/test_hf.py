@@ -37,7 +37,12 @@ def _spec(folder: Path, **kwargs) -> zoo.HfModelSpec:
     return zoo.HfModelSpec(f"hf:{folder}", **kwargs)
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+# Llama and BERT in the default run; the other three in `make test-all` (same code paths).
+SLOW_ARCHS = ("gpt2", "bert-classifier", "vit")
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_ARCHS
+                                  else a for a in ARCHS])
 def test_each_architecture_solves_applies_and_reloads(checkpoints, arch, tmp_path):
     spec = _spec(checkpoints[arch])
     assert spec.task == ARCHS[arch]
@@ -182,3 +187,27 @@ def test_cli_solve_on_a_checkpoint_folder(checkpoints, capsys, tmp_path):
     code = main(["solve", "--model", f"hf:{checkpoints['gpt2']}", "--budget", "6bits",
                  "--weights", "w.safetensors"])
     assert code == 2
+
+
+def test_device_is_checked(checkpoints):
+    assert _spec(checkpoints["llama"], device="cpu").device == "cpu"
+    with pytest.raises(InvalidSpecError, match="auto, cpu or cuda"):
+        _spec(checkpoints["llama"], device="tpu")
+    with pytest.raises(InvalidSpecError, match="applies to Hugging Face models"):
+        zoo.get_model("digits-mlp", device="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidSpecError, match="no CUDA device"):
+            _spec(checkpoints["llama"], device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_causal_lm_on_cuda_matches_cpu(checkpoints):
+    cpu, gpu = _spec(checkpoints["llama"], device="cpu"), _spec(checkpoints["llama"],
+                                                                   device="cuda")
+    cfg = engine.BitConfig.uniform(cpu.layers(), 4, activation_bits=None, rounding="rtn",
+                                   bias_correction=False)
+    a, b = cpu.evaluate(cpu.quantize(cfg)), gpu.evaluate(gpu.quantize(cfg))
+    assert b["kl"] == pytest.approx(a["kl"], rel=0.05, abs=1e-6)
+    report = allocator.solve(gpu, ["6bits"], bits=(4, 8), latency=False)
+    assert report.config.status != "infeasible"
