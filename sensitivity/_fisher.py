@@ -59,9 +59,13 @@ class FisherConfig:
     Attributes:
         samples: Draws of the sampled surrogate per calibration batch (backward passes over
             one forward pass).
-        rounding: The pipeline's rounding, "rtn" or "gptq". Candidate weights are always
-            the engine's round-to-nearest at this config's scheme: "gptq" is scored with
-            RTN weights (its output error is usually smaller, so Ω is pessimistic there).
+        rounding: The pipeline's rounding, "rtn" or "gptq". With "gptq" and
+            `calibrated_deltas`, the candidate weights below 8 bits are the engine's own
+            calibrated rounding (GPTQ + bias correction + clipping search, the model
+            quantized uniformly once per width), so Ω ranks layers by the error that will
+            ship; otherwise (and at 8 bits, where both roundings agree) the engine's RTN.
+        calibrated_deltas: Use the calibrated rounding's weights for "gptq" (one quantized
+            copy per width below 8 bits; the differences kept in float16).
         group_size: Group size of the scales below 8 bits (None: per channel).
         form: Which products of g · ΔY are squared: "sample", "token" or "diagonal".
         max_batches: Calibration batches used at most (the first ones; None: all).
@@ -73,6 +77,7 @@ class FisherConfig:
     group_size: int | None = 128
     form: str = "sample"
     max_batches: int | None = None
+    calibrated_deltas: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) \
@@ -105,10 +110,44 @@ def candidate_deltas(module: nn.Linear | nn.Conv2d, bits: Sequence[int], *,
     return out
 
 
-def _output_error(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _output_error(module: nn.Module, x: torch.Tensor, delta: torch.Tensor,
+                  dbias: torch.Tensor | None = None) -> torch.Tensor:
     if isinstance(module, nn.Conv2d):
-        return module._conv_forward(x, delta, None)
-    return nn.functional.linear(x, delta)
+        return module._conv_forward(x, delta, dbias)
+    return nn.functional.linear(x, delta, dbias)
+
+
+Deltas = dict[str, dict[int, tuple[torch.Tensor, torch.Tensor | None]]]
+"""Layer -> width -> (Ŵ - W in float16, bias change or None)."""
+
+
+def calibrated_deltas(spec: Any, model: nn.Module, names: Sequence[str], bits: Sequence[int],
+                      group_size: int | None) -> Deltas:
+    """Ŵ(b) - W (and the bias change bias correction makes) of every named layer under
+    the engine's calibrated rounding, for each width below 8: the model quantized
+    uniformly at b once (GPTQ's inputs are the float model's), read back layer by layer."""
+    inputs = [b.inputs for b in spec.calibration_batches()]
+    modules = engine.quantizable_modules(model)
+    out: Deltas = {n: {} for n in names}
+    for b in bits:
+        if b >= 8:
+            continue
+        cfg = weight_only_config(dict.fromkeys(names, b), rounding="gptq",
+                                 group_size=group_size)
+        qmodel = engine.apply(model, cfg, calibration=inputs)
+        for name, layer in engine.quantized_layers(qmodel).items():
+            if name not in out:
+                continue
+            w = modules[name].weight.detach()
+            delta = (layer.dequantized_weight().reshape(w.shape) - w.float()).half()
+            bias = modules[name].bias
+            qbias = layer.bias
+            dbias = None
+            if qbias is not None:
+                dbias = qbias.detach().float() - (0.0 if bias is None else bias.detach().float())
+            out[name][b] = (delta, dbias)
+        del qmodel
+    return out
 
 
 def _score(g: torch.Tensor, dy: torch.Tensor, form: str, conv: bool) -> float:
@@ -220,8 +259,9 @@ class _Taps:
     arrives; one instance per estimate, removed in `close`."""
 
     def __init__(self, modules: dict[str, nn.Module], bits: Sequence[int],
-                 config: FisherConfig) -> None:
+                 config: FisherConfig, fixed: Deltas | None = None) -> None:
         self.modules = modules
+        self.fixed = fixed or {}
         self.bits = list(bits)
         self.config = config
         self.anchor = torch.zeros((), requires_grad=True)
@@ -260,11 +300,17 @@ class _Taps:
                 "its output error cannot be measured on it.")
         conv = isinstance(module, nn.Conv2d)
         with torch.no_grad():
-            deltas = candidate_deltas(module, self.bits, group_size=self.config.group_size)
+            fixed = self.fixed.get(name, {})
+            rtn = [b for b in self.bits if b not in fixed]
+            computed = dict(zip(rtn, candidate_deltas(module, rtn,
+                                                      group_size=self.config.group_size),
+                                strict=True))
+            deltas = [(fixed[b][0].float(), fixed[b][1]) if b in fixed else (computed[b], None)
+                      for b in self.bits]
             for xc, gc in _chunks(x, g):
                 xc, gc = xc.float(), gc.float()
-                for i, delta in enumerate(deltas):
-                    dy = _output_error(module, xc, delta)
+                for i, (delta, dbias) in enumerate(deltas):
+                    dy = _output_error(module, xc, delta, dbias)
                     self.score[name][i] += _score(gc, dy, self.config.form, conv)
                     if self.draw == 0:
                         self.error_sq[name][i] += float(dy.square().sum())
@@ -317,7 +363,9 @@ class FisherEstimator(BaseSensitivityEstimator):
         total_size = sum(b.size for b in batches) or 1
         fisher_loss = getattr(spec, "fisher_loss", None)
         gen = torch.Generator().manual_seed(seed)
-        taps = _Taps(modules, bits, config)
+        fixed = (calibrated_deltas(spec, model, list(modules), bits, config.group_size)
+                 if config.rounding == "gptq" and config.calibrated_deltas else None)
+        taps = _Taps(modules, bits, config, fixed)
         weighted = {n: [0.0] * len(bits) for n in modules}
         try:
             for batch in batches:

@@ -60,7 +60,7 @@ WINDOW_TOKENS = 256
 SAMPLES = {"causal-lm": (4, 8), "feature-extraction": (64, 256),
            "sequence-classification": (64, 256), "image-classification": (16, 32)}
 MAX_TEXT_TOKENS = 128
-MAX_BATCH_TOKENS = 512
+MAX_BATCH_TOKENS = 256  # one 256-token window per batch: an LLM pass keeps less alive
 IMAGE_BATCH = 16
 
 
