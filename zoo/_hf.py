@@ -102,6 +102,7 @@ class HfModelSpec(ModelSpec):
         self._checkpoint: Checkpoint | None = None
         self._tokenizer: Any = None
         self._skip_reasons: dict[str, str] = {}
+        self._samples: tuple[list[Any], list[Any]] | None = None
         self._metric_override, self._estimator_override = metric, estimator
         self.description = description or f"Hugging Face checkpoint {self.source}"
         self.notes: list[str] = []
@@ -323,13 +324,17 @@ class HfModelSpec(ModelSpec):
             out.append(Batch(inputs, target, len(next(iter(inputs.values())))))
         return out
 
+    def _split(self) -> tuple[list[Any], list[Any]]:
+        """The (calibration, evaluation) samples, made once."""
+        if self._samples is None:
+            self._samples = self._parts()
+        return self._samples
+
     def _calibration_batches(self) -> list[Batch]:
-        self._split = getattr(self, "_split", None) or self._parts()
-        return self._batches(self._split[0])
+        return self._batches(self._split()[0])
 
     def _evaluation_batches(self) -> list[Batch]:
-        self._split = getattr(self, "_split", None) or self._parts()
-        return self._batches(self._split[1])
+        return self._batches(self._split()[1])
 
     # -- outputs, loss, metrics --------------------------------------------------------------
 
