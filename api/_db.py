@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -33,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
+
+from engine import file_lock
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 PG_CONNECT_TIMEOUT_S = 5
@@ -195,12 +196,8 @@ def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
     if path is None:
         yield
         return
-    with open(path.with_name(path.name + ".migrate.lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(path.with_name(path.name + ".migrate.lock")):
+        yield
 
 
 def open_database(url: str, *, setting: str = "ALLOCATOR_DATABASE_URL",

@@ -57,7 +57,7 @@ from engine._formats import (
     load_json_file,
     parse_document,
 )
-from engine._paths import atomic_write_bytes, content_hash, data_dir
+from engine._paths import atomic_write_bytes, content_hash, data_dir, file_lock
 from engine._platform import configure_runtime, cpu_flags, cpu_model
 from engine._registry import Registry
 from engine._types import (
@@ -121,5 +121,5 @@ __all__ = [
     "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",
     "MissingDependencyError", "Registry", "StoreError", "UnknownComponentError",
     "UnknownLayerError", "UnsupportedBitWidthError", "atomic_write_bytes", "content_hash",
-    "check_bits", "configure_runtime", "cpu_flags", "cpu_model", "data_dir", *_LAZY,
+    "check_bits", "configure_runtime", "cpu_flags", "cpu_model", "data_dir", "file_lock", *_LAZY,
 ]

@@ -51,12 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine._errors import AllocatorError, InvalidSpecError
-from engine._paths import TMP_SUFFIX, atomic_write_bytes, tmp_prefix
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux or macOS
-    fcntl = None  # type: ignore[assignment]
+from engine._paths import TMP_SUFFIX, atomic_write_bytes, file_lock, tmp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +120,13 @@ def _utc_stamp() -> str:
 @contextlib.contextmanager
 def _locked(folder: Path, *, exclusive: bool) -> Iterator[None]:
     """Holds the folder's `.lock` (shared or exclusive) where it can be opened."""
-    if fcntl is None or not folder.is_dir():
+    with contextlib.ExitStack() as stack:
+        if folder.is_dir():
+            try:
+                stack.enter_context(file_lock(folder / LOCK_NAME, exclusive=exclusive))
+            except OSError:  # read-only folder: nobody can write there either
+                pass
         yield
-        return
-    try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # read-only folder: nobody can write there either
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _leftovers(path: Path) -> list[Path]:

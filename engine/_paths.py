@@ -11,10 +11,17 @@ The data dir's layout (each cache file with its checksum sidecar, see `engine._c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux or macOS
+    fcntl = None  # type: ignore[assignment]
 
 from engine._errors import InvalidSpecError
 
@@ -69,3 +76,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, exclusive: bool = True) -> Iterator[None]:
+    """Holds an advisory `flock` on `path` (created if need be) until the block ends, so
+    that processes building or writing the same thing take turns; a no-op where the
+    platform has no `flock`.
+
+    Raises:
+        OSError: The lock file cannot be opened (a read-only folder, say).
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

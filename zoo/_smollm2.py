@@ -40,13 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine import CacheError, MissingDependencyError, atomic_write_bytes
+from engine import CacheError, MissingDependencyError, atomic_write_bytes, file_lock
 from engine import data_dir as engine_data_dir
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux or macOS
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +134,13 @@ def smollm2_checkpoint(data_dir: Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    if fcntl is None:  # pragma: no cover
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(lock_path))
+        except OSError as e:
+            raise CacheError(f"cannot open the lock file `{lock_path}`: "
+                             f"{e.strerror or e}.") from e
         yield
-        return
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise CacheError(f"cannot open the lock file `{lock_path}`: {e.strerror or e}.") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _tmp_name(tag: str) -> str:

@@ -207,6 +207,17 @@ def live_service(tmp_path: Path) -> Iterator[Any]:
         svc.stop()
 
 
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """An environment without ALLOCATOR_* variables but a private database."""
+    for key in list(os.environ):
+        if key.startswith("ALLOCATOR_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("ALLOCATOR_DATABASE_URL", f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    monkeypatch.setenv("ALLOCATOR_WORKERS", "0")
+    return monkeypatch
+
+
 __all__ = ["LiveService", "json", "problem_doc", "wait_for"]
 
 

@@ -6,7 +6,6 @@ fresh on every call), `DELETE /models/{name}`, jobs naming a registered model or
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,15 +247,6 @@ def test_settings_name_the_limit_and_model_bytes(client: TestClient) -> None:
 
 
 # -- the models file at start ------------------------------------------------------------------
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("ALLOCATOR_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("ALLOCATOR_DATABASE_URL", f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    return monkeypatch
 
 
 @pytest.mark.parametrize(("text", "needle"), [

@@ -18,17 +18,6 @@ from tests.api.conftest import REPO, TOKEN
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("ALLOCATOR_")}
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """An environment without ALLOCATOR_* variables but a private database."""
-    for key in list(os.environ):
-        if key.startswith("ALLOCATOR_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("ALLOCATOR_DATABASE_URL", f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    monkeypatch.setenv("ALLOCATOR_WORKERS", "0")
-    return monkeypatch
-
-
 def _refused(**variables: str) -> str:
     """The one-line message `load_settings` refuses `variables` with."""
     with pytest.MonkeyPatch.context() as mp:

@@ -21,21 +21,13 @@ from allocator._project import (
 )
 from allocator.cli import main
 from engine import AllocatorError, InvalidSpecError
+from tests.test_cli_robustness import _err_line
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip())
     return path
-
-
-def _err_line(capsys) -> str:
-    """The single stderr line of the last command (fails on none, several, or a traceback)."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)
