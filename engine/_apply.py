@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from engine._digest import hash_tensors
 from engine._errors import InvalidSpecError, UnknownLayerError
 from engine._gptq import bias_correction, gptq, group_qparams
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
 from engine._platform import configure_runtime
-from engine._quantizer import QuantScheme, quantize
+from engine._quantizer import QuantizedWeight, QuantScheme, quantize
 from engine._stats import ConvGeometry, InputStats, collect_input_stats
 from engine._types import BitConfig
 
@@ -104,12 +107,7 @@ def apply(
     _validate(config)
     _check_names(model, config)
     act_quant = config.activation_bits == 8
-    batches = [] if calibration is None else list(calibration)
-    calibrated = config.rounding != "rtn" or config.bias_correction
-    if calibrated and not batches:
-        raise InvalidSpecError(
-            f"`rounding` {config.rounding!r} / `bias_correction` need calibration data; "
-            "pass `calibration=` batches (or use rounding 'rtn' without bias correction).")
+    batches, calibrated = _calibration_batches(config, calibration)
     target = model if inplace else _copy_around(model, list(config.bits))
     modules = quantizable_modules(target)
     smoothing = {}
@@ -124,6 +122,8 @@ def apply(
     # statistics take more than one pass
     reference = (model if not inplace or len(chunks) <= 1 else copy.deepcopy(model))
     reference_modules = quantizable_modules(reference) if chunks else {}
+    memo = (_MemoContext(reference, config, batches)
+            if calibrated and not sequential and not act_quant else None)
     stats: dict[str, InputStats] = {}
     for name in order:
         if calibrated and sequential:
@@ -131,10 +131,12 @@ def apply(
             stats = collect_input_stats(target, {name: modules[name]}, batches, stop_early=True)
         elif chunks and name == chunks[0][0]:
             chunk = chunks.pop(0)
-            stats = collect_input_stats(reference, {n: reference_modules[n] for n in chunk},
-                                        batches)
+            need = [n for n in chunk
+                    if memo is None or not memo.has(n, config.bits[n], reference_modules[n])]
+            stats = collect_input_stats(reference, {n: reference_modules[n] for n in need},
+                                        batches) if need else {}
         q = _quantize_module(name, modules[name], config, config.bits[name], smoothing.get(name),
-                             stats.get(name), kernel, act_quant)
+                             stats.get(name), kernel, act_quant, memo)
         q.to(modules[name].weight.device)
         _set_submodule(target, name, q)
     target.eval()
@@ -143,6 +145,59 @@ def apply(
     if batches and needs_ranges:
         calibrate(target, batches)
     return target
+
+
+def quantize_candidates(
+    model: nn.Module,
+    config: BitConfig,
+    widths: Sequence[int],
+    *,
+    calibration: Iterable[Any] | None = None,
+    kernel: str = "auto",
+) -> Iterator[tuple[str, dict[int, QuantizedLayer]]]:
+    """Each layer `config.bits` names (model order), quantized at every one of `widths`
+    with the config's scheme and rounding: what `apply` gives that layer in a model
+    quantized uniformly at each width, with the calibration inputs' statistics gathered
+    once for all widths instead of once per width. Weight-only; GPTQ's inputs are the
+    float model's (`calibration_inputs` "fp32").
+
+    Args:
+        model: Float model; untouched.
+        config: Names the layers (its `bits` values are ignored) and the rounding.
+        widths: The bit-widths wanted for every layer.
+        calibration: Batches, as `apply` takes them (needed for calibrated rounding).
+        kernel: As in `apply`.
+
+    Raises:
+        InvalidSpecError: W8A8 or sequential calibration asked for, or calibrated
+            rounding without calibration data.
+    """
+    configure_runtime()
+    _validate(config)
+    _check_names(model, config)
+    if config.activation_bits is not None or config.calibration_inputs == "sequential":
+        raise InvalidSpecError(
+            "`quantize_candidates` is weight-only with float-model calibration inputs; got "
+            f"`activation_bits` {config.activation_bits!r}, `calibration_inputs` "
+            f"{config.calibration_inputs!r}.")
+    batches, calibrated = _calibration_batches(config, calibration)
+    modules = quantizable_modules(model)
+    order = [n for n in modules if n in config.bits]
+    chunks = _stats_chunks(modules, order) if calibrated else []
+    memo = _MemoContext(model, config, batches) if calibrated else None
+    stats: dict[str, InputStats] = {}
+    for name in order:
+        if chunks and name == chunks[0][0]:
+            need = [n for n in chunks.pop(0)
+                    if memo is None or not all(memo.has(n, b, modules[n]) for b in widths)]
+            stats = collect_input_stats(model, {n: modules[n] for n in need},
+                                        batches) if need else {}
+        out = {}
+        for b in widths:
+            q = _quantize_module(name, modules[name], config, b, None, stats.get(name), kernel,
+                                 False, memo)
+            out[b] = q.to(modules[name].weight.device)
+        yield name, out
 
 
 def _copy_around(model: nn.Module, names: list[str]) -> nn.Module:
@@ -177,6 +232,104 @@ def _stats_chunks(modules: Mapping[str, nn.Linear | nn.Conv2d],
     return chunks
 
 
+class _RoundingMemo:
+    """Weights this process already rounded: (quantized weight, bias) by layer, scheme,
+    rounding settings and calibration inputs, so that a model quantized again the same way
+    (the estimator's uniform candidates, then the solve's measured configs; calibrated
+    rounding of an LLM takes minutes per width) reuses them. Only for float-model inputs
+    (`calibration_inputs` "fp32") and weight-only layers, where a layer's rounding depends
+    on nothing else. An entry holds weak references to the float model and the layer's
+    weight and is used only while both are the same objects, no parameter of the model was
+    modified or replaced since, and the calibration inputs hash the same. Oldest entries
+    go first beyond `MEMO_BYTES`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, tuple[Any, ...]] = OrderedDict()
+        self._bytes = 0
+
+    @staticmethod
+    def model_state(model: nn.Module) -> tuple:
+        """Identity and in-place version of every parameter and buffer of `model`."""
+        return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+    def get(self, key: tuple, model: nn.Module, state: tuple, weight: torch.Tensor) -> Any:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        model_ref, weight_ref, saved_state, value, _ = entry
+        if model_ref() is not model or weight_ref() is not weight or saved_state != state:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, model: nn.Module, state: tuple, weight: torch.Tensor,
+            value: tuple[QuantizedWeight, torch.Tensor | None], nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return
+        self._drop(key)
+        self._entries[key] = (weakref.ref(model), weakref.ref(weight), state, value, nbytes)
+        self._bytes += nbytes
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[-1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+# Rounded weights kept per process (SmolLM2-135M: ~60 MB per width at 4 bits).
+MEMO_BYTES = 768 << 20
+_MEMO = _RoundingMemo(MEMO_BYTES)
+
+
+class _MemoContext:
+    """The rounding memo as one `apply` call sees it: its float model, settings and
+    calibration inputs."""
+
+    def __init__(self, model: nn.Module, config: BitConfig, batches: Sequence[Any]) -> None:
+        self.model = model
+        self.state = _RoundingMemo.model_state(model)
+        settings = tuple((f.name, repr(getattr(config, f.name)))
+                         for f in dataclasses.fields(config) if f.name != "bits")
+        self.base = (settings, hash_tensors(list(batches)))
+
+    def _key(self, name: str, bits: int) -> tuple:
+        return (name, bits, *self.base)
+
+    def has(self, name: str, bits: int, module: nn.Module) -> bool:
+        return self.get(name, bits, cast(torch.Tensor, module.weight)) is not None
+
+    def get(self, name: str, bits: int,
+            weight: torch.Tensor) -> tuple[QuantizedWeight, torch.Tensor | None] | None:
+        return _MEMO.get(self._key(name, bits), self.model, self.state, weight)
+
+    def put(self, name: str, bits: int, weight: torch.Tensor,
+            value: tuple[QuantizedWeight, torch.Tensor | None]) -> None:
+        qweight, bias = value
+        nbytes = qweight.nbytes + (0 if bias is None else bias.numel() * bias.element_size())
+        _MEMO.put(self._key(name, bits), self.model, self.state, weight, value, nbytes)
+
+
+def _calibration_batches(config: BitConfig,
+                         calibration: Iterable[Any] | None) -> tuple[list[Any], bool]:
+    """The batches as a list, and whether the config's rounding is calibrated (which then
+    needs them)."""
+    batches = [] if calibration is None else list(calibration)
+    calibrated = config.rounding != "rtn" or config.bias_correction
+    if calibrated and not batches:
+        raise InvalidSpecError(
+            f"`rounding` {config.rounding!r} / `bias_correction` need calibration data; "
+            "pass `calibration=` batches (or use rounding 'rtn' without bias correction).")
+    return batches, calibrated
+
+
 def _validate(config: BitConfig) -> None:
     if config.activation_bits not in (None, 8):
         raise InvalidSpecError(
@@ -187,8 +340,29 @@ def _validate(config: BitConfig) -> None:
 def _quantize_module(
     name: str, module: nn.Linear | nn.Conv2d, config: BitConfig, bits: int,
     factors: torch.Tensor | None, stats: InputStats | None, kernel: str, act_quant: bool,
+    memo: _MemoContext | None = None,
 ) -> QuantizedLayer:
-    """One float layer -> its quantized module, with the config's rounding method."""
+    """One float layer -> its quantized module, with the config's rounding method (its
+    rounded weight from `memo` when this process rounded it the same way before)."""
+    conv = ConvGeometry.of(module)
+    rounded = memo.get(name, bits, module.weight) if memo is not None else None
+    if rounded is None:
+        rounded = _round(name, module, config, bits, factors, stats)
+        if memo is not None:
+            memo.put(name, bits, module.weight, rounded)
+    qweight, bias = rounded
+    if conv is not None:
+        return QuantConv2d(qweight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                           kernel, act_quant)
+    act = None if factors is None else 1.0 / factors
+    return QuantLinear(qweight, bias, kernel, act, act_quant)
+
+
+def _round(
+    name: str, module: nn.Linear | nn.Conv2d, config: BitConfig, bits: int,
+    factors: torch.Tensor | None, stats: InputStats | None,
+) -> tuple[QuantizedWeight, torch.Tensor | None]:
+    """A float layer's quantized weight and (bias-corrected) bias."""
     scheme = scheme_for(config, bits)
     weight = module.weight.detach().float()
     conv = ConvGeometry.of(module)
@@ -219,11 +393,7 @@ def _quantize_module(
         delta = (qweight.dequantize() - weight).reshape(w3.shape)
         shift = bias_correction(delta, _calibrated(name, mean)).float()
         bias = -shift if bias is None else bias - shift
-    if conv is not None:
-        return QuantConv2d(qweight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-                           kernel, act_quant)
-    act = None if factors is None else 1.0 / factors
-    return QuantLinear(qweight, bias, kernel, act, act_quant)
+    return qweight, bias
 
 
 def _calibrated(name: str, stat: torch.Tensor | None) -> torch.Tensor:

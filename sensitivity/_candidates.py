@@ -34,6 +34,13 @@ def weight_only_config(bits: Mapping[str, int], *, rounding: str,
                                           group_size=group_size)
 
 
+def rounding_inputs(spec: Any) -> list[Any]:
+    """The inputs the engine's calibrated rounding is fitted to for `spec` (its
+    `rounding_inputs`, else its calibration batches' inputs)."""
+    own = getattr(spec, "rounding_inputs", None)
+    return own() if callable(own) else [b.inputs for b in spec.calibration_batches()]
+
+
 def calibration_loss(spec: Any, model: nn.Module) -> float:
     """The spec's loss of `model` over its calibration batches, weighted by batch size."""
     batches = spec.calibration_batches()
@@ -72,21 +79,18 @@ class CandidateWeights:
         self.bits = tuple(sorted(set(bits)))
         model = spec.build()
         calibrated = rounding == "gptq"
-        inputs = [b.inputs for b in spec.calibration_batches()] if calibrated else None
+        inputs = rounding_inputs(spec) if calibrated else None
         wanted = set(self.names)
         shapes = {n: m.weight.shape for n, m in model.named_modules() if n in wanted}
         self.weights: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.names}
         self.biases: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.names}
-        for b in self.bits:
-            cfg = weight_only_config({n: b for n in self.names}, rounding=rounding,
-                                     group_size=group_size)
-            qmodel = engine.apply(model, cfg, calibration=inputs)
-            for n, layer in engine.quantized_layers(qmodel).items():
-                if n in wanted:
-                    self.weights[n][b] = layer.dequantized_weight().reshape(shapes[n]).detach()
-                    if layer.bias is not None:
-                        self.biases[n][b] = layer.bias.detach().float().clone()
-            del qmodel
+        cfg = weight_only_config(dict.fromkeys(self.names, self.bits[0]), rounding=rounding,
+                                 group_size=group_size)
+        for n, layers in engine.quantize_candidates(model, cfg, self.bits, calibration=inputs):
+            for b, layer in layers.items():
+                self.weights[n][b] = layer.dequantized_weight().reshape(shapes[n]).detach()
+                if layer.bias is not None:
+                    self.biases[n][b] = layer.bias.detach().float().clone()
 
     def overrides(self, assignment: Mapping[str, int]) -> dict[str, torch.Tensor]:
         """Parameter name -> tensor for a layer -> bits assignment (other layers stay float)."""

@@ -41,7 +41,7 @@ from torch import nn
 import engine
 from engine import InvalidSpecError
 from sensitivity._base import BaseSensitivityEstimator, ProgressFn
-from sensitivity._candidates import weight_only_config
+from sensitivity._candidates import rounding_inputs, weight_only_config
 from sensitivity._table import LayerSensitivity, SensitivityTable
 
 FORMS = ("sample", "token", "diagonal")
@@ -117,36 +117,44 @@ def _output_error(module: nn.Module, x: torch.Tensor, delta: torch.Tensor,
     return nn.functional.linear(x, delta, dbias)
 
 
-Deltas = dict[str, dict[int, tuple[torch.Tensor, torch.Tensor | None]]]
-"""Layer -> width -> (Ŵ - W in float16, bias change or None)."""
+@dataclass(frozen=True)
+class RoundedCandidate:
+    """A layer's calibrated-rounding candidate, kept packed (the engine's quantized layer:
+    ~1/4 of float16 deltas at 4 bits); `delta` unpacks Ŵ - W when it is scored."""
+
+    layer: engine.QuantizedLayer
+    module: nn.Linear | nn.Conv2d
+
+    def delta(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Ŵ - W, the bias change bias correction makes, or None), float32."""
+        w = self.module.weight.detach()
+        delta = self.layer.dequantized_weight().reshape(w.shape).float() - w.float()
+        if self.layer.bias is None:
+            return delta, None
+        bias = self.module.bias
+        return delta, (self.layer.bias.detach().float()
+                       - (0.0 if bias is None else bias.detach().float()))
+
+
+Deltas = dict[str, dict[int, RoundedCandidate]]
+"""Layer -> width -> its calibrated candidate."""
 
 
 def calibrated_deltas(spec: Any, model: nn.Module, names: Sequence[str], bits: Sequence[int],
                       group_size: int | None) -> Deltas:
-    """Ŵ(b) - W (and the bias change bias correction makes) of every named layer under
-    the engine's calibrated rounding, for each width below 8: the model quantized
-    uniformly at b once (GPTQ's inputs are the float model's), read back layer by layer."""
-    inputs = [b.inputs for b in spec.calibration_batches()]
+    """Every named layer's candidate under the engine's calibrated rounding, for each width
+    below 8: what the model quantized uniformly at b gives each layer (GPTQ's inputs are the
+    float model's), every width of a layer from one gathering of its input statistics."""
     modules = engine.quantizable_modules(model)
+    widths = [b for b in bits if b < 8]
     out: Deltas = {n: {} for n in names}
-    for b in bits:
-        if b >= 8:
-            continue
-        cfg = weight_only_config(dict.fromkeys(names, b), rounding="gptq",
-                                 group_size=group_size)
-        qmodel = engine.apply(model, cfg, calibration=inputs)
-        for name, layer in engine.quantized_layers(qmodel).items():
-            if name not in out:
-                continue
-            w = modules[name].weight.detach()
-            delta = (layer.dequantized_weight().reshape(w.shape) - w.float()).half()
-            bias = modules[name].bias
-            qbias = layer.bias
-            dbias = None
-            if qbias is not None:
-                dbias = qbias.detach().float() - (0.0 if bias is None else bias.detach().float())
-            out[name][b] = (delta, dbias)
-        del qmodel
+    if not widths:
+        return out
+    cfg = weight_only_config(dict.fromkeys(names, widths[0]), rounding="gptq",
+                             group_size=group_size)
+    for name, layers in engine.quantize_candidates(model, cfg, widths,
+                                                   calibration=rounding_inputs(spec)):
+        out[name] = {b: RoundedCandidate(layer, modules[name]) for b, layer in layers.items()}
     return out
 
 
@@ -305,7 +313,7 @@ class _Taps:
             computed = dict(zip(rtn, candidate_deltas(module, rtn,
                                                       group_size=self.config.group_size),
                                 strict=True))
-            deltas = [(fixed[b][0].float(), fixed[b][1]) if b in fixed else (computed[b], None)
+            deltas = [fixed[b].delta() if b in fixed else (computed[b], None)
                       for b in self.bits]
             for xc, gc in _chunks(x, g):
                 xc, gc = xc.float(), gc.float()

@@ -104,6 +104,13 @@ def get_model(
     return spec
 
 
+def forget_model(spec: ModelSpec) -> None:
+    """Drops `spec` from the per-process instances `get_model` keeps, so that its memory
+    can go once the caller lets go of it too (a worker bounding the models it holds)."""
+    for key in [k for k, v in _INSTANCES.items() if v is spec]:
+        del _INSTANCES[key]
+
+
 def _cpu_only(name: str, device: str) -> None:
     from engine import InvalidSpecError
 
@@ -153,4 +160,4 @@ def describe_models(*, details: bool = False) -> list[dict[str, Any]]:
 
 
 __all__ = ["MODELS", "Batch", "HfModelSpec", "ModelSpec", "UserModelSpec", "describe_layers",
-           "describe_models", "get_model"]
+           "describe_models", "forget_model", "get_model"]

@@ -142,10 +142,16 @@ class ModelSpec(ABC):
             self._baseline = self.evaluate(self.build())
         return self._baseline
 
+    def rounding_inputs(self) -> list[Any]:
+        """Inputs the engine fits calibrated rounding (GPTQ, bias correction) and activation
+        ranges to: the calibration batches' inputs, unless a model needs more of them than
+        its losses do (a causal LM: `HfModelSpec`)."""
+        return [b.inputs for b in self.calibration_batches()]
+
     def quantize(self, config: engine.BitConfig, *, kernel: str = "auto") -> nn.Module:
         """The engine's quantized copy of the model, activation ranges calibrated."""
         return engine.apply(self.build(), config, kernel=kernel,
-                            calibration=[b.inputs for b in self.calibration_batches()])
+                            calibration=self.rounding_inputs())
 
     def params(self) -> int:
         return sum(p.numel() for p in self.build().parameters())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,6 +170,77 @@ def test_fp32_inputs_are_the_same_in_memory_bounded_passes(monkeypatch):
     x = batches[0]
     with torch.no_grad():
         assert torch.equal(same(x), one_pass(x))
+
+
+def test_candidates_of_every_width_equal_uniform_models(monkeypatch):
+    """`quantize_candidates` gives each layer, at each width, exactly what `apply` gives it
+    in the model quantized uniformly at that width (one statistics pass per chunk for all
+    widths), and the float model is left as it was."""
+    import engine._apply as apply_module
+    from engine import quantize_candidates
+
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    names = ["stem", "dw", "pw", "fc1", "fc2"]
+    model = TinyCNN().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(apply_module, "STATS_CHUNK_BYTES", 40_000)  # a few passes
+    cfg = BitConfig.calibrated(dict.fromkeys(names, 4), activation_bits=None)
+    widths = (3, 4, 8)
+    got = dict(quantize_candidates(model, cfg, widths, calibration=batches))
+    assert list(got) == names
+    for b in widths:
+        apply_module._MEMO.clear()  # computed afresh, not the candidates' memo entries
+        uniform = apply(model, BitConfig.calibrated(dict.fromkeys(names, b),
+                                                    activation_bits=None),
+                        calibration=batches)
+        for name in names:
+            assert torch.equal(got[name][b].dequantized_weight(),
+                               getattr(uniform, name).dequantized_weight())
+            assert torch.equal(got[name][b].bias, getattr(uniform, name).bias)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(InvalidSpecError, match="weight-only"):
+        next(quantize_candidates(model, BitConfig.calibrated({"fc1": 8}), widths,
+                                 calibration=batches))
+
+
+def test_rounding_memo_reuses_and_is_invalidated(monkeypatch):
+    """A layer rounded the same way again (same float model, unchanged, same inputs) is
+    taken from the process memo without gathering statistics; an edited weight, other
+    inputs or other settings are rounded afresh."""
+    import engine._apply as apply_module
+
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    model = TinyCNN().eval()
+    cfg = BitConfig.calibrated({"stem": 4, "pw": 3, "fc1": 4}, activation_bits=None)
+    apply_module._MEMO.clear()
+    first = apply(model, cfg, calibration=batches)
+    passes = []
+    real = apply_module.collect_input_stats
+    monkeypatch.setattr(apply_module, "collect_input_stats",
+                        lambda *a, **k: passes.append(list(a[1])) or real(*a, **k))
+    again = apply(model, cfg, calibration=batches)
+    assert passes == []
+    x = batches[0]
+    with torch.no_grad():
+        assert torch.equal(first(x), again(x))
+    apply(model, cfg, calibration=[b + 1 for b in batches])  # other inputs
+    assert passes
+    passes.clear()
+    apply(model, dataclasses.replace(cfg, clip_search=False), calibration=batches)
+    assert passes
+    passes.clear()
+    with torch.no_grad():
+        model.fc1.weight.mul_(1.5)  # the float model changed in place
+    edited = apply(model, cfg, calibration=batches)
+    assert passes
+    assert not torch.equal(edited.fc1.dequantized_weight(), first.fc1.dequantized_weight())
+    w8a8 = BitConfig.calibrated({"fc1": 8})  # activations quantized: never memoized
+    passes.clear()
+    apply(model, w8a8, calibration=batches)
+    apply(model, w8a8, calibration=batches)
+    assert len(passes) == 2
 
 
 def test_calibration_inputs_is_recorded_and_checked():

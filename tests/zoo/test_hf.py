@@ -104,8 +104,8 @@ def test_gpt2_conv1d_becomes_linear_with_the_same_outputs(checkpoints):
 
 def test_data_files_text_jsonl_and_token_ids(checkpoints, tmp_path):
     text = tmp_path / "calib.txt"
-    text.write_text("\n\n".join(f"Paragraph {i} says something about the weather and tea."
-                                * 8 for i in range(40)))
+    text.write_text("\n\n".join(" ".join(f"Paragraph {i}, sentence {j}, is about tea."
+                                         for j in range(8)) for i in range(40)))
     spec = _spec(checkpoints["llama"], data=text, calibration_samples=None,
                  evaluation_samples=None)
     assert not spec.notes  # no built-in text note with --data
