@@ -24,6 +24,8 @@ from engine import StoreError
 log = logging.getLogger("allocator.api")
 
 RUN_JOB_TASK = "allocator.run_job"
+# One chunk of a job's fanned-out work (`api._fanout`), sent by the worker running the job.
+RUN_CHUNK_TASK = "allocator.run_chunk"
 
 
 def _one_line(error: BaseException) -> str:

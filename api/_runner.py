@@ -2,22 +2,31 @@
 
 The same code runs in the in-process worker pool and in Celery workers. A failure inside
 the job is recorded on the row (type and message), never lost; a job that was cancelled or
-taken away meanwhile stops at its next stage and writes nothing.
+taken away meanwhile stops at its next stage and writes nothing. Celery workers run the job
+inside a fan-out scope (`api._fanout.job_fanout`), which spreads its chunked work over the
+other workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from api._jobfn import JobCancelled, execute
+from api._jobfn import JobCancelled, OnStage, execute
 from api._settings import Settings
 from api._store import JobRecord, JobStore
 
 log = logging.getLogger("allocator.worker")
+
+Fanout = Callable[[JobRecord, OnStage, Callable[[], float], threading.Event],
+                  AbstractContextManager[dict[str, float]]]
+"""A scope around a running job: `(job, on_stage, progress_now, lost)` -> a context whose
+value (seconds by name) joins the job's timings when it ends (`api._fanout.job_fanout`)."""
 
 
 class Heartbeat:
@@ -53,7 +62,8 @@ class Heartbeat:
 
 
 def run_claimed(store: JobStore, job: JobRecord, worker_id: str, settings: Settings, *,
-                on_lost: Callable[[], None] | None = None) -> str:
+                on_lost: Callable[[], None] | None = None, fanout: Fanout | None = None
+                ) -> str:
     """Runs a job this worker has claimed; returns its final status as this worker saw it.
 
     Args:
@@ -61,20 +71,28 @@ def run_claimed(store: JobStore, job: JobRecord, worker_id: str, settings: Setti
             (cancelled, or re-queued after a missed heartbeat) while it still runs; the
             in-process pool exits the worker process there, to stop at once rather than at
             the job's next stage. Without it the job stops at its next stage.
+        fanout: The scope the job runs in (Celery workers: its work fans out), if any.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
-    def on_stage(stage: str, progress: float) -> None:
-        if not store.set_stage(job.id, worker_id, stage, progress):
+    progress = [0.0]
+
+    def on_stage(stage: str, fraction: float) -> None:
+        progress[0] = fraction
+        if not store.set_stage(job.id, worker_id, stage, fraction):
             raise JobCancelled(job.id)
 
     output = None
     error: Exception | None = None
-    with Heartbeat(store, job.id, worker_id, settings.heartbeat_interval_s, on_lost):
+    with Heartbeat(store, job.id, worker_id, settings.heartbeat_interval_s, on_lost) as beat:
         try:
             problem = store.problem(job.id) if job.kind == "problem" else None
-            output, timings = execute(job, settings, problem, on_stage)
+            scope = (fanout(job, on_stage, lambda: progress[0], beat.lost)
+                     if fanout is not None else contextlib.nullcontext({}))
+            with scope as fanout_timings:
+                output, timings = execute(job, settings, problem, on_stage)
+            timings.update(fanout_timings)
         except JobCancelled:
             log.info("job %s stopped: cancelled or re-assigned", job.id)
             return "cancelled"

@@ -174,6 +174,20 @@ class Settings(BaseSettings):
     #: the request answered with a 422 naming the limit.
     sync_grace_s: float = Field(default=2.0, ge=0, le=600)
 
+    # Fan-out in Celery mode (`api._fanout`): one job's work in chunks over many workers.
+    #: Split a model job's layer-parallel sensitivity (the measured estimator) into chunks
+    #: of layers computed by every live Celery worker (off: the job's worker does it all).
+    fanout: bool = True
+    #: Chunks per live worker process when a table's chunks are first planned: more give
+    #: finer balance, progress and restarts, fewer less per-chunk overhead.
+    fanout_chunks_per_worker: int = Field(default=4, ge=1, le=64)
+    #: Seconds a chunk's lease lasts unrenewed (its worker renews it every third of
+    #: that): a chunk whose worker died is taken over this long after.
+    fanout_lease_s: float = Field(default=30.0, ge=1, le=3600)
+    #: Models a worker process keeps loaded for chunk tasks (least recently used dropped
+    #: first): size it to the worker's memory over the largest model's.
+    worker_models: int = Field(default=2, ge=1, le=64)
+
 
 def load_settings(**overrides: Any) -> Settings:
     """`Settings` from the environment (and `overrides`), or `SettingsError` with one line

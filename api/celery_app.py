@@ -10,12 +10,19 @@ re-queued) while it runs is noticed by its heartbeat within `heartbeat_interval_
 prefork pool process then exits at once, as the in-process pool's workers do, so the work
 stops and the next task is taken (the lost message is redelivered and skipped, since the
 job is no longer queued). Under other pools (solo, threads) it stops at its next stage.
+
+A model job's layer-parallel sensitivity and its front measurements fan out (`api._fanout`):
+the job's process sends their chunks as `run_chunk` tasks, which every worker takes from the
+same queue, and computes chunks itself while it waits, so one worker with one process
+finishes alone.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 
 from celery import Celery
 from celery.signals import (
@@ -25,7 +32,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from api._broker import RUN_JOB_TASK
+from api._broker import RUN_CHUNK_TASK, RUN_JOB_TASK
 from api._settings import load_settings
 from api._store import JobStore
 from api._worker import ProcessBeat, beat_interval_s, exit_now, new_worker_id
@@ -119,9 +126,33 @@ def run_job(job_id: str) -> str:
     beat = _Process.beat
     if beat is not None:
         beat.set_job(job.id)
+    fanout = None
+    if settings.fanout and job.kind == "model":
+        from api._fanout import job_fanout
+
+        fanout = functools.partial(job_fanout, app, store, settings)
+    on_lost: Callable[[], None] | None = _stop_lost_job if _Process.pool_child else None
     try:
-        return run_claimed(store, job, worker_id, settings,
-                           on_lost=exit_now if _Process.pool_child else None)
+        return run_claimed(store, job, worker_id, settings, on_lost=on_lost, fanout=fanout)
     finally:
         if beat is not None:
             beat.set_job(None)
+
+
+def _stop_lost_job() -> None:
+    """The job is not ours any more: its queued chunks are revoked, then the process exits."""
+    from api._fanout import revoke_active
+
+    revoke_active()
+    exit_now()
+
+
+@app.task(name=RUN_CHUNK_TASK)
+def run_chunk(message: dict) -> str:
+    """Computes one chunk of a fanned-out job (`api._fanout`); returns what happened."""
+    from api._fanout import run_chunk_message
+    from engine import configure_runtime
+
+    configure_runtime()
+    return run_chunk_message(message, store=_store(), settings=settings,
+                             pool_child=_Process.pool_child)

@@ -2,7 +2,8 @@
 
 `estimate(spec, "hutchinson")` runs a registered estimator through the table cache; each
 estimator is a `BaseSensitivityEstimator` built from its frozen config and registered by
-name (`ESTIMATORS`) and by config type (`estimator_for`).
+name (`ESTIMATORS`) and by config type (`estimator_for`). Layer-parallel estimators can be
+computed in chunks of layers anywhere (`use_chunk_executor`, `ChunkedEstimate`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from sensitivity._base import (
     register_estimator,
 )
 from sensitivity._candidates import CandidateWeights, Swapped, calibration_loss
-from sensitivity._estimate import estimate, hash_tensors
+from sensitivity._chunks import (
+    ChunkedEstimate,
+    ChunkExecutor,
+    ChunkStopped,
+    InProcessChunkExecutor,
+    KeyedChunks,
+    current_chunk_executor,
+    plan_chunks,
+    use_chunk_executor,
+)
+from sensitivity._estimate import chunked_estimate, estimate, hash_tensors
 from sensitivity._fisher import FisherConfig, FisherEstimator, curvature_sampler
 from sensitivity._fracbits import (
     CostConstraint,
@@ -51,6 +62,8 @@ register_estimator(FisherEstimator,
 __all__ = [
     "CORRUPTIONS", "ESTIMATORS", "SENSITIVITY_FORMAT", "IntegrityReport",
     "check_cache_integrity", "BaseSensitivityEstimator", "CandidateWeights",
+    "ChunkExecutor", "ChunkStopped", "ChunkedEstimate", "InProcessChunkExecutor", "KeyedChunks",
+    "chunked_estimate", "current_chunk_executor", "plan_chunks", "use_chunk_executor",
     "CostConstraint", "FisherConfig", "FisherEstimator", "FracBitsConfig",
     "FracBitsEstimator", "HutchinsonConfig",
     "HutchinsonEstimator", "LayerSensitivity", "MeasuredConfig", "MeasuredEstimator",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
-from typing import Any, ClassVar, TypeVar
+from dataclasses import asdict, fields
+from typing import Any, ClassVar, TypeVar, cast
 
 from engine import InvalidSpecError, Registry, UnknownComponentError
-from sensitivity._table import SensitivityTable
+from sensitivity._table import LayerSensitivity, SensitivityTable
 
 ProgressFn = Callable[[int], None]
 """Called with the number of work units (see `progress_unit`) just finished."""
@@ -36,7 +36,10 @@ class BaseSensitivityEstimator(ABC):
 
     Subclasses set `config_cls` (a frozen dataclass with a `name` class variable and
     validation in `__post_init__`) and `progress_unit`, and are registered with
-    `register_estimator`.
+    `register_estimator`. An estimator whose every layer's Ω depends on that layer alone
+    (and the seed) sets `layer_parallel` and implements `estimate_layers`: the job service
+    then computes its layers in chunks on many workers and merges them (`sensitivity._chunks`),
+    which must give exactly the table `estimate` gives.
 
     Args:
         config: The estimator's settings.
@@ -44,6 +47,9 @@ class BaseSensitivityEstimator(ABC):
 
     config_cls: ClassVar[type]
     progress_unit: ClassVar[str]
+    #: True when `estimate_layers` on any split of the layers merges into exactly the
+    #: table `estimate` makes (no probe, batch order or learned state shared by layers).
+    layer_parallel: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         if not isinstance(config, self.config_cls):
@@ -55,6 +61,10 @@ class BaseSensitivityEstimator(ABC):
     def name(self) -> str:
         """The registered name (the config's `name`), also written into the table."""
         return self.config_cls.name
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config's fields by name (`asdict`): what a table records as its `config`."""
+        return asdict(cast(Any, self.config))
 
     @abstractmethod
     def estimate(self, spec: Any, bits: Sequence[int], *, seed: int,
@@ -72,6 +82,33 @@ class BaseSensitivityEstimator(ABC):
     @abstractmethod
     def progress_total(self, spec: Any, bits: Sequence[int]) -> int:
         """Units of work of a full run (an early stop finishes with fewer)."""
+
+    def estimate_layers(self, spec: Any, bits: Sequence[int], names: Sequence[str], *,
+                        seed: int, progress: ProgressFn | None = None
+                        ) -> dict[str, LayerSensitivity]:
+        """Ω of the layers `names` only (a `layer_parallel` estimator's chunk), each exactly
+        as `estimate` computes it; the other layers are not touched.
+
+        Raises:
+            NotImplementedError: The estimator scores all layers together.
+            InvalidSpecError: A name is not one of `spec.layers()`.
+        """
+        raise NotImplementedError(f"the {self.name} estimator scores all layers together; "
+                                  "it has no per-layer estimate.")
+
+    def make_table(self, spec: Any, bits: Sequence[int], seed: int,
+                   layers: Mapping[str, LayerSensitivity], elapsed_s: float
+                   ) -> SensitivityTable:
+        """The table of this estimator's run: `layers` in `spec.layers()` order, with the
+        run's provenance (the one place a table's header is written, so a merged table
+        equals the one `estimate` makes)."""
+        order = [x.name for x in spec.layers()]
+        missing = [n for n in order if n not in layers]
+        if missing or len(layers) != len(order):
+            raise InvalidSpecError(f"`layers` must be exactly the model's {len(order)} layers; "
+                                   f"missing {missing[:5]}, got {len(layers)}.")
+        return SensitivityTable({n: layers[n] for n in order}, tuple(bits), self.name, seed,
+                                spec.name, self.config_dict(), elapsed_s)
 
 
 ESTIMATORS: Registry[type[BaseSensitivityEstimator]] = Registry("estimator")

@@ -16,6 +16,10 @@ layers, every Ω finite and >= 0). Anything else (an edited, truncated or foreig
 sidecar, a directory at the path, a `.tmp` leftover) is moved to `<data dir>/quarantine/`,
 logged and warned about (`engine.CacheQuarantineWarning`), and the table is recomputed;
 what cannot be moved aside is an `engine.CacheError` (see `engine._cache`).
+
+Where a chunk executor is installed (`use_chunk_executor`: the job service's Celery workers
+install one) and the estimator is `layer_parallel`, a missing table is computed in chunks
+of layers through that executor, merged, and cached the same way (`sensitivity._chunks`).
 """
 
 from __future__ import annotations
@@ -23,60 +27,39 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import engine
-from engine import DEFAULT_BITS, InvalidSpecError
+from engine import DEFAULT_BITS, InvalidSpecError, feed_digest, hash_tensors
 from sensitivity._base import ESTIMATORS, BaseSensitivityEstimator, make_config
+from sensitivity._candidates import rounding_inputs
+from sensitivity._chunks import ChunkedEstimate, ChunkExecutor, current_chunk_executor
 from sensitivity._table import SensitivityTable
 
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = "sensitivity"
 WHAT = "sensitivity table"
-
-
-def _feed(h: Any, obj: Any) -> None:
-    """Adds `obj` to the hash: tensors by dtype, shape and bytes; mappings by sorted key;
-    sequences in order; anything else by its repr."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(obj, Mapping):
-        for k in sorted(obj):
-            h.update(str(k).encode())
-            _feed(h, obj[k])
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            _feed(h, v)
-    else:
-        h.update(repr(obj).encode())
-
-
-def hash_tensors(obj: Any) -> str:
-    """SHA-256 (hex) of tensors nested in mappings, lists and tuples: the digest the cache
-    key and the pipeline's reproducibility record give model weights and calibration data.
-
-    Args:
-        obj: A tensor, or mappings / lists / tuples of them (other leaves hash by repr).
-    """
-    h = hashlib.sha256()
-    _feed(h, obj)
-    return h.hexdigest()
+# Merges tried before giving up on chunks that keep failing their checks.
+MERGE_ATTEMPTS = 3
 
 
 def _key_digest(spec: Any, estimator: str, config: Any, seed: int,
                 bits: Sequence[int]) -> str:
     h = hashlib.sha256()
-    _feed(h, dict(spec.build().state_dict()))
-    _feed(h, [(b.inputs, b.target) for b in spec.calibration_batches()])
+    feed_digest(h, dict(spec.build().state_dict()))
+    feed_digest(h, [(b.inputs, b.target) for b in spec.calibration_batches()])
+    # what calibrated rounding fits to, where it is more than the batches (a causal LM):
+    # keys of other models stay as they were, so their cached tables still hit
+    fitted = rounding_inputs(spec)
+    if hash_tensors(fitted) != hash_tensors([b.inputs for b in spec.calibration_batches()]):
+        feed_digest(h, fitted)
     h.update(json.dumps({"estimator": estimator, "config": asdict(config), "seed": seed,
                          "bits": list(bits), "engine": engine.ENGINE_VERSION},
                         sort_keys=True).encode())
@@ -84,9 +67,9 @@ def _key_digest(spec: Any, estimator: str, config: Any, seed: int,
 
 
 def cache_key(spec: Any, estimator: str, config: Any, seed: int, bits: Sequence[int]) -> str:
-    """The table cache's key: model weights, calibration batches, estimator, config, seed,
-    bits and engine version (the config enters as `asdict`, so renaming a config field
-    invalidates the cache)."""
+    """The table cache's key: model weights, calibration batches and rounding inputs,
+    estimator, config, seed, bits and engine version (the config enters as `asdict`, so
+    renaming a config field invalidates the cache)."""
     return _key_digest(spec, estimator, config, seed, bits)[:20]
 
 
@@ -125,10 +108,76 @@ def estimate(spec: Any, estimator: str = "hutchinson", *, bits: Sequence[int] = 
         cached = entry.load()
         if cached is not None:
             return cached
+    executor = current_chunk_executor()
+    if (entry is not None and executor is not None and cache_dir is None
+            and runner.layer_parallel and len(spec.layers()) > 1):
+        return _fan_out(executor, entry, entry.chunked(runner, spec))
     table = _run(runner, spec, bits, seed, progress)
     if entry is not None:
         entry.store(table)
     return table
+
+
+def _fan_out(executor: ChunkExecutor, entry: _CacheEntry,
+             work: ChunkedEstimate) -> SensitivityTable:
+    """The table through the chunk executor: its chunks merged and cached, or the table
+    another job of the same key cached meanwhile."""
+    start = time.perf_counter()
+    for _ in range(MERGE_ATTEMPTS):
+        executor.run(work)
+        if work.finished():
+            cached = entry.load()
+            if cached is not None:
+                return cached
+        t0 = time.perf_counter()
+        table = work.merge(t0 - start)
+        if table is not None:
+            entry.store(table)
+            work.clear()
+            work.merge_s = time.perf_counter() - t0
+            return table
+    raise engine.CacheError(f"the chunks of {work.key} failed their checks "
+                            f"{MERGE_ATTEMPTS} times in a row under `{work.folder}`.")
+
+
+# Chunk messages' cache entries per spec (a weak reference: a model a worker drops is not
+# kept alive here) and table: the digest hashes the model's weights once, not per chunk.
+_ENTRIES: dict[tuple[Any, ...], tuple[weakref.ref[Any], _CacheEntry]] = {}
+_ENTRIES_KEPT = 32
+
+
+def chunked_estimate(spec: Any, message: Mapping[str, Any]) -> tuple[ChunkedEstimate, int]:
+    """The chunk a message (`ChunkedEstimate.message`) asks for, on this process's `spec`:
+    the work and the chunk index, checked against the table's digest and stored plan.
+
+    The digest (a hash of the model's weights and calibration data) is kept per process
+    and spec, so a worker hashes a model once, not per chunk.
+
+    Raises:
+        UnknownComponentError: The estimator is not registered here.
+        InvalidSpecError: A bad message, or this worker's model, data or code differ from
+            the job's (another digest), or the plan is not in this worker's data dir.
+    """
+    try:
+        estimator = str(message["estimator"])
+        config = make_config(estimator, dict(message["config"]))
+        seed = int(message["seed"])
+        bits = sorted({engine.check_bits(int(b), where="bits") for b in message["bits"]})
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InvalidSpecError):
+            raise
+        raise InvalidSpecError(f"bad chunk message: {type(e).__name__}: {e}") from None
+    runner = ESTIMATORS.get(estimator)(config)
+    ident = (id(spec), estimator, json.dumps(asdict(config), sort_keys=True), seed,
+             tuple(bits))
+    kept = _ENTRIES.get(ident)
+    if kept is None or kept[0]() is not spec:
+        kept = (weakref.ref(spec), _CacheEntry.of(spec, estimator, config, seed, bits, None))
+        _ENTRIES[ident] = kept
+        while len(_ENTRIES) > _ENTRIES_KEPT:
+            _ENTRIES.pop(next(iter(_ENTRIES)))
+    work = kept[1].chunked(runner, spec)
+    return work, work.check_message(message)
 
 
 @dataclass(frozen=True)
@@ -152,6 +201,11 @@ class _CacheEntry:
         layers_of = getattr(spec, "layers", None)
         layers = {x.name: x.params for x in layers_of()} if callable(layers_of) else None
         return cls(folder / f"{name}.json", key, layers)
+
+    def chunked(self, runner: BaseSensitivityEstimator, spec: Any) -> ChunkedEstimate:
+        """This table's estimate as chunks of layers (`sensitivity._chunks`)."""
+        k = self.key
+        return ChunkedEstimate(runner, spec, k["bits"], k["seed"], self.path, k["digest"])
 
     def parse(self, data: bytes) -> SensitivityTable:
         """The cached table, validated like client input, then checked against the key."""

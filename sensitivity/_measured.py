@@ -1,19 +1,22 @@
 """Measured Δloss: quantize one layer at a time on the real engine and measure the loss.
 
 The ground truth the other estimators are checked against, and a cheap baseline on small
-models. Weights only (activations float), with the rounding the pipeline applies.
+models. Weights only (activations float), with the rounding the pipeline applies. Each
+layer's Ω depends on that layer alone and uses no random numbers, so the estimator is
+`layer_parallel`: any split of its layers, computed anywhere, merges into the same table.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import engine
+from engine import InvalidSpecError
 from sensitivity._base import BaseSensitivityEstimator, ProgressFn
-from sensitivity._candidates import calibration_loss, weight_only_config
+from sensitivity._candidates import calibration_loss, rounding_inputs, weight_only_config
 from sensitivity._table import LayerSensitivity, SensitivityTable
 
 
@@ -40,6 +43,7 @@ class MeasuredEstimator(BaseSensitivityEstimator):
 
     config_cls = MeasuredConfig
     progress_unit = "layer x bits"
+    layer_parallel = True
     config: MeasuredConfig
 
     def progress_total(self, spec: Any, bits: Sequence[int]) -> int:
@@ -48,13 +52,25 @@ class MeasuredEstimator(BaseSensitivityEstimator):
     def estimate(self, spec: Any, bits: Sequence[int], *, seed: int,
                  progress: ProgressFn | None = None) -> SensitivityTable:
         start = time.perf_counter()
+        names = [x.name for x in spec.layers()]
+        out = self.estimate_layers(spec, bits, names, seed=seed, progress=progress)
+        return self.make_table(spec, bits, seed, out, time.perf_counter() - start)
+
+    def estimate_layers(self, spec: Any, bits: Sequence[int], names: Sequence[str], *,
+                        seed: int, progress: ProgressFn | None = None
+                        ) -> dict[str, LayerSensitivity]:
         config = self.config
+        by_name = {x.name: x for x in spec.layers()}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise InvalidSpecError(f"`names` {unknown[:5]} are not layers of {spec.name}.")
         model = spec.build()
         base = calibration_loss(spec, model)
         calibrated = config.rounding == "gptq"
-        inputs = [b.inputs for b in spec.calibration_batches()] if calibrated else None
+        inputs = rounding_inputs(spec) if calibrated else None
         out = {}
-        for x in spec.layers():
+        for name in names:
+            x = by_name[name]
             omega, raw = {}, {}
             for b in bits:
                 cfg = weight_only_config({x.name: b}, rounding=config.rounding,
@@ -68,5 +84,4 @@ class MeasuredEstimator(BaseSensitivityEstimator):
             out[x.name] = LayerSensitivity(
                 omega, probes=len(bits), stop_reason="measured", params=x.params, flags=flags,
                 extra={"delta_loss": {str(k): v for k, v in raw.items()}, "base_loss": base})
-        return SensitivityTable(out, tuple(bits), self.name, seed, spec.name, asdict(config),
-                                time.perf_counter() - start)
+        return out

@@ -247,3 +247,42 @@ def store(request, tmp_path) -> Iterator[JobStore]:
             conn.exec_driver_sql("DELETE FROM jobs")
     yield s
     engine.dispose()
+
+
+def own_redis_db(redis_url: str, db: int) -> str:
+    """The test Redis on database `db` of a suite's own (other suites' workers on the shared
+    one would take, and skip, tasks sent here), emptied of earlier runs' messages."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+class CeleryWorker:
+    """`allocator worker --concurrency 1` in its own process group, its output appended
+    to `log_path`."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "allocator.cli", "worker", "--concurrency", "1"],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)
+        self._log.close()
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited (no process, or a zombie not yet reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")

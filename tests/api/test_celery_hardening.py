@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +19,13 @@ from api import Settings, create_app
 from api._broker import CeleryDispatcher
 from api.testing import BrokerForwarder
 from tests.api.conftest import (
-    REPO,
     TOKEN,
+    CeleryWorker,
     free_port,
     in_sensitivity,
+    own_redis_db,
     problem_doc,
-    stop_process_group,
+    process_gone,
     wait_for,
 )
 from tests.conftest import private_data_dir
@@ -41,31 +40,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def broker(redis_url: str) -> str:
-    """The test Redis, on a database of its own, emptied of earlier runs' messages."""
-    import redis
-
-    url = redis_url.rsplit("/", 1)[0] + f"/{OWN_DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return own_redis_db(redis_url, OWN_DB)
 
 
-class Worker:
-    """`allocator worker --concurrency 1` in its own process group."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "allocator.cli", "worker", "--concurrency", "1"],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
+class Worker(CeleryWorker):
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        stop_process_group(self.proc)
-        self._log.close()
+        return super().log()[-4000:]
 
 
 @pytest.fixture
@@ -103,15 +83,6 @@ def _wait_worker(client: TestClient, worker: Worker, timeout_s: float = 120) -> 
         time.sleep(0.3)
 
 
-def _gone(pid: int) -> bool:
-    """True once `pid` has exited (no process, or a zombie not yet reaped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
-
-
 @pytest.mark.slow
 def test_cancel_stops_a_running_celery_job(start_worker, worker_env) -> None:
     worker = start_worker()
@@ -127,12 +98,12 @@ def test_cancel_stops_a_running_celery_job(start_worker, worker_env) -> None:
         # /health names the process running it (its heartbeat carries the job id)
         [busy] = [w for w in _alive_workers(client) if w["job_id"] == job["id"]]
         pid = busy["pid"]
-        assert not _gone(pid)
+        assert not process_gone(pid)
 
         r = client.post(f"/jobs/{job['id']}/cancel")
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         t0 = time.monotonic()
-        while not _gone(pid):  # the process computing the job stops within seconds
+        while not process_gone(pid):  # the process computing the job stops within seconds
             assert time.monotonic() - t0 < 15, worker.log()
             time.sleep(0.1)
         # The next job does not wait behind the cancelled one.
