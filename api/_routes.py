@@ -30,6 +30,7 @@ from allocator._registered import (
     registered_models,
     uploads_dir,
 )
+from allocator._rules import rules_summary
 from api import _validate as check
 from api._auth import require_read, require_write
 from api._errors import ApiError
@@ -108,6 +109,7 @@ def _submit(svc: Service, body: JobCreate) -> dict[str, Any]:
     bits = check.bits(body.bits)
     spec: dict[str, Any] = {"budgets": [b.text for b in budgets], "solver": solver,
                             "seed": body.seed, "measure": body.measure}
+    spec |= {key: value for key, value in (("ties", body.ties), ("fix", body.fix)) if value}
     if body.model is not None:
         registered = ({} if body.model.startswith("hf:") or body.model in BUILTIN_MODELS
                       else _registered(svc))
@@ -120,10 +122,12 @@ def _submit(svc: Service, body: JobCreate) -> dict[str, Any]:
         spec |= {"estimator": None if estimator is None else check.estimator(estimator,
                                                                               svc.catalog),
                  "bits": bits or list(DEFAULT_BITS)}
+        check.rules(body.ties, body.fix, candidate_bits=spec["bits"])
         job = svc.store.create(kind="model", model=body.model, spec=spec)
     else:
         prob = check.problem(body.problem, max_layers=s.sync_max_layers * 10,
                              candidate_bits=bits, budget_list=budgets)
+        check.rules(body.ties, body.fix, candidate_bits=list(prob.bits), problem=prob)
         spec |= {"estimator": None, "bits": list(prob.bits), "measure": False}
         document = body.problem.model_dump(mode="json", exclude_unset=True)
         job = svc.store.create(kind="problem", model=None, spec=spec, problem=document)
@@ -230,7 +234,14 @@ def resolve_job(svc: ServiceDep, job_id: JobId, body: ResolveCreate) -> Any:
     prob = check.problem(data, max_layers=svc.settings.sync_max_layers, field="job.problem",
                          candidate_bits=check.bits(body.bits) or job.spec.get("bits"),
                          budget_list=budget_list)
-    return _solve(svc, prob, budget_list, solver, body.seed) | {"job_id": job_id}
+    # the job's ties and pins hold in its re-solves too (a model job's problem has them)
+    prob = check.rules(job.spec.get("ties"), job.spec.get("fix"), candidate_bits=list(prob.bits),
+                       problem=prob, field="job") or prob
+    config = _solve(svc, prob, budget_list, solver, body.seed)
+    held = rules_summary(prob, [config["bits"]])
+    if held is not None:
+        config["extra"] = dict(config.get("extra") or {}) | {"rules": held}
+    return config | {"job_id": job_id}
 
 
 @write.post("/solve", response_model=BitConfigPublic, **EXACT)

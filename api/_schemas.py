@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from allocator import MAX_BUDGET_CHARS, ProblemDocument
+from allocator._rules import MAX_RULE_CHARS, MAX_RULES, RuleError, parse_fix, parse_tie
 from api._store import STAGES, STATUSES
 from engine import BITCONFIG_FORMAT, DEFAULT_BITS, MAX_BITS, MIN_BITS, Document
 
@@ -48,6 +50,28 @@ MAX_SEED = 2**31 - 1
 BudgetText = Annotated[str, Field(min_length=1, max_length=MAX_BUDGET_CHARS)]
 
 
+def _tie_text(text: str) -> str:
+    try:
+        parse_tie(text, "ties")
+    except RuleError as e:  # a 422 naming `body.ties.<i>` and the text, without "Value error"
+        raise PydanticCustomError("rule", str(e)) from None
+    return text
+
+
+def _fix_text(text: str) -> str:
+    try:
+        parse_fix(text, "fix")
+    except RuleError as e:
+        raise PydanticCustomError("rule", str(e)) from None
+    return text
+
+
+TieText = Annotated[str, Field(min_length=1, max_length=MAX_RULE_CHARS),
+                    AfterValidator(_tie_text)]
+FixText = Annotated[str, Field(min_length=1, max_length=MAX_RULE_CHARS),
+                    AfterValidator(_fix_text)]
+
+
 # Properties to receive on job creation
 class JobCreate(_Strict):
     """A job: a registered model (sensitivity, solve, front, measurements) or an
@@ -70,6 +94,17 @@ class JobCreate(_Strict):
                     "problem's own for problems)")
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     measure: bool = True
+    ties: list[TieText] = Field(
+        default_factory=list, max_length=MAX_RULES, validation_alias=AliasChoices("ties", "tie"),
+        examples=[[r"re:\.(q|k|v)_proj$"]],
+        description="Tie rules (`--tie`; the key `tie` is read too): layers that take one "
+                    "bit-width. `re:REGEX` groups the matching layers per block (the name "
+                    "without the matched part: q/k/v of block N together); `a,b,c` names one "
+                    "group. A rule that matches no layer fails the job (a problem job: 422)")
+    fix: list[FixText] = Field(
+        default_factory=list, max_length=MAX_RULES, examples=[["lm_head=8"]],
+        description="Pinned layers (`--fix`): `NAME=BITS`, `a,b=BITS` or `re:REGEX=BITS`; the "
+                    "width must be a candidate bit-width")
 
 
 # Properties to return for a job
@@ -89,6 +124,8 @@ class JobPublic(BaseModel):
     bits: list[int] | None
     seed: int | None
     measure: bool | None
+    ties: list[str] | None = Field(default=None, description="Tie rules (absent: none)")
+    fix: list[str] | None = Field(default=None, description="Pinned layers (absent: none)")
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -121,3 +121,26 @@ def problem(data: ProblemDocument | dict[str, Any], *, max_layers: int,
         raise ApiError(422, f"`{field}` is malformed: {type(e).__name__}: {e}", field,
                        None) from None
     return prob
+
+
+def rules(ties: list[str] | None, fix: list[str] | None, *, candidate_bits: list[int],
+          problem: Problem | None = None, field: str = "body") -> Problem | None:
+    """Tie and pin rules (`body.ties`, `body.fix`): their syntax, each pinned width among the
+    candidate bits and, given a problem, every rule against its layers; returns the problem
+    with the rules applied (None without one). A model job's layers are known only to its
+    worker, where a rule matching none fails the job."""
+    from allocator import apply_rules, parse_rules
+    from allocator._rules import RuleError
+
+    try:
+        parsed = parse_rules(ties, fix, tie_option=f"{field}.ties",
+                             fix_option=f"{field}.fix", indexed=True)
+        for rule in parsed.fix:
+            if rule.bits not in candidate_bits:
+                raise RuleError(f"`{rule.option}` {rule.text!r}: {rule.bits} bits is not a "
+                                f"candidate width (candidates: {candidate_bits}).",
+                                rule.option, rule.text)
+        return None if problem is None else apply_rules(problem, parsed)
+    except RuleError as e:
+        where = e.option if e.option and e.option.startswith(field) else f"{field}.ties"
+        raise ApiError(422, str(e), where, e.text) from None

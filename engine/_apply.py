@@ -19,7 +19,7 @@ from torch import nn
 
 from engine._digest import hash_tensors
 from engine._errors import InvalidSpecError, UnknownLayerError
-from engine._gptq import bias_correction, gptq, group_qparams
+from engine._gptq import bias_correction, gptq_many, group_qparams
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
 from engine._platform import configure_runtime
@@ -38,14 +38,16 @@ CONFIG_FILE = "bitconfig.json"
 def scheme_for(config: BitConfig, bits: int) -> QuantScheme:
     """The quantization scheme a config gives a layer of `bits` bits.
 
-    8 bits is always per channel, and symmetric in W8A8 configs (the native int8 kernels'
-    format); weight-only 8-bit layers run dequant, so they follow the config's `symmetric`
-    (asymmetric scales fit skewed channels, such as depthwise filters, more finely).
-    Narrower widths follow the config's `symmetric` and `group_size`.
+    8 bits is per channel unless `group_size_8bit` says otherwise, and symmetric in W8A8
+    configs (the native int8 kernels' format); weight-only 8-bit layers run dequant, so they
+    follow the config's `symmetric` (asymmetric scales fit skewed channels, such as depthwise
+    filters, more finely) unless `symmetric_8bit` overrides it (export targets such as GGUF
+    Q8_0). Narrower widths follow the config's `symmetric` and `group_size`.
     """
     if bits == 8:
-        return QuantScheme(8, symmetric=config.symmetric or config.activation_bits == 8,
-                           group_size=None)
+        symmetric = (config.symmetric or config.activation_bits == 8
+                     if config.symmetric_8bit is None else config.symmetric_8bit)
+        return QuantScheme(8, symmetric=symmetric, group_size=config.group_size_8bit)
     return QuantScheme(bits, symmetric=config.symmetric, group_size=config.group_size)
 
 
@@ -133,10 +135,11 @@ def apply(
             chunk = chunks.pop(0)
             need = [n for n in chunk
                     if memo is None or not memo.has(n, config.bits[n], reference_modules[n])]
+            stats = {}  # the last chunk's sums go before the next ones are gathered
             stats = collect_input_stats(reference, {n: reference_modules[n] for n in need},
-                                        batches) if need else {}
+                                        batches, stop_early=True) if need else {}
         q = _quantize_module(name, modules[name], config, config.bits[name], smoothing.get(name),
-                             stats.get(name), kernel, act_quant, memo)
+                             stats.pop(name, None), kernel, act_quant, memo)
         q.to(modules[name].weight.device)
         _set_submodule(target, name, q)
     target.eval()
@@ -190,13 +193,20 @@ def quantize_candidates(
         if chunks and name == chunks[0][0]:
             need = [n for n in chunks.pop(0)
                     if memo is None or not all(memo.has(n, b, modules[n]) for b in widths)]
+            stats = {}  # the last chunk's sums go before the next ones are gathered
             stats = collect_input_stats(model, {n: modules[n] for n in need},
-                                        batches) if need else {}
+                                        batches, stop_early=True) if need else {}
+        module = modules[name]
+        own = stats.pop(name, None)  # freed once the layer is rounded
+        missing = [b for b in widths if memo is None or not memo.has(name, b, module)]
+        fresh = _round(name, module, config, missing, None, own) if missing else {}
         out = {}
         for b in widths:
-            q = _quantize_module(name, modules[name], config, b, None, stats.get(name), kernel,
-                                 False, memo)
-            out[b] = q.to(modules[name].weight.device)
+            if b in fresh and memo is not None:
+                memo.put(name, b, module.weight, fresh[b])
+            q = _quantize_module(name, module, config, b, None, own, kernel, False, memo,
+                                 fresh.get(b))
+            out[b] = q.to(module.weight.device)
         yield name, out
 
 
@@ -341,13 +351,16 @@ def _quantize_module(
     name: str, module: nn.Linear | nn.Conv2d, config: BitConfig, bits: int,
     factors: torch.Tensor | None, stats: InputStats | None, kernel: str, act_quant: bool,
     memo: _MemoContext | None = None,
+    rounded: tuple[QuantizedWeight, torch.Tensor | None] | None = None,
 ) -> QuantizedLayer:
     """One float layer -> its quantized module, with the config's rounding method (its
-    rounded weight from `memo` when this process rounded it the same way before)."""
+    rounded weight given as `rounded`, or from `memo` when this process rounded it the
+    same way before)."""
     conv = ConvGeometry.of(module)
-    rounded = memo.get(name, bits, module.weight) if memo is not None else None
+    if rounded is None and memo is not None:
+        rounded = memo.get(name, bits, module.weight)
     if rounded is None:
-        rounded = _round(name, module, config, bits, factors, stats)
+        rounded = _round(name, module, config, [bits], factors, stats)[bits]
         if memo is not None:
             memo.put(name, bits, module.weight, rounded)
     qweight, bias = rounded
@@ -359,11 +372,12 @@ def _quantize_module(
 
 
 def _round(
-    name: str, module: nn.Linear | nn.Conv2d, config: BitConfig, bits: int,
+    name: str, module: nn.Linear | nn.Conv2d, config: BitConfig, widths: Sequence[int],
     factors: torch.Tensor | None, stats: InputStats | None,
-) -> tuple[QuantizedWeight, torch.Tensor | None]:
-    """A float layer's quantized weight and (bias-corrected) bias."""
-    scheme = scheme_for(config, bits)
+) -> dict[int, tuple[QuantizedWeight, torch.Tensor | None]]:
+    """A float layer's quantized weight and (bias-corrected) bias at each of `widths` (GPTQ
+    rounds every width in one pass: `gptq_many`)."""
+    schemes = {b: scheme_for(config, b) for b in widths}
     weight = module.weight.detach().float()
     conv = ConvGeometry.of(module)
     if factors is not None:  # SmoothQuant: work in the smoothed domain x' = x / s, W' = W s
@@ -377,23 +391,28 @@ def _round(
             inv = (1.0 / factors).double()
             hessian = hessian * inv[None, :, None] * inv[None, None, :]
             mean = mean * inv[None, :]
-    scales = zeros = codes = None
+    rounded: dict[int, tuple[Any, Any, Any]] = dict.fromkeys(widths, (None, None, None))
     if config.rounding == "gptq":
-        codes, scales, zeros = gptq(w3, _calibrated(name, hessian), scheme,
-                                    clip_search=config.clip_search)
+        many = gptq_many(w3, _calibrated(name, hessian), list(schemes.values()),
+                         clip_search=config.clip_search)
+        rounded = {b: (s, z, c) for b, (c, s, z) in zip(widths, many, strict=True)}
     elif config.clip_search:
         col_weight = None if hessian is None else hessian.diagonal(dim1=1, dim2=2).mean(0)
         if n_groups > 1:
             col_weight = None  # per-group Hessians differ; plain MSE
-        scales, zeros = group_qparams(weight.reshape(weight.shape[0], -1), scheme,
-                                      clip_search=True, col_weight=col_weight)
-    qweight = quantize(weight, scheme, scales=scales, zeros=zeros, codes=codes)
-    bias = module.bias.detach().float() if module.bias is not None else None
-    if config.bias_correction:
-        delta = (qweight.dequantize() - weight).reshape(w3.shape)
-        shift = bias_correction(delta, _calibrated(name, mean)).float()
-        bias = -shift if bias is None else bias - shift
-    return qweight, bias
+        rounded = {b: (*group_qparams(weight.reshape(weight.shape[0], -1), scheme,
+                                      clip_search=True, col_weight=col_weight), None)
+                   for b, scheme in schemes.items()}
+    out = {}
+    for b, (scales, zeros, codes) in rounded.items():
+        qweight = quantize(weight, schemes[b], scales=scales, zeros=zeros, codes=codes)
+        bias = module.bias.detach().float() if module.bias is not None else None
+        if config.bias_correction:
+            delta = (qweight.dequantize() - weight).reshape(w3.shape)
+            shift = bias_correction(delta, _calibrated(name, mean)).float()
+            bias = -shift if bias is None else bias - shift
+        out[b] = (qweight, bias)
+    return out
 
 
 def _calibrated(name: str, stat: torch.Tensor | None) -> torch.Tensor:

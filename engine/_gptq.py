@@ -9,6 +9,8 @@ group (G = 1 for linears, G = channels for depthwise convs).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from engine._quantizer import QuantScheme, compute_qparams
@@ -70,11 +72,15 @@ def _inverse_hessian_factor(h: torch.Tensor) -> torch.Tensor:
     raise RuntimeError("GPTQ: the input Hessian is not positive definite even when dampened.")
 
 
+Rounded = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+"""codes (G*R, K) uint8, scales (G*R, ng) float32, zeros (G*R, ng) uint8 or None."""
+
+
 @torch.no_grad()
 def gptq(
     weight: torch.Tensor, hessian: torch.Tensor, scheme: QuantScheme, *,
     clip_search: bool = False, act_order: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> Rounded:
     """GPTQ rounding of a grouped weight.
 
     Args:
@@ -91,75 +97,119 @@ def gptq(
         codes (G*R, K) uint8, scales (G*R, ng) and zeros (G*R, ng) or None, in the engine's
         quantizer format (rows of all groups stacked).
     """
+    return gptq_many(weight, hessian, [scheme], clip_search=clip_search,
+                     act_order=act_order)[0]
+
+
+@torch.no_grad()
+def gptq_many(
+    weight: torch.Tensor, hessian: torch.Tensor, schemes: Sequence[QuantScheme], *,
+    clip_search: bool = False, act_order: bool = True,
+) -> list[Rounded]:
+    """`gptq` of one weight under several schemes (e.g. every candidate bit-width) at once:
+    the Hessian's factorization is shared and the column loop, whose cost is mostly
+    per-step overhead, runs once for all schemes, each result the same as `gptq` alone.
+
+    Scales come from the weights before any update when `act_order` is on or a scheme has
+    one scale per channel ("static groups"); schemes with groups rounded in natural order
+    take their scales from the updated columns as they are reached, one scheme at a time.
+    """
+    if not schemes:
+        return []
+    static = act_order or all(s.group_size is None for s in schemes)
+    if not static and len(schemes) > 1:
+        return [gptq_many(weight, hessian, [s], clip_search=clip_search, act_order=False)[0]
+                for s in schemes]
     n_problems, rows, k = weight.shape
-    w = weight.detach().double().clone()
     h = hessian.detach().double().clone()
     diag = h.diagonal(dim1=1, dim2=2)
     dead = diag == 0  # inputs that never fire: any value works, keep them out of H
     diag[dead] = 1.0
+    w = weight.detach().double().clone()
     w.masked_fill_(dead[:, None, :], 0.0)
-
-    g = scheme.effective_group_size(k)
-    ng = scheme.n_groups(k)
-    scales = torch.zeros(n_problems, rows, ng, dtype=torch.float32)
-    zeros = None if scheme.symmetric else torch.zeros(n_problems, rows, ng, dtype=torch.uint8)
     col_weight = diag.float().mean(0)
+    p = len(schemes)
 
-    def fill_qparams(cols: torch.Tensor, gi: int) -> None:
-        flat = cols.reshape(n_problems * rows, -1).float()
-        sub = QuantScheme(scheme.bits, scheme.symmetric, None)
-        cw = col_weight[gi * g : gi * g + cols.shape[-1]]
-        s, z = group_qparams(flat, sub, clip_search=clip_search, col_weight=cw)
-        scales[:, :, gi] = s.view(n_problems, rows)
-        if zeros is not None and z is not None:  # asymmetric: both
-            zeros[:, :, gi] = z.view(n_problems, rows)
-
-    static_groups = scheme.group_size is None or act_order
-    if static_groups:
-        for gi in range(ng):
-            fill_qparams(w[:, :, gi * g : (gi + 1) * g], gi)
+    # Per scheme: scales and zeros (G, R, ng); static ones from the unrounded weights.
+    scales = [torch.zeros(n_problems, rows, s.n_groups(k), dtype=torch.float32)
+              for s in schemes]
+    zeros = [None if s.symmetric else torch.zeros(n_problems, rows, s.n_groups(k),
+                                                  dtype=torch.uint8) for s in schemes]
+    if static:
+        for scheme, sc, ze in zip(schemes, scales, zeros, strict=True):
+            qs, qz = group_qparams(w.reshape(n_problems * rows, k).float(), scheme,
+                                   clip_search=clip_search, col_weight=col_weight)
+            sc.copy_(qs.view(n_problems, rows, -1))
+            if ze is not None and qz is not None:
+                ze.copy_(qz.view(n_problems, rows, -1))
     perm = None
     if act_order:
         perm = torch.argsort(diag, dim=1, descending=True)  # (G, K)
         w = torch.gather(w, 2, perm[:, None, :].expand(-1, rows, -1))
         h = torch.gather(torch.gather(h, 1, perm[:, :, None].expand(-1, -1, k)), 2,
                          perm[:, None, :].expand(-1, k, -1))
-    u = _inverse_hessian_factor(h)
-    # original column index of each position (per problem)
+    u = _inverse_hessian_factor(h)  # (G, K, K), shared by every scheme
     original = perm if perm is not None else torch.arange(k).expand(n_problems, k)
-    group_of = original // g  # (G, K)
 
-    lo = 1 if scheme.symmetric else 0
-    codes = torch.zeros(n_problems, rows, k, dtype=torch.uint8)
-    block = g * max(1, BLOCK // g) if not static_groups else BLOCK
-    s_all = scales.double()
-    z_all = zeros.double() if zeros is not None else torch.full_like(s_all, scheme.offset)
+    def per_column(values: list[torch.Tensor], scheme_of: list[QuantScheme]) -> torch.Tensor:
+        """(P*G, R, K) float64: each column's scale (or zero point), in rounding order."""
+        out = []
+        for v, s in zip(values, scheme_of, strict=True):
+            group_of = (original // s.effective_group_size(k))[:, None, :].expand(-1, rows, -1)
+            out.append(torch.gather(v.double(), 2, group_of))
+        return torch.cat(out)
+
+    def zero_points() -> list[torch.Tensor]:
+        return [z if z is not None else torch.full_like(sc, s.offset)
+                for s, sc, z in zip(schemes, scales, zeros, strict=True)]
+
+    s_cols = per_column(list(scales), list(schemes)) if static else None
+    z_cols = per_column(zero_points(), list(schemes)) if static else None
+    # Every scheme's problems stacked: (P*G, R, K); limits per stacked problem.
+    w = w.repeat(p, 1, 1)
+    lo = torch.tensor([1.0 if s.symmetric else 0.0 for s in schemes],
+                      dtype=torch.float64).repeat_interleave(n_problems)[:, None]
+    hi = torch.tensor([float(s.qmax) for s in schemes],
+                      dtype=torch.float64).repeat_interleave(n_problems)[:, None]
+    codes = torch.zeros(p * n_problems, rows, k, dtype=torch.uint8)
+    g = schemes[0].effective_group_size(k)
+    block = BLOCK if static else g * max(1, BLOCK // g)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1 = w[:, :, i1:i2].clone()
         err1 = torch.zeros_like(w1)
-        u1 = u[:, i1:i2, i1:i2]
+        u1 = u[:, i1:i2, i1:i2].repeat(p, 1, 1)
         for i in range(i2 - i1):
             col = i1 + i
-            if not static_groups and col % g == 0:
-                fill_qparams(w1[:, :, i : i + g], col // g)
-                s_all = scales.double()
-                z_all = (zeros.double() if zeros is not None
-                         else torch.full_like(s_all, scheme.offset))
-            group = group_of[:, col][:, None, None].expand(-1, rows, 1)  # (G, R, 1)
-            s = torch.gather(s_all, 2, group)[..., 0]
-            z = torch.gather(z_all, 2, group)[..., 0]
-            q = (torch.round(w1[:, :, i] / s) + z).clamp_(lo, scheme.qmax)
+            if not static and col % g == 0:  # one scheme here
+                qs, qz = group_qparams(w1[:, :, i : i + g].reshape(n_problems * rows, -1)
+                                       .float(), QuantScheme(schemes[0].bits,
+                                                             schemes[0].symmetric, None),
+                                       clip_search=clip_search,
+                                       col_weight=col_weight[col : col + g])
+                scales[0][:, :, col // g] = qs.view(n_problems, rows)
+                if zeros[0] is not None and qz is not None:
+                    zeros[0][:, :, col // g] = qz.view(n_problems, rows)
+                s_cols = per_column(list(scales), list(schemes))
+                z_cols = per_column(zero_points(), list(schemes))
+            assert s_cols is not None and z_cols is not None
+            s_col, z_col = s_cols[:, :, col], z_cols[:, :, col]
+            q = torch.clamp(torch.round(w1[:, :, i] / s_col) + z_col, lo, hi)
             codes[:, :, col] = q.to(torch.uint8)
-            e = (w1[:, :, i] - (q - z) * s) / u1[:, i, i][:, None]
+            e = (w1[:, :, i] - (q - z_col) * s_col) / u1[:, i, i][:, None]
             w1[:, :, i:] -= e[:, :, None] * u1[:, i, i:][:, None, :]
             err1[:, :, i] = e
-        w[:, :, i2:] -= torch.bmm(err1, u[:, i1:i2, i2:])
+        w[:, :, i2:] -= (err1.view(p, n_problems, rows, -1)
+                         @ u[None, :, i1:i2, i2:]).view(p * n_problems, rows, -1)
     if perm is not None:  # back to the original column order
-        inverse = torch.argsort(perm, dim=1)
+        inverse = torch.argsort(perm, dim=1).repeat(p, 1)
         codes = torch.gather(codes, 2, inverse[:, None, :].expand(-1, rows, -1))
-    out_z = None if zeros is None else zeros.reshape(-1, ng)
-    return codes.reshape(-1, k), scales.reshape(-1, ng), out_z
+    codes = codes.view(p, n_problems * rows, k)
+    out: list[Rounded] = []
+    for i, (sc, ze) in enumerate(zip(scales, zeros, strict=True)):
+        out.append((codes[i], sc.reshape(-1, sc.shape[-1]),
+                    None if ze is None else ze.reshape(-1, ze.shape[-1])))
+    return out
 
 
 def bias_correction(

@@ -101,46 +101,71 @@ def collect_input_stats(
 ) -> dict[str, InputStats]:
     """Runs `batches` through `model` and returns the input sums of each named module.
 
+    Layers fed the very same input tensor one after another (an attention block's q, k and
+    v; an MLP's gate and up projections) share one computation of its sums.
+
     Args:
         model: The model to run (float, or partly quantized for sequential calibration).
         modules: Name -> module inside `model` (nn.Linear / nn.Conv2d or their quantized
             versions) whose inputs are summed.
         batches: Inputs in `call_model` form.
-        stop_early: With a single module, end each forward pass right after its input was
-            seen (the rest of the model is not needed); only for modules called once.
+        stop_early: End each forward pass once every module has seen its input (the rest of
+            the model is not needed). For a single module, right after its first call (only
+            for modules called once); for several, only when each was called exactly once
+            in the first, whole, pass, and then at the last one's call in later passes.
     """
-    stop_early = stop_early and len(modules) == 1
+    single = stop_early and len(modules) == 1
     stats: dict[str, InputStats] = {}
-    state: dict[str, torch.Tensor | None] = {"mask": None}
+    state: dict[str, Any] = {"mask": None, "last": None}
+    calls: dict[str, int] = dict.fromkeys(modules, 0)
+    waiting: set[str] = set()  # modules not yet called in this pass (when stopping early)
+
+    def sums(x: torch.Tensor, geometry: ConvGeometry | None
+             ) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+        last = state["last"]
+        if (last is not None and last[0] is x and last[1] == x._version
+                and last[2] == geometry and last[3] is state["mask"]):
+            return (*last[4:], True)
+        rows = layer_rows(x.detach().float(), geometry, state["mask"])
+        # float32 products per batch, float64 sums across batches
+        xtx = torch.bmm(rows.transpose(1, 2), rows).double()
+        x_sum = rows.sum(1, dtype=torch.float64)
+        state["last"] = (x, x._version, geometry, state["mask"], xtx, x_sum, rows.shape[1])
+        return xtx, x_sum, rows.shape[1], False
 
     def hook_for(name: str, module: nn.Module) -> Callable[[nn.Module, tuple], None]:
         geometry = ConvGeometry.of(module)
 
         def hook(_m: nn.Module, args: tuple) -> None:
-            rows = layer_rows(args[0].detach().float(), geometry, state["mask"])
-            # float32 products per batch, float64 sums across batches
-            xtx = torch.bmm(rows.transpose(1, 2), rows).double()
-            x_sum = rows.sum(1, dtype=torch.float64)
+            xtx, x_sum, n_rows, shared = sums(args[0], geometry)
             s = stats.get(name)
-            if s is None:
-                stats[name] = InputStats(xtx, x_sum, rows.shape[1])
+            if s is None:  # a shared sum is copied: each module's sums grow in place
+                stats[name] = InputStats(xtx.clone() if shared else xtx,
+                                         x_sum.clone() if shared else x_sum, n_rows)
             else:
                 s.xtx += xtx
                 s.x_sum += x_sum
-                s.rows += rows.shape[1]
-            if stop_early:
+                s.rows += n_rows
+            calls[name] += 1
+            waiting.discard(name)
+            if single or (stop_early and not waiting and first_pass_done[0]):
                 raise _StopForward
         return hook
 
+    first_pass_done = [False]
     handles = [m.register_forward_pre_hook(hook_for(n, m)) for n, m in modules.items()]
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
             mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
             state["mask"] = mask
+            if i == 1 and stop_early and not single:
+                first_pass_done[0] = all(c == 1 for c in calls.values())
+            waiting = set(modules) if first_pass_done[0] else set()
             try:
                 call_model(model, batch)
             except _StopForward:
                 pass
+            state["last"] = None
     finally:
         for h in handles:
             h.remove()

@@ -156,11 +156,17 @@ class BitConfig(JsonFormat):
             inputs to 8 bits (per row for linears, per tensor for convs); None: activations
             stay float (weight-only; 8-bit layers then run dequant). Also used for BOPs.
         group_size: Group size of the per-group scales for layers below 8 bits (32, 64,
-            128 or 256); None means one scale per output channel. 8-bit layers always use
-            per-channel scales.
+            128 or 256); None means one scale per output channel. 8-bit layers follow
+            `group_size_8bit` instead.
         symmetric: Symmetric (no zero point) scales. 8-bit layers of W8A8 configs are
             always symmetric (the native format of the int8 kernels); in weight-only configs
             they follow this flag too, since they run dequant either way.
+        group_size_8bit: Group size of 8-bit layers' scales (32, 64, 128 or 256); None (the
+            default) means one scale per output channel. Set by export targets whose 8-bit
+            format is block-wise (GGUF Q8_0: blocks of 32); weight-only configs only.
+        symmetric_8bit: Symmetry of 8-bit layers, overriding the rule under `symmetric`;
+            None (the default) keeps that rule. Set by export targets whose 8-bit format has
+            no zero point (GGUF Q8_0); cannot be False in W8A8 configs.
         rounding: How integers are chosen: `"rtn"` (round to nearest) or `"gptq"` (error
             feedback through the layer's input Hessian; needs calibration data).
         bias_correction: Whether the mean output shift of the rounding error is removed.
@@ -189,6 +195,8 @@ class BitConfig(JsonFormat):
     activation_bits: int | None = 8
     group_size: int | None = 128
     symmetric: bool = False
+    group_size_8bit: int | None = None
+    symmetric_8bit: bool | None = None
     rounding: str = "rtn"
     bias_correction: bool = False
     clip_search: bool = False
@@ -219,6 +227,7 @@ class BitConfig(JsonFormat):
                 f"`group_size` must be one of {SUPPORTED_GROUP_SIZES} or null, "
                 f"got {self.group_size!r}."
             )
+        self._check_8bit_scheme()
         if self.rounding not in ROUNDINGS:
             raise InvalidSpecError(
                 f"`rounding` must be one of {ROUNDINGS}, got {self.rounding!r}.")
@@ -233,6 +242,26 @@ class BitConfig(JsonFormat):
         object.__setattr__(self, "budgets", tuple(self.budgets))
         object.__setattr__(self, "cost", dict(self.cost))
         object.__setattr__(self, "extra", dict(self.extra))
+
+    def _check_8bit_scheme(self) -> None:
+        """The 8-bit overrides: a supported group size, and none that W8A8 kernels (per
+        channel, symmetric) cannot run."""
+        size = self.group_size_8bit
+        if size is not None and size not in SUPPORTED_GROUP_SIZES:
+            raise InvalidSpecError(
+                f"`group_size_8bit` must be one of {SUPPORTED_GROUP_SIZES} or null, "
+                f"got {self.group_size_8bit!r}.")
+        if self.symmetric_8bit is not None and not isinstance(self.symmetric_8bit, bool):
+            raise InvalidSpecError(
+                f"`symmetric_8bit` must be true, false or null, got {self.symmetric_8bit!r}.")
+        if self.activation_bits == 8 and self.group_size_8bit is not None:
+            raise InvalidSpecError(
+                f"`group_size_8bit` {self.group_size_8bit} needs weight-only 8-bit layers "
+                "(`activation_bits` null): W8A8 kernels take one scale per output channel.")
+        if self.activation_bits == 8 and self.symmetric_8bit is False:
+            raise InvalidSpecError(
+                "`symmetric_8bit` false needs weight-only 8-bit layers (`activation_bits` "
+                "null): W8A8 kernels take symmetric weights.")
 
     @classmethod
     def calibrated(cls, bits: Mapping[str, int], **kwargs: Any) -> BitConfig:
@@ -312,6 +341,12 @@ class BitConfigDocument(Document):
         description="Group size of the scales below 8 bits; null: one per output channel.")
     symmetric: StrictBool = Field(_default("symmetric"),
                                   description="Symmetric scales (no zero point).")
+    group_size_8bit: GroupSize | None = Field(
+        _default("group_size_8bit"),
+        description="Group size of 8-bit layers' scales; null: one per output channel.")
+    symmetric_8bit: StrictBool | None = Field(
+        _default("symmetric_8bit"),
+        description="Symmetry of 8-bit layers; null: `symmetric`, and always in W8A8.")
     rounding: Rounding = Field(_default("rounding"),
                                 description="How weights are rounded to integers.")
     bias_correction: StrictBool = Field(_default("bias_correction"),

@@ -455,8 +455,16 @@ class HfModelSpec(ModelSpec):
                     "top1_agreement": agree_sum / positions}
         return {"agreement": agree_sum / positions, "kl": kl_sum / positions}
 
+    def example_inputs(self) -> Any:
+        """The first evaluation batch's inputs, without running the FP32 model for its
+        reference outputs (an LLM's are 25 MB per window: made when first evaluated)."""
+        if self._evaluation is not None:
+            return self._evaluation[0].inputs
+        first = self._inputs(self._split()[1])[0]
+        return {k: v.to(self.device) for k, v in first.items()}
+
     def latency_batch(self) -> Any:
-        return self.evaluation_batches()[0].inputs
+        return self.example_inputs()
 
 
 def _log_probs(reference: torch.Tensor) -> torch.Tensor:

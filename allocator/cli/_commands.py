@@ -18,6 +18,7 @@ from rich.table import Table
 
 import allocator
 from allocator._project import PROJECT_FILE, LoadedProject, load_project
+from allocator._rules import Rules, apply_rules, parse_rules
 from allocator.cli import _render as render
 from allocator.cli._app import app
 from allocator.cli._config import NO_MODEL_HINT, choose_model, require_model
@@ -38,6 +39,7 @@ from allocator.cli._options import (
     Estimator,
     EstimatorTimeLimit,
     FixedBudgets,
+    Fixes,
     FrontOut,
     GroupSize,
     LayersOf,
@@ -59,6 +61,7 @@ from allocator.cli._options import (
     SensitivityOut,
     SolverName,
     SolveTimeLimit,
+    Ties,
     UniformBits,
     WeightOnlyChoice,
     WeightOnlyFlag,
@@ -66,7 +69,7 @@ from allocator.cli._options import (
     exactly_one,
     parse_bits,
 )
-from engine import BitConfig, CLIUsageError, check_bits
+from engine import AllocatorError, BitConfig, CLIUsageError, check_bits
 
 REWARDS = ("proxy", "measured")
 
@@ -206,18 +209,44 @@ def _budgets(project: LoadedProject, budget: list[str] | None) -> list[str]:
     return list(budgets)
 
 
+def _rules(project: LoadedProject, tie: list[str] | None, fix: list[str] | None,
+           from_project: bool) -> Rules:
+    """`--tie` and `--fix`, each else the project's `tie` / `fix` (with a model: layer
+    names belong to the project's model, not to a problem file)."""
+    where = f"{project.source} `%s`"
+    ties = tie or (project.value("tie") if from_project else None)
+    fixes = fix or (project.value("fix") if from_project else None)
+    return parse_rules(ties, fixes, tie_option="--tie" if tie else where % "tie",
+                       fix_option="--fix" if fix else where % "fix")
+
+
+def _say_rules(summary: dict[str, Any] | None) -> None:
+    """One stderr line on the ties and pins the answer kept; exit 1 when one broke (a
+    solver bug: the answer must not be used)."""
+    if summary is None:
+        return
+    counts = (f"{summary['ties']} tie group(s) of {summary['tied_layers']} layers, "
+              f"{summary['fixed']} pinned layer(s)")
+    if summary["held"]:
+        render.log(f"rules held: {counts}")
+        return
+    raise AllocatorError(f"rules broken ({counts}): "
+                         + "; ".join(summary.get("broken", [])[:5]))
+
+
 @app.command()
 def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineModel = None,
           solver: SolverName = None, bits: BitList = None, seed: Seed = None,
           time_limit: SolveTimeLimit = None, estimator: PipelineEstimator = None,
           rounding: Rounding = None, weight_only: WeightOnlyChoice = None,
           reward: Reward = "proxy", device: Device = "auto", data: DataFile = None,
-          weights: WeightsFile = None,
+          weights: WeightsFile = None, tie: Ties = None, fix: Fixes = None,
           as_json: AsJson = False, out: ConfigOut = None) -> None:
     """Choose per-layer bit-widths under the budgets (exit 3 when they cannot be met)."""
     project = load_project()
     spec = _source(project, problem, model, data, weights, device)
     budgets = _budgets(project, budget)
+    rules = _rules(project, tie, fix, from_project=spec is not None)
     solver = project.pick("solver", solver)
     seed = project.pick("seed", seed)
     time_limit = project.pick("time_limit_s", time_limit)
@@ -226,16 +255,22 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
     if spec is None:
         assert problem is not None  # _source: exactly one of the two
         report = allocator.solve_problem(_load_problem(problem, bits), budgets, solver=solver,
-                                         seed=seed, time_limit_s=time_limit)
+                                         seed=seed, time_limit_s=time_limit, rules=rules)
     else:
+        from allocator._pipeline import rules_layout
+
+        candidates = _model_bits(project, bits)
+        if rules:  # a rule that does not fit the model fails before any work
+            rules_layout(spec, candidates, rules)
         with render.status(f"{spec.name}: sensitivity, solve, apply, measure..."):
             report = allocator.solve(
-                spec, budgets, solver=solver, bits=_model_bits(project, bits), seed=seed,
+                spec, budgets, solver=solver, bits=candidates, seed=seed,
                 estimator=project.pick("estimator", estimator),
                 rounding=project.pick("rounding", rounding),
                 weight_only=project.pick("weight_only", weight_only),
                 **_group_size(project, None), time_limit_s=time_limit,
-                solver_options=options, progress=not as_json, log=render.log)
+                solver_options=options, rules=rules, progress=not as_json, log=render.log)
+    _say_rules(report.rules)
     if out is not None:
         with writing("--out", out):
             render.write_json(out, report.config.to_dict())
@@ -249,10 +284,14 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
            points: Points = 20, budget: FixedBudgets = None, bits: BitList = None,
            estimator: PipelineEstimator = None, seed: Seed = None, rounding: Rounding = None,
            weight_only: WeightOnlyChoice = None, device: Device = "auto", data: DataFile = None,
-           weights: WeightsFile = None, as_json: AsJson = False, out: FrontOut = None) -> None:
+           weights: WeightsFile = None, tie: Ties = None, fix: Fixes = None,
+           as_json: AsJson = False, out: FrontOut = None) -> None:
     """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
+    from allocator._pipeline import front_rules, rules_layout
+
     project = load_project()  # its `budget` is solve's: pareto's --budget holds costs fixed
     spec = _source(project, problem, model, data, weights, device)
+    rules = _rules(project, tie, fix, from_project=spec is not None)
     check_output("--out", out)
     check_output("--png", png)
     if spec is None:
@@ -260,23 +299,32 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
         if png is not None:
             raise CLIUsageError("`--png` applies with `--model` (a problem file has no "
                                 "measured points to plot).")
-        front = allocator.pareto_front(_load_problem(problem, bits), axis, points,
+        solved = apply_rules(_load_problem(problem, bits), rules)
+        front = allocator.pareto_front(solved, axis, points,
                                        budgets=allocator.parse_budgets(budget or []))
         document = render.front_document(front, [])
+        held = front_rules(front, solved)
     else:
+        candidates = _model_bits(project, bits)
+        # the model's ties and pins, checked before any work (a bad rule fails at once)
+        layout = rules_layout(spec, candidates, rules) if rules else None
         with render.status(f"{spec.name}: sensitivity, front, measuring points..."):
             front, measured = allocator.pareto(
                 spec, axis=axis, points=points, measure_points=measure, budgets=budget or [],
-                bits=_model_bits(project, bits),
+                bits=candidates, rules=rules,
                 estimator=project.pick("estimator", estimator),
                 seed=project.pick("seed", seed), rounding=project.pick("rounding", rounding),
                 weight_only=project.pick("weight_only", weight_only),
                 **_group_size(project, None), progress=not as_json)
         document = render.front_document(front, measured)
+        held = None if layout is None else front_rules(front, layout)
         png = png or (out.removesuffix(".json") + ".png" if out else None)
         if png:  # the folder of --out was checked; a png beside it is writable too
             with writing("--png", png):
                 allocator.plot_front(front, measured, spec.primary_metric, png)
+    if held is not None:
+        document["rules"] = held
+    _say_rules(held)
     if out is not None:
         with writing("--out", out):
             render.write_json(out, document)

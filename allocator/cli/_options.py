@@ -161,6 +161,15 @@ Points = Annotated[int, typer.Option("--points", callback=_int_range(2, 1000),
                                      help="Budget values swept.")]
 FrontOut = Annotated[str | None, typer.Option(
     "--out", help="Write the allocator.pareto/1 JSON here.")]
+Ties = Annotated[list[str] | None, typer.Option(
+    "--tie", metavar="RULE",
+    help="Layers that take one bit-width: re:REGEX (grouped per block: q/k/v of block N "
+    "together, e.g. 're:\\.(q|k|v)_proj$') or a,b,c; repeatable (default: the project "
+    "file's `tie`, with --model).")]
+Fixes = Annotated[list[str] | None, typer.Option(
+    "--fix", metavar="RULE",
+    help="Pin layers to a bit-width: NAME=BITS, a,b=BITS or re:REGEX=BITS (e.g. lm_head=8); "
+    "repeatable (default: the project file's `fix`, with --model).")]
 
 # profile
 Batch = Annotated[int | None, typer.Option(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from allocator.testing import TinyCNN
 from engine import BitConfig, InvalidSpecError, QuantScheme, apply, load_quantized, quantize
-from engine._gptq import gptq, group_qparams
+from engine._gptq import gptq, gptq_many, group_qparams
 from engine._stats import ConvGeometry, collect_input_stats, layer_rows
 
 
@@ -41,6 +41,26 @@ def test_gptq_output_error_never_above_rtn(seed, scheme):
     for act_order in (False, True):
         err_gptq = _output_error(w, _gptq_weight(w, x, scheme, act_order=act_order), x)
         assert err_gptq <= _output_error(w, rtn, x) * 1.0001
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_of_many_schemes_equals_each_alone(act_order):
+    """One pass over several schemes (shared factorization, stacked column loop) gives
+    each scheme exactly what `gptq` gives it alone, dead inputs and conv groups included."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 8, 40, generator=gen)
+    x = torch.randn(3, 120, 40, generator=gen)
+    h = (2.0 / 120) * (x.double().transpose(1, 2) @ x.double())
+    h[:, 7, :] = 0
+    h[:, :, 7] = 0
+    schemes = [QuantScheme(2, False, 32), QuantScheme(4, True, 32), QuantScheme(8, True, None),
+               QuantScheme(3, False, None)]
+    many = gptq_many(w, h, schemes, clip_search=True, act_order=act_order)
+    for scheme, got in zip(schemes, many, strict=True):
+        alone = gptq(w, h, scheme, clip_search=True, act_order=act_order)
+        assert torch.equal(got[0], alone[0]) and torch.equal(got[1], alone[1])
+        assert (got[2] is None) == (alone[2] is None)
+        assert got[2] is None or torch.equal(got[2], alone[2])
 
 
 def test_one_column_gptq_is_rtn():
@@ -282,3 +302,39 @@ def test_calibrated_rounding_names_a_layer_the_batches_never_reach(rounding, bia
                     bias_correction=bias_correction, activation_bits=None)
     with pytest.raises(InvalidSpecError, match="'unused' never ran on the calibration"):
         apply(Unused(), cfg, calibration=[torch.randn(4, 8)])
+
+
+class _Forked(torch.nn.Module):
+    """Two layers fed the same tensor (like q/k/v), then two more in sequence; counts how
+    often its last layer runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(6, 5)
+        self.b = torch.nn.Linear(6, 5)
+        self.c = torch.nn.Linear(10, 4)
+        self.d = torch.nn.Linear(4, 3)
+        self.d_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.a(x), self.b(x)], dim=-1)
+        y = self.c(h)
+        self.d_calls += 1
+        return self.d(y)
+
+
+def test_input_stats_shared_inputs_and_early_stop_equal_a_whole_pass():
+    torch.manual_seed(0)
+    model = _Forked().eval()
+    batches = [torch.randn(7, 6) for _ in range(4)]
+    modules = {n: getattr(model, n) for n in ("a", "b", "c")}
+    separate = {n: collect_input_stats(model, {n: m}, batches) for n, m in modules.items()}
+    model.d_calls = 0
+    together = collect_input_stats(model, modules, batches, stop_early=True)
+    # the first pass is whole (it learns that each layer runs once); later ones stop at `c`
+    assert model.d_calls == 1
+    for n in modules:
+        assert torch.allclose(together[n].xtx, separate[n][n].xtx, rtol=0, atol=1e-12)
+        assert torch.allclose(together[n].x_sum, separate[n][n].x_sum, rtol=0, atol=1e-12)
+        assert together[n].rows == separate[n][n].rows == 28
+    assert together["a"].xtx is not together["b"].xtx  # shared sums are copied

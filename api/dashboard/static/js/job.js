@@ -32,6 +32,8 @@ function metaCard(job) {
     ["Candidate bits", (job.bits || []).join(", ")],
     ["Seed", job.seed],
     ["Measure", job.measure ? "yes" : "no"],
+    ...(job.ties?.length ? [["Tied layers", job.ties.join("  ·  ")]] : []),
+    ...(job.fix?.length ? [["Pinned layers", job.fix.join("  ·  ")]] : []),
     ["Created", fmtTime(job.created_at)],
     ["Started", fmtTime(job.started_at)],
     ["Finished", fmtTime(job.finished_at)],
@@ -72,12 +74,17 @@ function resultCard(result, metric) {
         el("td", {}, fmtLatency(m.fp32_latency_us))) : null));
   const infeasible = cfg.status === "infeasible";
   const diagnosis = cfg.extra?.infeasible_budgets;
+  const rules = cfg.extra?.rules;
   return el("section", { class: "card", id: "result" },
     el("h2", {}, "Result"),
     el("p", {}, `Solver ${cfg.solver ?? "?"} answered `, el("b", {}, cfg.status ?? "?"),
       ` for ${(cfg.budgets || []).join(", ")}.`),
     infeasible ? el("div", { class: "error-box" }, "The budgets cannot be met",
       diagnosis ? `: smallest feasible values ${JSON.stringify(diagnosis)}` : ".") : null,
+    rules ? el("p", { id: "rules-held", class: rules.held ? "muted" : "error-box" },
+      `${rules.ties} tie group(s) (${rules.tied_layers ?? "?"} layers) and ${rules.fixed} `
+      + `pinned layer(s): ${rules.held ? "every tie and pin held"
+        : `broken: ${(rules.broken || []).join("; ")}`}.`) : null,
     table);
 }
 

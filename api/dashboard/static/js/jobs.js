@@ -12,6 +12,11 @@ const SLOW_POLL_MS = 10000;
 // The model the form offers first, when installed (a small one that runs in seconds).
 const PREFERRED_MODEL = "digits-cnn";
 
+/** Rule text, one rule per line (a regex may hold commas and spaces), as the API's list. */
+export function splitRules(text) {
+  return (text || "").split(/\r?\n/).map((s) => s.trim()).filter(Boolean);
+}
+
 /** Splits budget text ("4bits, 12MB" or "4bits 12MB") into the list the API takes. */
 export function splitBudgets(text) {
   return text.split(/[,;\s]+/).map((s) => s.trim()).filter(Boolean);
@@ -207,7 +212,16 @@ function renderForm(root, choices, onSubmitted) {
       el("label", {}, "Seed", el("input", { name: "seed", id: "seed-input", type: "number",
         value: defaults.seed, min: 0, step: 1 })),
       el("label", { class: "check" }, el("input", { type: "checkbox", name: "measure",
-        checked: defaults.measure }), "apply and measure")),
+        checked: defaults.measure }), "apply and measure"),
+      el("label", {}, "Tie layers (optional, one rule per line)",
+        el("textarea", { name: "ties", id: "ties-input", rows: 2, spellcheck: "false",
+          placeholder: "re:\\.(q|k|v)_proj$\nfc1,fc2",
+          title: "Layers that take one bit-width. re:REGEX groups matches per block (the "
+            + "name without the matched part); a,b,c is one group." })),
+      el("label", {}, "Pin layers (optional, one rule per line)",
+        el("textarea", { name: "fix", id: "fix-input", rows: 2, spellcheck: "false",
+          placeholder: "lm_head=8\nre:^model\\.layers\\.0\\.=8",
+          title: "NAME=BITS, a,b=BITS or re:REGEX=BITS; the width must be a candidate." }))),
     el("div", { class: "row" }, submitButton,
       writesNeedToken ? el("span", { class: "muted read-only-hint" },
         "Read-only: this service needs its API token (top right) to submit jobs.") : null),
@@ -247,10 +261,13 @@ function renderForm(root, choices, onSubmitted) {
       formError.textContent = `seed must be a non-negative integer, got ${data.get("seed")}`;
       return;
     }
+    const ties = splitRules(data.get("ties"));
+    const fix = splitRules(data.get("fix"));
     const body = {
       model: data.get("model"), budgets, solver: data.get("solver"),
       estimator: data.get("estimator") || undefined,  // "": the model's own
       bits, seed, measure: data.get("measure") === "on",
+      ...(ties.length ? { ties } : {}), ...(fix.length ? { fix } : {}),
     };
     submitButton.disabled = true;
     try {
