@@ -58,7 +58,7 @@ from engine._formats import (
     parse_document,
 )
 from engine._paths import atomic_write_bytes, content_hash, data_dir, file_lock
-from engine._platform import configure_runtime, cpu_flags, cpu_model
+from engine._platform import configure_runtime, cpu_flags, cpu_model, release_free_memory
 from engine._registry import Registry
 from engine._types import (
     BITCONFIG_FORMAT,
@@ -122,5 +122,6 @@ __all__ = [
     "InvalidSpecError", "JobNotFoundError", "KernelUnavailableError", "LayerSpec",
     "MissingDependencyError", "Registry", "StoreError", "UnknownComponentError",
     "UnknownLayerError", "UnsupportedBitWidthError", "atomic_write_bytes", "content_hash",
-    "check_bits", "configure_runtime", "cpu_flags", "cpu_model", "data_dir", "file_lock", *_LAZY,
+    "check_bits", "configure_runtime", "cpu_flags", "cpu_model", "data_dir", "file_lock",
+    "release_free_memory", *_LAZY,
 ]

@@ -22,7 +22,7 @@ from engine._errors import InvalidSpecError, UnknownLayerError
 from engine._gptq import bias_correction, gptq_many, group_qparams
 from engine._layers import call_model, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
-from engine._platform import configure_runtime
+from engine._platform import configure_runtime, release_free_memory
 from engine._quantizer import QuantizedWeight, QuantScheme, quantize
 from engine._stats import ConvGeometry, InputStats, collect_input_stats
 from engine._types import BitConfig
@@ -136,6 +136,7 @@ def apply(
             need = [n for n in chunk
                     if memo is None or not memo.has(n, config.bits[n], reference_modules[n])]
             stats = {}  # the last chunk's sums go before the next ones are gathered
+            release_free_memory()
             stats = collect_input_stats(reference, {n: reference_modules[n] for n in need},
                                         batches, stop_early=True) if need else {}
         q = _quantize_module(name, modules[name], config, config.bits[name], smoothing.get(name),
@@ -194,6 +195,7 @@ def quantize_candidates(
             need = [n for n in chunks.pop(0)
                     if memo is None or not all(memo.has(n, b, modules[n]) for b in widths)]
             stats = {}  # the last chunk's sums go before the next ones are gathered
+            release_free_memory()
             stats = collect_input_stats(model, {n: modules[n] for n in need},
                                         batches, stop_early=True) if need else {}
         module = modules[name]

@@ -113,6 +113,7 @@ def estimate(spec: Any, estimator: str = "hutchinson", *, bits: Sequence[int] = 
             and runner.layer_parallel and len(spec.layers()) > 1):
         return _fan_out(executor, entry, entry.chunked(runner, spec))
     table = _run(runner, spec, bits, seed, progress)
+    engine.release_free_memory()  # the estimate's temporaries, before the next stage
     if entry is not None:
         entry.store(table)
     return table

@@ -373,6 +373,7 @@ class FisherEstimator(BaseSensitivityEstimator):
         gen = torch.Generator().manual_seed(seed)
         fixed = (calibrated_deltas(spec, model, list(modules), bits, config.group_size)
                  if config.rounding == "gptq" and config.calibrated_deltas else None)
+        engine.release_free_memory()  # the rounding's statistics, before the passes
         taps = _Taps(modules, bits, config, fixed)
         weighted = {n: [0.0] * len(bits) for n in modules}
         try:

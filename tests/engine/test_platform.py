@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
 
+import engine
 import engine._platform as P
 from engine import configure_runtime, cpu_flags, cpu_model
 
@@ -77,3 +79,21 @@ def test_cpu_flags_of_this_machine():
 def test_has_vnni_reads_the_vnni_flags(monkeypatch, flags, vnni):
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset(flags))
     assert P.has_vnni() is vnni
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap")
+def test_release_free_memory_hands_freed_heap_back():
+    import torch
+
+    if not engine.configure_runtime():
+        pytest.skip("heap thresholds not raised here (no glibc, or ALLOCATOR_NO_MALLOPT)")
+    big = torch.ones(64 << 20)  # 256 MB from the heap: below the raised mmap threshold
+    del big
+    held = _rss_bytes()
+    assert engine.release_free_memory()
+    assert _rss_bytes() < held - (128 << 20)
