@@ -128,9 +128,10 @@ def run_problem_job(document: Mapping[str, Any], budgets: Sequence[str], *, solv
 def run_model_job(model: str | ModelSpecLike, budgets: Sequence[str], *, solver: str,
                   estimator: str | None, seed: int, bits: Sequence[int], measure: bool,
                   limits: JobLimits, on_stage: OnStage,
-                  rules: Rules | None = None) -> JobResult:
+                  rules: Rules | None = None, target: str = "engine") -> JobResult:
     """`solve` on a model, then its `bits` front with measured points (see the module);
-    `rules` (ties and pins) hold in both."""
+    `rules` (ties and pins, with the `target`'s own) hold in both; `target` as in
+    `solve` (its schemes measured, its file's bytes counted)."""
     import zoo
 
     def pipeline_stage(stage: str, fraction: float) -> None:
@@ -140,7 +141,7 @@ def run_model_job(model: str | ModelSpecLike, budgets: Sequence[str], *, solver:
     spec = zoo.get_model(model) if isinstance(model, str) else model
     report = solve(spec, budgets, solver=solver, bits=tuple(bits), estimator=estimator,
                    seed=seed, measure=measure, time_limit_s=limits.time_limit_s,
-                   rules=rules, on_stage=pipeline_stage)
+                   rules=rules, target=target, on_stage=pipeline_stage)
     timings = dict(report.timings_s)
     on_stage("pareto", PIPELINE_SHARE)
     t0 = time.perf_counter()

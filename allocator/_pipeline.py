@@ -23,7 +23,8 @@ from allocator._budget import Budget, parse_budgets
 from allocator._evaluate import Measurement, measure_config
 from allocator._latency import LatencyCosts, latency_costs
 from allocator._problem import Problem
-from allocator._rules import Rules, apply_rules, rules_summary
+from allocator._rules import Rules, apply_rules, default_rules, rules_summary
+from allocator.export._targets import TargetCosts, get_target, target_costs, target_settings
 from allocator.solvers import SOLVERS, get_solver
 from engine import DEFAULT_BITS, BitConfig, InvalidSpecError
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 OnStage = Callable[[str, float], None]
 MODEL_GROUP_SIZE = "model"
+DEFAULT_TARGET = "engine"
+"""`target` default: this product's own engine (every width 2..8, its packed sizes)."""
 """`group_size` default: the model's own (`default_group_size`, 128 for most models)."""
 
 
@@ -53,6 +56,10 @@ class SolveReport:
         timings_s: Seconds per stage.
         rules: The problem's tie groups and pins checked on the chosen bits
             (`RulesCheck.to_dict`: `ties`, `fixed`, `held`, ...); None when it has none.
+        target: The deployment target the solve measured and counted for (`engine`: this
+            product's own engine).
+        float_layers: Layers the target cannot hold at any candidate width, left float,
+            with the reason.
     """
 
     config: BitConfig
@@ -62,14 +69,21 @@ class SolveReport:
     uniform: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     rules: dict[str, Any] | None = None
+    target: str = DEFAULT_TARGET
+    float_layers: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The documented report shape of `solve --json` and of a job's result (`rules`
-        only when the problem has ties or pins)."""
+        only when the problem has ties or pins; `target` only for a target other than the
+        engine, with `float_layers` when it left some layers float)."""
         out = {"config": self.config.to_dict(), "measured": self.measured,
                "uniform": self.uniform, "timings_s": self.timings_s}
+        if self.target != DEFAULT_TARGET:
+            out["target"] = self.target
         if self.rules is not None:
             out["rules"] = self.rules
+        if self.float_layers:
+            out["float_layers"] = dict(self.float_layers)
         return out
 
 
@@ -83,19 +97,61 @@ def quantization_settings(rounding: str, group_size: int | None,
 
 def problem_for(spec: ModelSpecLike, omega: Mapping[str, Mapping[int, float]],
                 bits: Sequence[int], settings: BitConfig,
-                latency: LatencyCosts | None = None) -> Problem:
+                latency: LatencyCosts | None = None,
+                costs_in: TargetCosts | None = None) -> Problem:
     """The allocation problem of a model: Ω per layer and bit-width, real packed sizes
-    under `settings`' schemes, and this machine's measured latencies where given."""
+    under `settings`' schemes, and this machine's measured latencies where given.
+
+    With `costs_in` (a non-engine target's `target_costs`), the sizes are the format's
+    bytes, each layer may take only the widths the format holds for it, layers it cannot
+    hold are left out (they stay float) and a bits budget counts stored bits per weight
+    (`bits_cost="size_bytes"`)."""
     layers = spec.layers()
-    sizes = {x.name: {b: float(engine.packed_weight_bytes(
-        x.weight_shape, engine.scheme_for(settings, b))) for b in bits} for x in layers}
+    if costs_in is None:
+        sizes = {x.name: {b: float(engine.packed_weight_bytes(
+            x.weight_shape, engine.scheme_for(settings, b))) for b in bits} for x in layers}
+    else:
+        layers = [x for x in layers if x.name not in costs_in.skipped]
+        sizes = {n: dict(row) for n, row in costs_in.size_bytes.items()}
+        bits = costs_in.bits
     costs: dict[str, dict[str, dict[int, float]]] = {"size_bytes": sizes}
     offset = 0.0
     if latency is not None:
         costs["latency_us"] = latency.latency_us
         offset = latency.offset_us
-    return Problem.from_tables(layers, omega, bits, costs=costs, model=spec.name,
-                               latency_offset_us=offset)
+    problem = Problem.from_tables(layers, omega, bits, costs=costs, model=spec.name,
+                                  latency_offset_us=offset)
+    if costs_in is None:
+        return problem
+    rows = tuple(dataclasses.replace(x, allowed_bits=costs_in.allowed_bits(x.name))
+                 for x in problem.layers)
+    return dataclasses.replace(problem, layers=rows, bits_cost="size_bytes")
+
+
+def _target_costs(spec: ModelSpecLike, target: str, bits: Sequence[int],
+                  settings: BitConfig) -> TargetCosts | None:
+    """A non-engine target's costs for the model (None for the engine: its problem is
+    built as it always was).
+
+    Raises:
+        InvalidSpecError: The target can hold no layer of the model at any width.
+    """
+    if get_target(target).name == DEFAULT_TARGET:
+        return None
+    tc = target_costs(target, spec.layers(), bits, settings)
+    if not tc.size_bytes:
+        first = next(iter(tc.skipped.values()), "the model has no quantizable layer")
+        raise InvalidSpecError(f"`target` {target!r} can hold none of {spec.name}'s layers "
+                               f"at bit-widths {list(tc.bits)}: {first}")
+    return tc
+
+
+def _with_target_rules(rules: Rules | None, target: str) -> Rules | None:
+    """The user's rules plus the target's own (`default_rules`)."""
+    own = default_rules(get_target(target).name)
+    if not own:
+        return rules
+    return own if not rules else rules + own
 
 
 def _digest(spec: ModelSpecLike) -> dict[str, str]:
@@ -141,17 +197,21 @@ def _budgets(budgets: Sequence[str | Budget]) -> list[Budget]:
 def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, seed: int,
                    settings: BitConfig, latency: bool, progress: bool,
                    estimator_options: Mapping[str, Any] | None, stage: OnStage,
-                   timings: dict[str, float], rules: Rules | None = None
+                   timings: dict[str, float], rules: Rules | None = None,
+                   costs_in: TargetCosts | None = None
                    ) -> tuple[Problem, dict[str, Any], LatencyCosts | None]:
     """The sensitivity and latency stages: the model's problem (with `rules` applied), the
     estimator config that made its Ω, and the latency costs (None without latency).
 
     The rules are checked against the model's layers and candidate widths before any
-    sensitivity is computed, so a bad rule fails at once."""
+    sensitivity is computed, so a bad rule fails at once. With a target's `costs_in`, Ω and
+    latency are computed at the target's widths only."""
     import sensitivity
 
+    if costs_in is not None:
+        bits = costs_in.bits
     if rules:
-        apply_rules(_placeholder_problem(spec, bits), rules)
+        apply_rules(_placeholder_problem(spec, bits, costs_in), rules)
     stage("sensitivity", 0.05)
     t0 = time.perf_counter()
     options = {"rounding": settings.rounding, "group_size": settings.group_size}
@@ -166,26 +226,39 @@ def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, 
         lat = latency_costs(spec, bits, weight_only=settings.activation_bits is None,
                             progress=progress)
         timings["latency_s"] = time.perf_counter() - t0
-    problem = problem_for(spec, table.omega(), bits, settings, latency=lat)
+    problem = problem_for(spec, table.omega(), bits, settings, latency=lat, costs_in=costs_in)
     if rules:
         problem = apply_rules(problem, rules)
     return problem, dict(table.config), lat
 
 
-def _placeholder_problem(spec: ModelSpecLike, bits: Sequence[int]) -> Problem:
-    """The model's layers and candidate widths with made-up Ω: enough to check rules."""
+def _placeholder_problem(spec: ModelSpecLike, bits: Sequence[int],
+                         costs_in: TargetCosts | None = None) -> Problem:
+    """The model's layers and candidate widths with made-up Ω: enough to check rules (with
+    a target's costs: its layers and the widths each can take)."""
     omega = {x.name: {int(b): 0.0 for b in bits} for x in spec.layers()}
+    if costs_in is not None:
+        return problem_for(spec, omega, bits, BitConfig(bits={}), costs_in=costs_in)
     return Problem.from_tables(spec.layers(), omega, bits, model=spec.name)
 
 
-def rules_layout(model: str | ModelSpecLike, bits: Sequence[int], rules: Rules) -> Problem:
-    """The tie groups and pins `rules` give a model at these candidate widths, as a problem
-    with made-up Ω (for `front_rules` on a model's front; no sensitivity is computed).
+def rules_layout(model: str | ModelSpecLike, bits: Sequence[int], rules: Rules, *,
+                 target: str = DEFAULT_TARGET, settings: BitConfig | None = None) -> Problem:
+    """The tie groups and pins `rules` (plus the target's own) give a model at these
+    candidate widths, as a problem with made-up Ω (for `front_rules` on a model's front;
+    no sensitivity is computed). `settings`: the solve's quantization settings (a
+    target's layer shapes depend on its group size; default: weight-only, the model's
+    group size).
 
     Raises:
         InvalidSpecError: A rule that does not fit the model.
     """
-    return apply_rules(_placeholder_problem(_spec(model), bits), rules)
+    spec = _spec(model)
+    if settings is None:
+        settings = quantization_settings("rtn", _group_size(spec, MODEL_GROUP_SIZE), True)
+    costs_in = _target_costs(spec, target, bits, target_settings(target, settings))
+    return apply_rules(_placeholder_problem(spec, bits, costs_in),
+                       _with_target_rules(rules, target) or Rules())
 
 
 def front_rules(front: ParetoFront, problem: Problem) -> dict[str, Any] | None:
@@ -211,6 +284,7 @@ def solve(
     solver_options: Mapping[str, Any] | None = None,
     estimator_options: Mapping[str, Any] | None = None,
     rules: Rules | None = None,
+    target: str = DEFAULT_TARGET,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     on_stage: OnStage | None = None,
@@ -239,6 +313,11 @@ def solve(
             configs.
         rules: Ties and pins the solve must keep (`parse_rules`, `default_rules`); the
             report's `rules` says whether the chosen bits kept them.
+        target: Deployment target (`engine`, `onnx`, `compressed-tensors`, `gguf`): the
+            engine quantizes with the target's schemes (`target_settings`), the candidate
+            widths are those it holds, sizes are its file's bytes, a bits budget is its
+            stored bits per weight, its tie rules (`default_rules`) join `rules`, and layers
+            it cannot hold stay float (`report.float_layers`).
         progress: Show progress bars on stderr.
         log: Called with one line per notable step.
         on_stage: Called as `on_stage(stage, fraction_done)` when each stage starts ("load",
@@ -270,12 +349,17 @@ def solve(
     spec.calibration_batches()
     timings["load_s"] = time.perf_counter() - t0
     say(f"{spec.name}: {len(layers)} quantizable layers")
-    settings = quantization_settings(rounding, group_size, weight_only)
+    target = get_target(target).name
+    settings = target_settings(target, quantization_settings(rounding, group_size, weight_only))
+    costs_in = _target_costs(spec, target, bits, settings)
+    if costs_in is not None and costs_in.skipped:
+        say(f"target {target}: {len(costs_in.skipped)} layer(s) stay float")
+    rules = _with_target_rules(rules, target)
     latency = latency or any(b.kind == "latency" for b in parsed)
     problem, estimator_config, lat = _model_problem(
         spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
         progress=progress, estimator_options=estimator_options, stage=stage, timings=timings,
-        rules=rules)
+        rules=rules, costs_in=costs_in)
     if lat is not None:
         say(f"latency table {lat.profile}" + (" (profiled now)" if lat.profiled_now else ""))
 
@@ -294,6 +378,11 @@ def solve(
     if rules:
         repro["rules"] = rules.to_dict()
     extra: dict[str, Any] = {"reproducibility": repro}
+    skipped = dict(costs_in.skipped) if costs_in is not None else {}
+    if target != DEFAULT_TARGET:  # the engine's configs stay byte-identical to before
+        extra["target"] = target
+        if skipped:
+            extra["float_layers"] = skipped
     held = rules_summary(problem, [solution.bits])
     if held is not None:
         extra["rules"] = held
@@ -306,7 +395,8 @@ def solve(
         settings, bits=solution.bits, model=spec.name, solver=solver, status=solution.status,
         objective=solution.objective, budgets=tuple(b.text for b in parsed),
         cost=solution.cost, extra=extra)
-    report = SolveReport(config, problem, settings, timings_s=timings, rules=held)
+    report = SolveReport(config, problem, settings, timings_s=timings, rules=held,
+                         target=target, float_layers=skipped)
     if measure and solution.status != "infeasible":
         stage("measure", 0.7)
         say("applying on the engine and measuring...")
@@ -415,6 +505,7 @@ def pareto(
     group_size: int | None | str = MODEL_GROUP_SIZE,
     latency: bool = True,
     rules: Rules | None = None,
+    target: str = DEFAULT_TARGET,
     progress: bool = False,
 ) -> tuple[ParetoFront, list[dict[str, float]]]:
     """The Pareto front of a model along one cost axis, with the first `measure_points`
@@ -422,7 +513,8 @@ def pareto(
 
     With `latency` (or a latency axis or budget) the points carry this machine's predicted
     latency too (`allocator.pareto/1` `cost.latency_us`). `rules` (ties and pins) hold at
-    every point (`front_rules` checks them).
+    every point (`front_rules` checks them). `target` as in `solve`: the front's sizes and
+    bits are the target's file's, measured with its schemes.
 
     Returns:
         (ParetoFront, list of measured metrics dicts aligned with the front's points).
@@ -431,13 +523,17 @@ def pareto(
 
     spec = _spec(model)
     estimator, weight_only = _defaults(spec, estimator, weight_only)
-    settings = quantization_settings(rounding, _group_size(spec, group_size), weight_only)
+    target = get_target(target).name
+    settings = target_settings(
+        target, quantization_settings(rounding, _group_size(spec, group_size), weight_only))
+    costs_in = _target_costs(spec, target, bits, settings)
+    rules = _with_target_rules(rules, target)
     fixed = parse_budgets(list(budgets))
     latency = latency or axis == "latency" or any(b.kind == "latency" for b in fixed)
     problem, _, _ = _model_problem(
         spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
         progress=progress, estimator_options=None, stage=lambda _s, _f: None, timings={},
-        rules=rules)
+        rules=rules, costs_in=costs_in)
     front = pareto_front(problem, axis, points, budgets=fixed)
     limit = len(front.points) if measure_points is None else measure_points
     measured = [measure_config(spec, dataclasses.replace(settings, bits=p.bits),

@@ -35,6 +35,9 @@ from engine import (
 
 # The per-bit cost tables a layer may carry, one per cost axis but mean bits.
 COST_FIELDS = ("size_bytes", "bops", "latency_us")
+# What a layer's bits cost counts: `params` x bits (the engine's mean bits), or its stored
+# `size_bytes` x 8 (a deployment target's bits per weight, scales and zero points included).
+BitsCost = Literal["params", "size_bytes"]
 ProblemFormat = Literal["allocator.problem/1"]
 PROBLEM_FORMAT: str = get_args(ProblemFormat)[0]
 # Largest Ω, per-bit cost and latency offset a problem may hold, and largest parameter and
@@ -111,6 +114,7 @@ class Problem(JsonFormat):
     ties: tuple[tuple[str, ...], ...] = ()
     model: str | None = None
     latency_offset_us: float = 0.0
+    bits_cost: BitsCost = "params"
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -158,7 +162,8 @@ class Problem(JsonFormat):
             for x in doc.layers)
         return cls(layers=layers, bits=tuple(sorted(set(doc.bits))),
                    activation_bits=doc.activation_bits, ties=tuple(tuple(g) for g in doc.ties),
-                   model=doc.model, latency_offset_us=doc.latency_offset_us)
+                   model=doc.model, latency_offset_us=doc.latency_offset_us,
+                   bits_cost=doc.bits_cost)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": PROBLEM_FORMAT, "model": self.model,
@@ -168,6 +173,8 @@ class Problem(JsonFormat):
             out["ties"] = [list(g) for g in self.ties]
         if self.latency_offset_us:
             out["latency_offset_us"] = self.latency_offset_us
+        if self.bits_cost != "params":
+            out["bits_cost"] = self.bits_cost
         return out
 
     @classmethod
@@ -202,6 +209,9 @@ class Problem(JsonFormat):
     def layer_cost(self, layer: ProblemLayer, kind: str, bits: int) -> float | None:
         """Cost of one layer at `bits` for a budget kind (None where it is unknown)."""
         if kind == "bits":
+            if self.bits_cost == "size_bytes" and layer.size_bytes:
+                size = layer.size_bytes.get(bits)
+                return None if size is None else 8.0 * size
             return float(layer.params * bits)
         if kind == "size":
             return layer.size_bytes.get(bits) if layer.size_bytes else layer.params * bits / 8.0
@@ -277,7 +287,8 @@ class Problem(JsonFormat):
         objective = math.fsum(x.omega[bits[x.name]] for x in self.layers)
         total = self.total_params
         cost: dict[str, float] = {
-            "avg_bits": math.fsum(x.params * bits[x.name] for x in self.layers) / max(total, 1),
+            "avg_bits": math.fsum(self.layer_cost(x, "bits", bits[x.name]) or 0.0
+                                  for x in self.layers) / max(total, 1),
             "size_bytes": math.fsum(self.layer_cost(x, "size", bits[x.name]) or 0.0
                                     for x in self.layers),
             "bops": math.fsum(self.layer_cost(x, "bops", bits[x.name]) or 0.0
@@ -428,6 +439,11 @@ class ProblemDocument(Document):
     latency_offset_us: _TableValue = Field(
         _problem_default("latency_offset_us"),
         description="Latency of everything that is not a listed layer, in microseconds.")
+    bits_cost: BitsCost = Field(
+        _problem_default("bits_cost"),
+        description="What a bits budget counts: `params` (parameter-weighted mean bits) or "
+                    "`size_bytes` (each layer's stored bytes x 8 per parameter: a deployment "
+                    "target's bits per weight).")
     meta: Any = Field(None, description="Free-form; ignored.")
 
 

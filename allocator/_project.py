@@ -47,7 +47,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "bits": DEFAULT_BITS,
     "estimator": None,  # the model's own (`allocator sensitivity`: hutchinson)
     "solver": "ilp",
-    "target": None,
+    "target": "engine",  # this product's own engine
     "rounding": "gptq",
     "group_size": None,  # the model's own (128; 64 where rows are not multiples of 128)
     "weight_only": None,  # the model's own
@@ -78,7 +78,8 @@ class ProjectSettings(BaseModel):
     estimator: str | None = Field(None, description="hutchinson, measured, fracbits or fisher.")
     solver: str | None = Field(None, description="Solver name (ilp, greedy, ...).")
     target: str | None = Field(
-        None, description="Deployment target (shown by `config show`; no command reads it yet).")
+        None, description="Deployment target of `solve`, `pareto` and `export`: engine, onnx, "
+        "compressed-tensors or gguf.")
     rounding: str | None = Field(None, description="gptq (calibrated) or rtn.")
     group_size: int | None = Field(None, description="Scale group size; 0: per channel.")
     weight_only: bool | None = Field(None, description="Keep activations float.")
@@ -150,6 +151,16 @@ class ProjectSettings(BaseModel):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"`time_limit_s` must be a finite number of seconds above 0, "
                              f"got {value}.")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        from allocator.export._targets import TARGETS
+
+        if value is not None and value not in TARGETS:
+            raise ValueError(f"`target` must be one of {', '.join(TARGETS.names())}; "
+                             f"got {value!r}.")
         return value
 
     @field_validator("model", "data", "weights", "estimator", "solver", "target", "rounding")

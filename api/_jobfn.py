@@ -44,7 +44,7 @@ def execute(job: JobRecord, settings: Settings, problem: dict[str, Any] | None,
         result = allocator.run_model_job(
             job.model, spec["budgets"], solver=spec["solver"], estimator=spec["estimator"],
             seed=spec["seed"], bits=spec["bits"], measure=spec["measure"], limits=limits,
-            on_stage=stage, rules=rules)
+            on_stage=stage, rules=rules, target=spec.get("target", "engine"))
     elif problem is None:
         from engine import StoreError
 

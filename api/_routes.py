@@ -16,7 +16,7 @@ import tempfile
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -31,9 +31,10 @@ from allocator._registered import (
     uploads_dir,
 )
 from allocator._rules import rules_summary
+from api import _exports as exports
 from api import _validate as check
 from api._auth import require_read, require_write
-from api._errors import ApiError
+from api._errors import ApiError, error_response
 from api._model_uploads import receive_form
 from api._schemas import (
     MAX_BUDGETS,
@@ -110,6 +111,9 @@ def _submit(svc: Service, body: JobCreate) -> dict[str, Any]:
     spec: dict[str, Any] = {"budgets": [b.text for b in budgets], "solver": solver,
                             "seed": body.seed, "measure": body.measure}
     spec |= {key: value for key, value in (("ties", body.ties), ("fix", body.fix)) if value}
+    target = check.target(body.target, has_model=body.model is not None)
+    if target != "engine":  # an engine job's stored spec stays as it always was
+        spec["target"] = target
     if body.model is not None:
         registered = ({} if body.model.startswith("hf:") or body.model in BUILTIN_MODELS
                       else _registered(svc))
@@ -205,6 +209,44 @@ def read_job_result(svc: ServiceDep, job_id: JobId) -> Any:
 def read_job_pareto(svc: ServiceDep, job_id: JobId) -> Any:
     """The Pareto front of a succeeded job (allocator.pareto/1 plus measurements)."""
     return svc.store.front(job_id)
+
+
+ExportFormat = Annotated[str, Query(
+    alias="format", max_length=32, description="onnx, compressed-tensors or gguf",
+    examples=["gguf"])]
+
+
+@read.get("/jobs/{job_id}/export", response_class=Response, responses={
+    200: {"content": {"application/octet-stream": {}, "application/zip": {}},
+          "description": "The exported file (compressed-tensors: its folder zipped)"},
+    202: {"description": "`{\"status\": \"exporting\"}`: ask again after `Retry-After` "
+                         "seconds"},
+    500: _E})
+def read_job_export(svc: ServiceDep, job_id: JobId, fmt: ExportFormat) -> Any:
+    """A succeeded model job's config exported as ONNX, compressed-tensors or GGUF, checked
+    by the format's library: the first request starts the export (202 while it runs)."""
+    fmt = check.export_format(fmt)
+    job = svc.store.get(job_id)
+    if job.kind != "model":
+        raise ApiError(422, f"`path.job_id`: job {job_id!r} solved a problem document; it has "
+                            "no model to export.", "path.job_id", job_id)
+    if job.status != "succeeded":
+        return error_response(409, f"job {job_id!r} is {job.status}; it can be exported once "
+                                   "it has succeeded.", "path.job_id", job_id,
+                              status=job.status)
+    folder = exports.export_dir(svc.settings.resolved_data_dir(), job_id, fmt)
+    st = exports.state(folder, fmt)
+    if st is None:
+        config = svc.store.result(job_id)["config"]
+        st = exports.start(folder, fmt, str(job.model), config, svc.settings.worker_env())
+    if st.status == "done" and st.path is not None:
+        return FileResponse(st.path, media_type=exports.MEDIA_TYPES[fmt],
+                            filename=exports.download_name(job_id, fmt))
+    if st.status == "failed":
+        return error_response(st.http_status, f"export to {fmt} failed: {st.error}",
+                              "query.format", fmt, status="failed")
+    return JSONResponse({"status": "exporting"}, status_code=202,
+                        headers={"Retry-After": str(exports.RETRY_AFTER_S)})
 
 
 @write.post("/jobs/{job_id}/cancel", response_model=JobPublic, **EXACT)

@@ -101,6 +101,11 @@ class JobCreate(_Strict):
                     "bit-width. `re:REGEX` groups the matching layers per block (the name "
                     "without the matched part: q/k/v of block N together); `a,b,c` names one "
                     "group. A rule that matches no layer fails the job (a problem job: 422)")
+    target: str = Field(
+        default="engine", min_length=1, max_length=32, examples=["gguf"],
+        description="Deployment target (`--target`): engine, onnx, compressed-tensors or gguf; "
+                    "the solve measures the target's schemes and counts its file's bytes (a "
+                    "bits budget is its bits per weight). Model jobs only")
     fix: list[FixText] = Field(
         default_factory=list, max_length=MAX_RULES, examples=[["lm_head=8"]],
         description="Pinned layers (`--fix`): `NAME=BITS`, `a,b=BITS` or `re:REGEX=BITS`; the "
@@ -126,6 +131,8 @@ class JobPublic(BaseModel):
     measure: bool | None
     ties: list[str] | None = Field(default=None, description="Tie rules (absent: none)")
     fix: list[str] | None = Field(default=None, description="Pinned layers (absent: none)")
+    target: str | None = Field(default=None,
+                               description="Deployment target (absent: the engine)")
     created_at: str
     started_at: str | None
     finished_at: str | None

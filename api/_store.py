@@ -94,7 +94,7 @@ class JobRecord:
             "model": self.model, "budgets": spec.get("budgets", []),
             "solver": spec.get("solver"), "estimator": spec.get("estimator"),
             "bits": spec.get("bits"), "seed": spec.get("seed"), "measure": spec.get("measure"),
-            **{key: spec[key] for key in ("ties", "fix") if spec.get(key)},
+            **{key: spec[key] for key in ("ties", "fix", "target") if spec.get(key)},
             "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at), "timings_s": self.timings_s,
             "attempts": self.attempts,

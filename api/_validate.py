@@ -27,6 +27,30 @@ def budgets(texts: list[str], field: str = "body.budgets") -> list:
         raise ApiError(422, f"`{field}`: {e}", field, texts) from None
 
 
+def export_format(value: str, field: str = "query.format") -> str:
+    """An export format (`allocator export --format`): onnx, compressed-tensors or gguf."""
+    from api._exports import FORMATS
+
+    if value not in FORMATS:
+        raise ApiError(422, f"`{field}` must be one of {', '.join(FORMATS)}; got {value!r}.",
+                       field, value)
+    return value
+
+
+def target(value: str, *, has_model: bool, field: str = "body.target") -> str:
+    """A deployment target of a job (`--target`): a model job's; a problem job's is the
+    engine (its costs are the document's own)."""
+    from allocator.export import TARGETS
+
+    if value not in TARGETS:
+        raise ApiError(422, f"`{field}` must be one of {', '.join(TARGETS.names())}; got "
+                            f"{value!r}.", field, value)
+    if not has_model and value != "engine":
+        raise ApiError(422, f"`{field}` {value!r} applies to model jobs; a problem document "
+                            "carries its own costs.", field, value)
+    return value
+
+
 def bits(values: list[int] | None, field: str = "body.bits") -> list[int] | None:
     """Sorted unique candidate bit-widths, each one the engine supports."""
     if values is None:

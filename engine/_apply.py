@@ -499,7 +499,8 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
 
 
 def kernel_report(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per quantized layer: bits, scheme, bytes, and which kernel paths ran how often."""
+    """Per quantized layer: bits, scheme, bytes, which kernel paths ran how often, and why
+    each was chosen (the probe's verdict and timings)."""
     return {
         name: {
             "bits": m.bits,
@@ -507,6 +508,7 @@ def kernel_report(model: nn.Module) -> dict[str, dict[str, Any]]:
             "weight_bytes": m.weight_nbytes,
             "kernel_calls": dict(m.kernel_calls),
             "last_kernel": m.last_kernel,
+            "kernel_reasons": dict(m.kernel_reasons),
         }
         for name, m in quantized_layers(model).items()
     }

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -19,20 +20,29 @@ from typing import Any, TypeAlias
 import torch
 import torch.nn.functional as F
 
-from engine._platform import has_vnni
-from engine._timing import time_call
+from engine._platform import configure_runtime
 
 
 class KernelPath(StrEnum):
     """Names of the execution paths, as they appear in every report."""
 
     FBGEMM_INT8_DYNAMIC = "fbgemm-int8"
-    """x86/fbgemm int8 GEMM; activations quantized per call (per tensor, uint8)."""
+    """x86/fbgemm int8 GEMM; activations quantized per call (per tensor, uint8; 7-bit where
+    the CPU would saturate 8-bit codes, see `engine._int8_paths.fbgemm_max_code`): single
+    rows, where the tensor grid is the row grid."""
+    FBGEMM_INT8_ROWS = "fbgemm-int8-rows"
+    """x86/fbgemm u8 x s8 GEMM with fp32 output; each activation row quantized per call to
+    its own asymmetric grid, as wide as this CPU sums exactly (0..255 with VNNI, 0..129 on
+    AVX2-only CPUs, whose int16 pair sums would saturate 8-bit codes); the few channels
+    that dominate the rows' ranges run in fp32 (`engine._fbgemm_rows`)."""
     ONEDNN_INT8_DYNAMIC = "onednn-int8"
     """oneDNN int8 GEMM/conv with fp32 output; activations quantized per call (linear: per
     row, symmetric int8; conv: per tensor, uint8)."""
     FBGEMM_INT8_STATIC_CONV = "fbgemm-int8-static"
     """x86/fbgemm int8 conv, channels-last, input and output ranges fixed by calibration."""
+    ONEDNN_INT8_STATIC_CONV = "onednn-int8-static"
+    """oneDNN int8 conv, channels-last, input range fixed by calibration, fp32 output with
+    the bias fused (no output grid, no range pass over the input)."""
     INT4PACK_BF16 = "int4pack-bf16"
     """PyTorch's int4 weight-packed matmul (group-wise asymmetric), bf16 activations."""
     CPU_INT8_INTMM = "cpu-int8-intmm"
@@ -41,8 +51,8 @@ class KernelPath(StrEnum):
     CPU_INT8_EMULATED = "cpu-int8-emulated"
     """The same per-row int8 arithmetic on an fp32 GEMM of the integer values (exact while
     the integer sums stay below 2**24): where this CPU has no int8 GEMM that is both exact
-    and fast (AVX2-only CPUs), so W8A8 accuracy is what int8 CPUs measure, with no int8
-    speedup."""
+    and not slower (`engine._int8_paths`), so W8A8 accuracy is what int8 CPUs measure,
+    with no int8 speedup."""
     CUDA_INT8_INTMM = "cuda-int8-intmm"
     """CUDA int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales."""
     CUDA_INT4PACK_BF16 = "cuda-int4pack-bf16"
@@ -58,9 +68,6 @@ INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
 # Rows above which the CPU int4 kernel is slower than dequantize + fp32 GEMM (measured here:
 # 0.41x of fp32 at M=4096, ~1x for dequant; 4.5x at M=1).
 INT4PACK_MAX_ROWS_CPU = 256
-# Rows from which int8 linears run oneDNN with per-row activation scales; a single row runs
-# fbgemm, whose per-tensor activation scale is then the same thing and which is faster there.
-ONEDNN_MIN_ROWS = 2
 # Rows above which CUDA 4-bit linears unpack to bf16 for cuBLAS rather than run tinygemm
 # (benchmarks/engine_cuda.py on an H100, GPU time: tinygemm 157 vs 210 us at 128 rows of
 # 4096x4096, 597 vs 226 us at 512; 4096x14336: 521 vs 691, 2035 vs 744).
@@ -75,7 +82,7 @@ Pair: TypeAlias = tuple[int, int]
 
 
 @contextmanager
-def _quiet_deprecations() -> Iterator[None]:
+def quiet_deprecations() -> Iterator[None]:
     """Silences torch's "quantized tensors are deprecated" warning around the calls that make
     them (the fbgemm paths): it is addressed to torch's developers, not to our users."""
     with warnings.catch_warnings():
@@ -108,12 +115,42 @@ def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fastest_us(calls: Sequence[Callable[[], object]], repeats: int = 5) -> list[float]:
+    """The fastest of `repeats` single-thread runs of each call, in microseconds.
+
+    For the kernel probes, which compare kernels rather than measure a model: on one
+    thread, and interleaved, with the fastest run kept, because on a shared machine every
+    other process only adds time, and a multi-threaded call waits for its slowest thread
+    (on 2 cores at load 12, any parallel op took 20 ms). Each call runs once untimed first.
+    """
+    configure_runtime()
+    best = [math.inf] * len(calls)
+    with _one_thread(), torch.inference_mode():
+        for call in calls:
+            call()
+        for _ in range(repeats):
+            for i, call in enumerate(calls):
+                start = time.perf_counter()
+                call()
+                best[i] = min(best[i], (time.perf_counter() - start) * 1e6)
+    return best
+
+
 def _time_vs_fp32(int8_matmul: Callable[[], torch.Tensor], x: torch.Tensor,
                   w: torch.Tensor) -> float:
     """(int8 time - 200 us) / fp32 time of x @ wᵀ: at most 4 counts as optimized code."""
     xf, wf_t = x.float(), w.float().t()
-    int8_us = time_call(lambda _i: int8_matmul(), repeats=3, warmup=1).p50_us
-    fp32_us = time_call(lambda _i: xf @ wf_t, repeats=3, warmup=1).p50_us
+    int8_us, fp32_us = fastest_us([int8_matmul, lambda: xf @ wf_t], repeats=3)
     return (int8_us - 200.0) / fp32_us
 
 
@@ -181,20 +218,12 @@ def int_mm_cpu_fast() -> bool:
 
 
 def cpu_int8_linear_path(rows: int) -> KernelPath:
-    """The kernel a symmetric per-channel int8 linear runs on this CPU for `rows` input rows.
+    """The kernel a symmetric per-channel int8 linear runs on this CPU for `rows` input rows:
+    the first exact int8 path not slower than fp32 emulation, as probed by
+    `engine._int8_paths.int8_linear_choice` (which also says why)."""
+    from engine._int8_paths import int8_linear_choice
 
-    fbgemm's dynamic int8 for a single row, where it is fastest and per-tensor activation
-    scales equal per-row ones (without VNNI it keeps 7-bit activations, still 5.5x fp32 on
-    an AVX2 EPYC); otherwise per-row activation scales on oneDNN, else torch._int_mm, where
-    one of them is exact and fast here, else the same arithmetic emulated on an fp32 GEMM.
-    """
-    if rows < ONEDNN_MIN_ROWS and fbgemm_available():
-        return KernelPath.FBGEMM_INT8_DYNAMIC
-    if onednn_int8_usable():
-        return KernelPath.ONEDNN_INT8_DYNAMIC
-    if int_mm_cpu_fast():
-        return KernelPath.CPU_INT8_INTMM
-    return KernelPath.CPU_INT8_EMULATED
+    return int8_linear_choice(rows).path
 
 
 @functools.cache
@@ -210,21 +239,25 @@ def use_x86_quantized_engine() -> None:
         torch.backends.quantized.engine = "fbgemm"
 
 
-def uint8_affine_params(lo: float, hi: float) -> tuple[float, int]:
-    """Scale and zero point of an asymmetric uint8 grid covering [lo, hi] and 0."""
+def uint8_affine_params(lo: float, hi: float, qmax: int = 255) -> tuple[float, int]:
+    """Scale and zero point of an asymmetric grid of codes 0..qmax covering [lo, hi] and 0
+    (qmax 127 where the CPU's int8 kernels would saturate on 8-bit codes)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0
+    scale = (hi - lo) / qmax
     if not scale > 0:
         scale = 1.0
-    zero = int(min(255, max(0, round(-lo / scale))))
+    zero = int(min(qmax, max(0, round(-lo / scale))))
     return scale, zero
 
 
-def _quantize_uint8_dynamic(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+def _quantize_uint8(x: torch.Tensor, scale: float, zero: int, qmax: int) -> torch.Tensor:
+    return torch.round(x * (1.0 / scale)).add_(zero).clamp_(0, qmax).to(torch.uint8)
+
+
+def _quantize_uint8_dynamic(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, float, int]:
     lo, hi = torch.aminmax(x)
-    scale, zero = uint8_affine_params(float(lo), float(hi))
-    q = torch.round(x * (1.0 / scale)).add_(zero).clamp_(0, 255).to(torch.uint8)
-    return q, scale, zero
+    scale, zero = uint8_affine_params(float(lo), float(hi), qmax)
+    return _quantize_uint8(x, scale, zero, qmax), scale, zero
 
 
 # ----------------------------------------------------------------------------- int8 linear
@@ -235,15 +268,16 @@ def prepare_fbgemm_linear(w_int8: torch.Tensor, scales: torch.Tensor,
     """Packs a symmetric per-channel int8 weight (N, K) for fbgemm's dynamic linear."""
     use_x86_quantized_engine()
     n = w_int8.shape[0]
-    with _quiet_deprecations():
+    with quiet_deprecations():
         qw = torch._make_per_channel_quantized_tensor(
             w_int8.contiguous(), scales.double(), torch.zeros(n, dtype=torch.long), 0
         )
         return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
 
 
-def fbgemm_linear(x2d: torch.Tensor, packed: PackedParams) -> torch.Tensor:
-    return torch.ops.quantized.linear_dynamic(x2d.float(), packed, not has_vnni())
+def fbgemm_linear(x2d: torch.Tensor, packed: PackedParams, reduce_range: bool) -> torch.Tensor:
+    """fbgemm's dynamic linear: one uint8 grid for the whole input, 7-bit if `reduce_range`."""
+    return torch.ops.quantized.linear_dynamic(x2d.float(), packed, reduce_range)
 
 
 def prepare_onednn_linear(w_int8: torch.Tensor, scales: torch.Tensor) -> OneDNNPrepared:
@@ -373,7 +407,7 @@ def prepare_fbgemm_conv(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.
                         groups: int) -> PackedParams:
     use_x86_quantized_engine()
     n = w_int8.shape[0]
-    with _quiet_deprecations():
+    with quiet_deprecations():
         qw = torch._make_per_channel_quantized_tensor(
             w_int8.contiguous(), scales.double(), torch.zeros(n, dtype=torch.long), 0
         )
@@ -384,9 +418,15 @@ def prepare_fbgemm_conv(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.
 
 
 def fbgemm_conv_static(x: torch.Tensor, packed: PackedParams, in_qparams: tuple[float, int],
-                       out_qparams: tuple[float, int]) -> torch.Tensor:
+                       out_qparams: tuple[float, int], max_code: int = 255) -> torch.Tensor:
+    """fbgemm's static int8 conv; inputs beyond the calibrated grid are clamped to codes
+    0..max_code first (torch's quantizer clamps to 0..255 only, and wider codes would
+    saturate on CPUs without VNNI)."""
     x = x.float().contiguous(memory_format=torch.channels_last)
-    with _quiet_deprecations():
+    if max_code < 255:
+        scale, zero = in_qparams
+        x = x.clamp(-zero * scale, (max_code - zero) * scale)
+    with quiet_deprecations():
         qx = torch.quantize_per_tensor(x, in_qparams[0], in_qparams[1], torch.quint8)
         qy = torch.ops.quantized.conv2d(qx, packed, out_qparams[0], out_qparams[1])
     return qy.dequantize()
@@ -402,13 +442,30 @@ def prepare_onednn_conv(w_int8: torch.Tensor, scales: torch.Tensor, stride: Pair
 
 
 def onednn_conv_dynamic(x: torch.Tensor, prepared: OneDNNPrepared, bias: torch.Tensor | None,
-                        stride: Pair, padding: Pair, dilation: Pair,
-                        groups: int) -> torch.Tensor:
-    """oneDNN int8 conv with fp32 output; the input's range is taken per call."""
-    packed, scales, zero = prepared
+                        stride: Pair, padding: Pair, dilation: Pair, groups: int,
+                        max_code: int = 255) -> torch.Tensor:
+    """oneDNN int8 conv with fp32 output; the input's range is taken per call, on codes
+    0..max_code (`engine._int8_paths.conv_max_code`)."""
     x = x.float().contiguous(memory_format=torch.channels_last)
-    qx, sx, zx = _quantize_uint8_dynamic(x)
+    qx, sx, zx = _quantize_uint8_dynamic(x, max_code)
+    return _onednn_conv(qx, (sx, zx), prepared, bias, stride, padding, dilation, groups)
+
+
+def onednn_conv_static(x: torch.Tensor, prepared: OneDNNPrepared, bias: torch.Tensor | None,
+                       in_qparams: tuple[float, int], max_code: int, stride: Pair,
+                       padding: Pair, dilation: Pair, groups: int) -> torch.Tensor:
+    """oneDNN int8 conv with fp32 output on the calibrated input grid (codes 0..max_code,
+    `in_qparams` from `uint8_affine_params` with that qmax)."""
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    qx = _quantize_uint8(x, in_qparams[0], in_qparams[1], max_code)
+    return _onednn_conv(qx, in_qparams, prepared, bias, stride, padding, dilation, groups)
+
+
+def _onednn_conv(qx: torch.Tensor, in_qparams: tuple[float, int], prepared: OneDNNPrepared,
+                 bias: torch.Tensor | None, stride: Pair, padding: Pair, dilation: Pair,
+                 groups: int) -> torch.Tensor:
+    packed, scales, zero = prepared
     return torch.ops.onednn.qconv2d_pointwise(
-        qx, sx, zx, packed, scales, zero, bias, list(stride), list(padding), list(dilation),
-        groups, 1.0, 0, torch.float32, "none", [], "",
+        qx, in_qparams[0], in_qparams[1], packed, scales, zero, bias, list(stride),
+        list(padding), list(dilation), groups, 1.0, 0, torch.float32, "none", [], "",
     )

@@ -18,6 +18,8 @@ from torch import nn
 
 from engine import _kernels as K
 from engine._errors import KernelUnavailableError
+from engine._fbgemm_rows import fbgemm_rows_linear, prepare_fbgemm_rows
+from engine._int8_paths import conv_max_code, fbgemm_max_code, int8_linear_choice
 from engine._kernels import KernelPath, Pair
 from engine._layers import int_pair
 from engine._quantizer import QuantizedWeight, QuantScheme
@@ -55,6 +57,8 @@ class QuantizedLayer(nn.Module):
         self._prepared: dict[tuple[str, str], Any] = {}
         self.kernel_calls: Counter[str] = Counter()
         self.last_kernel: str | None = None
+        # kernel path -> why it was chosen (the latest call's reason per path)
+        self.kernel_reasons: dict[str, str] = {}
 
     # -- the stored form ------------------------------------------------------------------
 
@@ -116,9 +120,22 @@ class QuantizedLayer(nn.Module):
         state["_prepared"] = {}
         return state
 
-    def _record(self, path: KernelPath) -> None:
+    def _record(self, path: KernelPath, reason: str) -> None:
         self.last_kernel = path.value
         self.kernel_calls[path.value] += 1
+        self.kernel_reasons[path.value] = reason
+
+    @property
+    def last_kernel_reason(self) -> str | None:
+        """Why the last call ran the kernel it ran (None before the first call)."""
+        return None if self.last_kernel is None else self.kernel_reasons.get(self.last_kernel)
+
+    def _dequant_reason(self) -> str:
+        if self.kernel == "reference":
+            return "kernel='reference' forces dequant"
+        if self.scheme.bits == 8 and not self.quantize_activations:
+            return "weight-only 8-bit: activations stay float, so no int8 kernel"
+        return f"no integer kernel for {self.scheme.label} here"
 
 
 # The per-row int8 paths and the (K, N) weight layout each runs on: a contiguous int8 or fp32
@@ -134,10 +151,12 @@ _PER_ROW_INT8: dict[KernelPath, Callable[[torch.Tensor], torch.Tensor]] = {
 class QuantLinear(QuantizedLayer):
     """Drop-in replacement of `nn.Linear` with a packed 2..8-bit weight.
 
-    Kernel choice per call (CPU): 8-bit symmetric per-channel runs int8 GEMMs as
-    `engine._kernels.cpu_int8_linear_path` picks them (per-row activation scales on oneDNN
-    or torch._int_mm, emulated on an fp32 GEMM where neither is exact and fast on this CPU;
-    fbgemm's dynamic int8 for a single row); 4-bit group-wise runs the
+    Kernel choice per call (CPU): 8-bit symmetric per-channel runs the int8 GEMM that
+    `engine._int8_paths.int8_linear_choice` picks for the row count: the first exact one
+    not slower than fp32 emulation among fbgemm's dynamic int8 (a single row), oneDNN with
+    symmetric 8-bit rows, fbgemm with asymmetric rows (0..129 on AVX2-only CPUs) and
+    torch._int_mm, else the same per-row arithmetic emulated on an fp32 GEMM. `choose_path`
+    and the module's `kernel_reasons` say why. 4-bit group-wise runs the
     int4 weight-packed kernel up to 256 rows and dequant beyond (where it is faster); all
     other widths run dequant. CUDA: int8 on torch._int_mm (the same per-row arithmetic),
     4-bit on tinygemm up to `INT4PACK_MAX_ROWS_CUDA` rows and bf16 unpack + cuBLAS beyond.
@@ -162,30 +181,39 @@ class QuantLinear(QuantizedLayer):
                              else act_smoothing.detach().float().clone())
 
     def select_path(self, rows: int, device: torch.device) -> KernelPath:
+        return self.choose_path(rows, device)[0]
+
+    def choose_path(self, rows: int, device: torch.device) -> tuple[KernelPath, str]:
+        """The kernel path for `rows` input rows on `device`, and why (one sentence)."""
         if self.kernel == "reference":
-            return KernelPath.DEQUANT
+            return KernelPath.DEQUANT, self._dequant_reason()
         n, k = self.out_features, self.in_features
         if device.type == "cuda":
             if self._is_native_int8() and n % 8 == 0 and k % 8 == 0:
-                return KernelPath.CUDA_INT8_INTMM
+                return KernelPath.CUDA_INT8_INTMM, "CUDA int8: torch._int_mm, per-row scales"
             if self._int4pack_ok("cuda") and hasattr(torch.ops.aten, "_weight_int4pack_mm"):
-                return (KernelPath.CUDA_INT4PACK_BF16 if rows <= K.INT4PACK_MAX_ROWS_CUDA
-                        else KernelPath.CUDA_DEQUANT_BF16)
-            return KernelPath.DEQUANT
-        if device.type == "cpu":
+                limit = K.INT4PACK_MAX_ROWS_CUDA
+                if rows <= limit:
+                    return KernelPath.CUDA_INT4PACK_BF16, f"4-bit, {rows} <= {limit} rows"
+                return KernelPath.CUDA_DEQUANT_BF16, f"4-bit, {rows} > {limit} rows"
+        elif device.type == "cpu":
             if self._is_native_int8():
-                return K.cpu_int8_linear_path(rows)
-            if (self._int4pack_ok() and K.int4pack_cpu_available()
-                    and rows <= K.INT4PACK_MAX_ROWS_CPU):
-                return KernelPath.INT4PACK_BF16
-        return KernelPath.DEQUANT
+                choice = int8_linear_choice(rows)
+                return choice.path, choice.reason
+            if self._int4pack_ok() and K.int4pack_cpu_available():
+                limit = K.INT4PACK_MAX_ROWS_CPU
+                if rows <= limit:
+                    return KernelPath.INT4PACK_BF16, f"4-bit group-wise, {rows} <= {limit} rows"
+                return KernelPath.DEQUANT, (f"4-bit at {rows} > {limit} rows: dequant + fp32 "
+                                            "GEMM is faster than the int4 kernel")
+        return KernelPath.DEQUANT, self._dequant_reason()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)
-        path = self.select_path(x2d.shape[0], x.device)
+        path, reason = self.choose_path(x2d.shape[0], x.device)
         y = self.run_path(path, x2d)
-        self._record(path)
+        self._record(path, reason)
         return y.reshape(*lead, self.out_features)
 
     def run_path(self, path: KernelPath, x2d: torch.Tensor) -> torch.Tensor:
@@ -199,12 +227,18 @@ class QuantLinear(QuantizedLayer):
             w_t = self._prepare(path, dev, lambda: _PER_ROW_INT8[path](self.int8_weight()))
             return K.int8_rows_linear(x2d, w_t, self.scales[:, 0].float(), bias,
                                       smoothing).to(x2d.dtype)
+        if path is KernelPath.FBGEMM_INT8_ROWS:  # smooths itself
+            rows = self._prepare(path, dev, lambda: prepare_fbgemm_rows(
+                self.int8_weight(), self.scales[:, 0], bias))
+            return fbgemm_rows_linear(x2d, rows, smoothing,
+                                      self._fbgemm_max_code()).to(x2d.dtype)
         if smoothing is not None:
             x2d = x2d * smoothing
         if path is KernelPath.FBGEMM_INT8_DYNAMIC:
             packed = self._prepare(path, dev, lambda: K.prepare_fbgemm_linear(
                 self.int8_weight(), self.scales[:, 0], bias))
-            return K.fbgemm_linear(x2d, packed).to(x2d.dtype)
+            reduce_range = self._fbgemm_max_code() < 255
+            return K.fbgemm_linear(x2d, packed, reduce_range).to(x2d.dtype)
         if path is KernelPath.INT4PACK_BF16:
             int4 = self._prepare(path, dev, lambda: K.prepare_int4pack_cpu(
                 self.quantized_weight().codes(), self.scales, self.zeros))
@@ -220,16 +254,36 @@ class QuantLinear(QuantizedLayer):
             return F.linear(x2d, self.dequantized_weight(x2d.dtype), bias)
         raise KernelUnavailableError(f"kernel path {path.value!r} does not run linear layers.")
 
+    @staticmethod
+    def _fbgemm_max_code() -> int:
+        max_code = fbgemm_max_code()
+        if not max_code:
+            raise KernelUnavailableError("fbgemm's int8 linear is unavailable or inexact on "
+                                         "this CPU (see engine._int8_paths.fbgemm_max_code).")
+        return max_code
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.scheme.label}"
+
+
+# Calibrated int8 convs run the first of these whose kernel is exact here. oneDNN's keeps
+# fp32 outputs (37.9 vs 36.1 dB on a 128-channel 3x3 conv) at about the same speed here;
+# fbgemm's stays first while latency tables and their layout model name it.
+STATIC_CONV_PREFERENCE = (KernelPath.FBGEMM_INT8_STATIC_CONV, KernelPath.ONEDNN_INT8_STATIC_CONV)
+_CONV_KERNEL = {KernelPath.FBGEMM_INT8_STATIC_CONV: "fbgemm",
+                KernelPath.ONEDNN_INT8_STATIC_CONV: "onednn",
+                KernelPath.ONEDNN_INT8_DYNAMIC: "onednn"}
 
 
 class QuantConv2d(QuantizedLayer):
     """Drop-in replacement of `nn.Conv2d` (incl. depthwise) with a packed 2..8-bit weight.
 
-    8-bit symmetric per-channel convs run fbgemm's static int8 conv (channels-last) once
-    their activation ranges are calibrated (`engine.apply(..., calibration=...)`), and
-    oneDNN's int8 conv with per-call activation ranges before that. Other widths: dequant.
+    8-bit symmetric per-channel convs run a static int8 conv (channels-last) once their
+    activation ranges are calibrated (`engine.apply(..., calibration=...)`): fbgemm's, else
+    oneDNN's with fp32 output (bias fused, no output grid); before that oneDNN's int8 conv
+    with per-call activation ranges. Input codes stop at the widest range the kernel sums
+    exactly on this CPU (`engine._int8_paths.conv_max_code`: 0..129 on AVX2-only CPUs).
+    Other widths: dequant.
     """
 
     input_range: torch.Tensor  # buffers: (min, max) seen in calibration, NaN before
@@ -259,13 +313,24 @@ class QuantConv2d(QuantizedLayer):
                     and torch.isfinite(self.output_range).all())
 
     def select_path(self, device: torch.device) -> KernelPath:
+        return self.choose_path(device)[0]
+
+    def choose_path(self, device: torch.device) -> tuple[KernelPath, str]:
+        """The kernel path on `device`, and why (one sentence)."""
         if self.kernel == "reference" or device.type != "cpu" or not self._is_native_int8():
-            return KernelPath.DEQUANT
-        if self.calibrated and K.fbgemm_available():
-            return KernelPath.FBGEMM_INT8_STATIC_CONV
-        if K.onednn_available():
-            return KernelPath.ONEDNN_INT8_DYNAMIC
-        return KernelPath.DEQUANT
+            return KernelPath.DEQUANT, self._dequant_reason()
+        if self.calibrated:
+            for path in STATIC_CONV_PREFERENCE:
+                max_code = conv_max_code(_CONV_KERNEL[path])
+                if max_code:
+                    return path, (f"calibrated input grid, codes 0..{max_code} (the widest "
+                                  "this kernel sums exactly here)")
+        max_code = conv_max_code("onednn")
+        if max_code:
+            return KernelPath.ONEDNN_INT8_DYNAMIC, (
+                f"{'not calibrated: ' if not self.calibrated else ''}input grid per call, "
+                f"codes 0..{max_code}")
+        return KernelPath.DEQUANT, "no exact int8 conv kernel here"
 
     def _geometry(self) -> tuple[Pair, Pair, Pair, int]:
         return self.stride, self.padding, self.dilation, self.groups
@@ -278,10 +343,21 @@ class QuantConv2d(QuantizedLayer):
             y = self._dequant_conv(x)
             self._observe(x, y)
             return y
-        path = self.select_path(x.device)
+        path, reason = self.choose_path(x.device)
         y = self.run_path(path, x)
-        self._record(path)
+        self._record(path, reason)
         return y
+
+    def _input_qparams(self, max_code: int) -> tuple[float, int]:
+        lo, hi = self.input_range.tolist()
+        return K.uint8_affine_params(lo, hi, max_code)
+
+    def _max_code(self, path: KernelPath) -> int:
+        max_code = conv_max_code(_CONV_KERNEL[path])
+        if not max_code:
+            raise KernelUnavailableError(
+                f"kernel path {path.value!r} is unavailable or inexact on this CPU.")
+        return max_code
 
     def run_path(self, path: KernelPath, x: torch.Tensor) -> torch.Tensor:
         dev = x.device
@@ -289,14 +365,23 @@ class QuantConv2d(QuantizedLayer):
             packed = self._prepare(path, dev, lambda: K.prepare_fbgemm_conv(
                 self.int8_weight().reshape(self.weight_shape), self.scales[:, 0], self.bias,
                 *self._geometry()))
-            in_q = K.uint8_affine_params(*self.input_range.tolist())
-            out_q = K.uint8_affine_params(*self.output_range.tolist())
-            return K.fbgemm_conv_static(x, packed, in_q, out_q).to(x.dtype)
-        if path is KernelPath.ONEDNN_INT8_DYNAMIC:
-            prep = self._prepare(path, dev, lambda: K.prepare_onednn_conv(
-                self.int8_weight().reshape(self.weight_shape), self.scales[:, 0],
-                *self._geometry()))
-            return K.onednn_conv_dynamic(x, prep, self.bias, *self._geometry()).to(x.dtype)
+            max_code = self._max_code(path)
+            out_lo, out_hi = self.output_range.tolist()
+            out_q = K.uint8_affine_params(out_lo, out_hi)
+            return K.fbgemm_conv_static(x, packed, self._input_qparams(max_code), out_q,
+                                        max_code).to(x.dtype)
+        if path in (KernelPath.ONEDNN_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_STATIC_CONV):
+            prep = self._prepare(  # one layout for both oneDNN paths
+                KernelPath.ONEDNN_INT8_DYNAMIC, dev, lambda: K.prepare_onednn_conv(
+                    self.int8_weight().reshape(self.weight_shape), self.scales[:, 0],
+                    *self._geometry()))
+            max_code = self._max_code(path)
+            if path is KernelPath.ONEDNN_INT8_DYNAMIC:
+                return K.onednn_conv_dynamic(x, prep, self.bias, *self._geometry(),
+                                             max_code).to(x.dtype)
+            in_q = self._input_qparams(max_code)
+            return K.onednn_conv_static(x, prep, self.bias, in_q, max_code,
+                                        *self._geometry()).to(x.dtype)
         if path is KernelPath.DEQUANT:
             return self._dequant_conv(x)
         raise KernelUnavailableError(f"kernel path {path.value!r} does not run conv layers.")

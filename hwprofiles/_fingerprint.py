@@ -3,6 +3,10 @@
 Kernel times depend on the CPU model, its ISA extensions (VNNI and AMX decide which int8
 kernels are fast), the torch build (its kernels) and the thread count; a table measured
 elsewhere is only a guess here, so using one warns (`FingerprintMismatchWarning`).
+
+A table measured in another runtime than the engine (ONNX Runtime: `runtime` and
+`runtime_version`) times other kernels altogether: using it for another runtime, or with
+another version of its runtime, is refused (`RuntimeMismatchError`), never a warning.
 """
 
 from __future__ import annotations
@@ -15,16 +19,47 @@ import torch
 
 from engine import InvalidSpecError, cpu_flags, cpu_model
 
+# Runtimes other than the engine that tables can be measured in, with how to read their
+# version (imported only when asked).
+RUNTIMES = ("onnxruntime",)
+
 # The ISA flags that change which kernels run or how fast: recorded when present.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
              "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve")
 # Fields whose difference makes a table's times unreliable here (`cores` alone does not:
 # the thread count is what the kernels use, and it is compared).
-COMPARED = ("cpu_model", "isa_flags", "torch_version", "torch_threads", "gpu")
+COMPARED = ("cpu_model", "isa_flags", "torch_version", "torch_threads", "gpu", "runtime",
+            "runtime_version")
 
 
 class FingerprintMismatchWarning(UserWarning):
     """A latency table is used on a device other than the one it was measured on."""
+
+
+class RuntimeMismatchError(InvalidSpecError):
+    """Raised when a latency table measured in one runtime (the engine, or ONNX Runtime of
+    some version) is used for another runtime or another version of it: its times are of
+    other kernels. Re-profile in the runtime that will run the model."""
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of a runtime in `RUNTIMES`.
+
+    Raises:
+        InvalidSpecError: Not a known runtime.
+        MissingDependencyError: The runtime is not installed.
+    """
+    if runtime not in RUNTIMES:
+        raise InvalidSpecError(f"`runtime` must be one of {RUNTIMES} or null (the engine), "
+                               f"got {runtime!r}.")
+    try:
+        import onnxruntime  # type: ignore[import-untyped]
+    except ImportError as e:
+        from engine import MissingDependencyError
+
+        raise MissingDependencyError("the `onnxruntime` runtime is not installed; install "
+                                     "the `onnx` extra.") from e
+    return str(onnxruntime.__version__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +73,9 @@ class DeviceFingerprint:
         torch_version: `torch.__version__` of the process that measured.
         torch_threads: `torch.get_num_threads()` while measuring.
         gpu: CUDA device name when CUDA was available, else None.
+        runtime: The runtime whose kernels were timed: None for the engine (PyTorch),
+            "onnxruntime" for ONNX Runtime (CPU); its threads are `torch_threads`.
+        runtime_version: That runtime's version (None for the engine: `torch_version`).
     """
 
     cpu_model: str
@@ -46,6 +84,8 @@ class DeviceFingerprint:
     torch_version: str = ""
     torch_threads: int = 1
     gpu: str | None = None
+    runtime: str | None = None
+    runtime_version: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpu_model, str):
@@ -63,15 +103,44 @@ class DeviceFingerprint:
                 f"`device.torch_version` must be a string, got {self.torch_version!r}.")
         if self.gpu is not None and not isinstance(self.gpu, str):
             raise InvalidSpecError(f"`device.gpu` must be a string or null, got {self.gpu!r}.")
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise InvalidSpecError(f"`device.runtime` must be one of {RUNTIMES} or null, "
+                                   f"got {self.runtime!r}.")
+        if (self.runtime is None) != (self.runtime_version is None) or not isinstance(
+                self.runtime_version, str | None):
+            raise InvalidSpecError(
+                f"`device.runtime_version` must be a string exactly when `device.runtime` is "
+                f"set, got {self.runtime_version!r} for runtime {self.runtime!r}.")
 
     @classmethod
-    def current(cls) -> DeviceFingerprint:
-        """The fingerprint of this process's device (thread count as torch uses it now)."""
+    def current(cls, runtime: str | None = None) -> DeviceFingerprint:
+        """The fingerprint of this process's device (thread count as torch uses it now),
+        for the engine or for `runtime` (its installed version; a CPU runtime: no GPU)."""
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        version = None if runtime is None else runtime_version(runtime)
         return cls(cpu_model=cpu_model(), cores=os.cpu_count() or 1,
                    isa_flags=tuple(f for f in ISA_FLAGS if f in cpu_flags()),
                    torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
-                   gpu=gpu)
+                   gpu=gpu if runtime is None else None, runtime=runtime,
+                   runtime_version=version)
+
+    @property
+    def runtime_label(self) -> str:
+        """"the engine (torch X)" or "onnxruntime X"."""
+        if self.runtime is None:
+            return f"the engine (torch {self.torch_version})"
+        return f"{self.runtime} {self.runtime_version}"
+
+    def check_runtime(self, other: DeviceFingerprint) -> None:
+        """Refuses a table (this fingerprint) for use in `other`'s runtime.
+
+        Raises:
+            RuntimeMismatchError: The runtimes, or their versions, differ.
+        """
+        if (self.runtime, self.runtime_version) != (other.runtime, other.runtime_version):
+            raise RuntimeMismatchError(
+                f"latency table was measured in {self.runtime_label}, but it is used for "
+                f"{other.runtime_label}; its kernel times do not hold there: re-profile.")
 
     @property
     def short_name(self) -> str:
@@ -80,7 +149,8 @@ class DeviceFingerprint:
                  if w.lower() not in {"intel", "amd", "processor", "cpu", "core"}]
         stem = "-".join(words[:3]).lower() or "cpu"
         stem = "".join(c if c.isalnum() or c in "-." else "-" for c in stem).strip("-")
-        return f"{stem}-t{self.torch_threads}" + ("-cuda" if self.gpu else "")
+        runtime = "" if self.runtime is None else f"-{self.runtime}"
+        return f"{stem}-t{self.torch_threads}" + ("-cuda" if self.gpu else "") + runtime
 
     def differences(self, other: DeviceFingerprint) -> list[str]:
         """Human-readable differences in the fields that change kernel times."""
@@ -97,6 +167,10 @@ class DeviceFingerprint:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpu_model": self.cpu_model, "cores": self.cores,
-                "isa_flags": list(self.isa_flags), "torch_version": self.torch_version,
-                "torch_threads": self.torch_threads, "gpu": self.gpu}
+        out: dict[str, Any] = {"cpu_model": self.cpu_model, "cores": self.cores,
+                               "isa_flags": list(self.isa_flags),
+                               "torch_version": self.torch_version,
+                               "torch_threads": self.torch_threads, "gpu": self.gpu}
+        if self.runtime is not None:  # engine tables keep their form
+            out |= {"runtime": self.runtime, "runtime_version": self.runtime_version}
+        return out

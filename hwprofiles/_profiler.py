@@ -206,15 +206,9 @@ def profile_layers(
     else:
         table.check_fingerprint()
 
-    modules = engine.quantizable_modules(model)
+    inputs, groups = layers_by_shape(model, layers, example_inputs)
     active = [x for x in layers if x.calls > 0]
-    missing = [x.name for x in active if x.name not in modules]
-    if missing:
-        raise engine.UnknownLayerError(f"layers not in the model: {missing[:5]}.")
-    inputs = capture_inputs(model, [x.name for x in active], example_inputs)
-    groups: dict[str, list[LayerSpec]] = {}
-    for layer in active:
-        groups.setdefault(layer.shape_signature, []).append(layer)
+    modules = engine.quantizable_modules(model)
 
     todo: dict[str, list[str]] = {}
     for sig, members in groups.items():
@@ -353,3 +347,23 @@ def _gap_times(model: nn.Module, layers: Sequence[LayerSpec], example_inputs: An
         raise InvalidSpecError("the model's layer calls differ between runs on the same "
                                "inputs; its non-layer time cannot be split per layer.")
     return [(n, statistics.median(r[i][1] for r in runs)) for i, n in enumerate(names)]
+
+
+def layers_by_shape(model: nn.Module, layers: Sequence[LayerSpec], example_inputs: Any
+                    ) -> tuple[dict[str, Any], dict[str, list[LayerSpec]]]:
+    """The inputs each layer that runs gets on `example_inputs`, and those layers grouped by
+    shape signature (each distinct shape is timed once).
+
+    Raises:
+        UnknownLayerError: A layer is not in the model.
+    """
+    modules = engine.quantizable_modules(model)
+    active = [x for x in layers if x.calls > 0]
+    missing = [x.name for x in active if x.name not in modules]
+    if missing:
+        raise engine.UnknownLayerError(f"layers not in the model: {missing[:5]}.")
+    inputs = capture_inputs(model, [x.name for x in active], example_inputs)
+    groups: dict[str, list[LayerSpec]] = {}
+    for layer in active:
+        groups.setdefault(layer.shape_signature, []).append(layer)
+    return inputs, groups

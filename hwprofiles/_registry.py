@@ -185,8 +185,10 @@ def list_profiles() -> list[ProfileInfo]:
         except InvalidSpecError as e:
             out.append(ProfileInfo(path.stem, path, "?", 0, 0, "", error=str(e)))
             continue
-        device = f"{t.device.cpu_model}, {t.device.torch_threads} threads, torch " \
-                 f"{t.device.torch_version}" + (f", {t.device.gpu}" if t.device.gpu else "")
+        runtime = (f"torch {t.device.torch_version}" if t.device.runtime is None
+                   else t.device.runtime_label)
+        device = f"{t.device.cpu_model}, {t.device.torch_threads} threads, {runtime}" \
+                 + (f", {t.device.gpu}" if t.device.gpu else "")
         out.append(ProfileInfo(path.stem, path, device, t.batch, len(t.entries), t.created,
                                t.model))
     return out

@@ -309,14 +309,21 @@ class LatencyTable(JsonFormat):
     # -- using ---------------------------------------------------------------------------
 
     def check_fingerprint(self, device: DeviceFingerprint | None = None) -> list[str]:
-        """Warns (`FingerprintMismatchWarning`) when `device` (default: this one) differs
-        from the table's in CPU model, ISA flags, torch version, threads or GPU.
+        """Warns (`FingerprintMismatchWarning`) when `device` (default: this one, in the
+        table's runtime) differs from the table's in CPU model, ISA flags, torch version,
+        threads or GPU.
 
         Returns:
             The differences (empty when the devices match).
+
+        Raises:
+            RuntimeMismatchError: `device` is another runtime, or another version of the
+                table's runtime (e.g. ONNX Runtime): refused, not warned about.
         """
+        current = device or DeviceFingerprint.current(self.device.runtime)
+        self.device.check_runtime(current)
         self._checked[0] = True
-        diffs = self.device.differences(device or DeviceFingerprint.current())
+        diffs = self.device.differences(current)
         if diffs:
             warnings.warn("latency table was measured on another device; its times may not "
                           "hold here: " + "; ".join(diffs) + ".", FingerprintMismatchWarning,
@@ -407,7 +414,8 @@ class LatencyTable(JsonFormat):
         d = doc.device
         device = DeviceFingerprint(cpu_model=d.cpu_model, cores=d.cores,
                                    isa_flags=tuple(d.isa_flags), torch_version=d.torch_version,
-                                   torch_threads=d.torch_threads, gpu=d.gpu)
+                                   torch_threads=d.torch_threads, gpu=d.gpu,
+                                   runtime=d.runtime, runtime_version=d.runtime_version)
         return cls(device=device, batch=doc.batch, entries=entries, repeats=doc.repeats,
                    model=doc.model, overhead_us=doc.overhead_us, gaps=gaps,
                    created=doc.created or now_iso())
@@ -510,6 +518,9 @@ class DeviceDocument(Document):
     torch_threads: PositiveInt = Field(description="torch threads while measuring.")
     gpu: str | None = Field(dataclass_default(DeviceFingerprint, "gpu"),
                             description="CUDA device name, if any.")
+    runtime: Literal["onnxruntime"] | None = Field(
+        None, description="Runtime whose kernels were timed; null: the engine (PyTorch).")
+    runtime_version: str | None = Field(None, description="That runtime's version.")
 
 
 class LatencyDocument(Document):

@@ -61,6 +61,7 @@ from allocator.cli._options import (
     SensitivityOut,
     SolverName,
     SolveTimeLimit,
+    Target,
     Ties,
     UniformBits,
     WeightOnlyChoice,
@@ -69,7 +70,7 @@ from allocator.cli._options import (
     exactly_one,
     parse_bits,
 )
-from engine import AllocatorError, BitConfig, CLIUsageError, check_bits
+from engine import AllocatorError, BitConfig, CLIUsageError, InvalidSpecError, check_bits
 
 REWARDS = ("proxy", "measured")
 
@@ -220,6 +221,22 @@ def _rules(project: LoadedProject, tie: list[str] | None, fix: list[str] | None,
                        fix_option="--fix" if fix else where % "fix")
 
 
+def _target(project: LoadedProject, flag: str | None, spec: Any) -> str:
+    """`--target`, else the project's `target`, else `engine`; a target other than the
+    engine needs a model (a problem file's costs are its own)."""
+    from allocator.export import TARGETS
+
+    if flag is not None and flag not in TARGETS:
+        raise InvalidSpecError(f"`--target` must be one of {', '.join(TARGETS.names())}; "
+                               f"got {flag!r}.")
+    if spec is None:
+        if flag is not None and flag != "engine":
+            raise CLIUsageError("`--target` applies with `--model` (a problem file carries "
+                                "its own costs).")
+        return "engine"
+    return str(project.pick("target", flag))
+
+
 def _say_rules(summary: dict[str, Any] | None) -> None:
     """One stderr line on the ties and pins the answer kept; exit 1 when one broke (a
     solver bug: the answer must not be used)."""
@@ -241,7 +258,7 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
           rounding: Rounding = None, weight_only: WeightOnlyChoice = None,
           reward: Reward = "proxy", device: Device = "auto", data: DataFile = None,
           weights: WeightsFile = None, tie: Ties = None, fix: Fixes = None,
-          as_json: AsJson = False, out: ConfigOut = None) -> None:
+          target: Target = None, as_json: AsJson = False, out: ConfigOut = None) -> None:
     """Choose per-layer bit-widths under the budgets (exit 3 when they cannot be met)."""
     project = load_project()
     spec = _source(project, problem, model, data, weights, device)
@@ -251,6 +268,7 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
     seed = project.pick("seed", seed)
     time_limit = project.pick("time_limit_s", time_limit)
     options = _solver_options(solver, reward, spec)
+    deploy = _target(project, target, spec)
     check_output("--out", out)
     if spec is None:
         assert problem is not None  # _source: exactly one of the two
@@ -260,8 +278,8 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
         from allocator._pipeline import rules_layout
 
         candidates = _model_bits(project, bits)
-        if rules:  # a rule that does not fit the model fails before any work
-            rules_layout(spec, candidates, rules)
+        if rules or deploy != "engine":  # a rule or target that does not fit fails at once
+            rules_layout(spec, candidates, rules, target=deploy)
         with render.status(f"{spec.name}: sensitivity, solve, apply, measure..."):
             report = allocator.solve(
                 spec, budgets, solver=solver, bits=candidates, seed=seed,
@@ -269,8 +287,14 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
                 rounding=project.pick("rounding", rounding),
                 weight_only=project.pick("weight_only", weight_only),
                 **_group_size(project, None), time_limit_s=time_limit,
-                solver_options=options, rules=rules, progress=not as_json, log=render.log)
+                solver_options=options, rules=rules, target=deploy, progress=not as_json,
+                log=render.log)
     _say_rules(report.rules)
+    if report.target != "engine":
+        floats = report.float_layers
+        render.log(f"target {report.target}: sizes and bits are its file's"
+                   + (f"; {len(floats)} layer(s) stay float: " + ", ".join(list(floats)[:5])
+                      if floats else ""))
     if out is not None:
         with writing("--out", out):
             render.write_json(out, report.config.to_dict())
@@ -285,13 +309,14 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
            estimator: PipelineEstimator = None, seed: Seed = None, rounding: Rounding = None,
            weight_only: WeightOnlyChoice = None, device: Device = "auto", data: DataFile = None,
            weights: WeightsFile = None, tie: Ties = None, fix: Fixes = None,
-           as_json: AsJson = False, out: FrontOut = None) -> None:
+           target: Target = None, as_json: AsJson = False, out: FrontOut = None) -> None:
     """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
     from allocator._pipeline import front_rules, rules_layout
 
     project = load_project()  # its `budget` is solve's: pareto's --budget holds costs fixed
     spec = _source(project, problem, model, data, weights, device)
     rules = _rules(project, tie, fix, from_project=spec is not None)
+    deploy = _target(project, target, spec)
     check_output("--out", out)
     check_output("--png", png)
     if spec is None:
@@ -307,17 +332,19 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
     else:
         candidates = _model_bits(project, bits)
         # the model's ties and pins, checked before any work (a bad rule fails at once)
-        layout = rules_layout(spec, candidates, rules) if rules else None
+        layout = (rules_layout(spec, candidates, rules, target=deploy)
+                  if rules or deploy != "engine" else None)
         with render.status(f"{spec.name}: sensitivity, front, measuring points..."):
             front, measured = allocator.pareto(
                 spec, axis=axis, points=points, measure_points=measure, budgets=budget or [],
-                bits=candidates, rules=rules,
+                bits=candidates, rules=rules, target=deploy,
                 estimator=project.pick("estimator", estimator),
                 seed=project.pick("seed", seed), rounding=project.pick("rounding", rounding),
                 weight_only=project.pick("weight_only", weight_only),
                 **_group_size(project, None), progress=not as_json)
         document = render.front_document(front, measured)
         held = None if layout is None else front_rules(front, layout)
+        document["target"] = deploy
         png = png or (out.removesuffix(".json") + ".png" if out else None)
         if png:  # the folder of --out was checked; a png beside it is writable too
             with writing("--png", png):
@@ -406,3 +433,4 @@ def sensitivity(model: ModelName = None, estimator: Estimator = None, seed: Seed
         with writing("--out", out):
             table.save(out)
     render.emit(table.to_dict(), as_json, render.sensitivity_view)
+from allocator.cli import _export as _export  # noqa: E402,F401  (registers `allocator export`)

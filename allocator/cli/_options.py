@@ -166,6 +166,11 @@ Ties = Annotated[list[str] | None, typer.Option(
     help="Layers that take one bit-width: re:REGEX (grouped per block: q/k/v of block N "
     "together, e.g. 're:\\.(q|k|v)_proj$') or a,b,c; repeatable (default: the project "
     "file's `tie`, with --model).")]
+Target = Annotated[str | None, typer.Option(
+    "--target", metavar="TARGET",
+    help="Deployment target: engine, onnx, compressed-tensors or gguf; the solve measures its "
+    "schemes and counts its file's bytes (a bits budget: its bits per weight) "
+    f"({_or_project('engine')}).")]
 Fixes = Annotated[list[str] | None, typer.Option(
     "--fix", metavar="RULE",
     help="Pin layers to a bit-width: NAME=BITS, a,b=BITS or re:REGEX=BITS (e.g. lm_head=8); "

@@ -26,7 +26,8 @@ cpu_int8 = pytest.mark.skipif(not (K.fbgemm_available() and K.onednn_available()
 
 @cpu_int8
 @pytest.mark.parametrize("path", [KernelPath.FBGEMM_INT8_DYNAMIC, KernelPath.ONEDNN_INT8_DYNAMIC,
-                                  KernelPath.CPU_INT8_INTMM, KernelPath.CPU_INT8_EMULATED])
+                                  KernelPath.FBGEMM_INT8_ROWS, KernelPath.CPU_INT8_INTMM,
+                                  KernelPath.CPU_INT8_EMULATED])
 def test_int8_linear_paths(path):
     if path is KernelPath.CPU_INT8_INTMM and not K.int_mm_cpu_available():
         pytest.skip("no torch._int_mm on this CPU build")
@@ -118,13 +119,18 @@ def test_int8_conv_dynamic_then_static(groups):
     layer, x, ref = _conv(groups)
     y_dyn = layer(x)
     assert layer.last_kernel == KernelPath.ONEDNN_INT8_DYNAMIC.value
+    assert "not calibrated" in layer.last_kernel_reason
     layer.calibrating = True
     layer(x)
     layer.calibrating = False
     y_static = layer(x)
-    assert layer.last_kernel == KernelPath.FBGEMM_INT8_STATIC_CONV.value
+    assert layer.last_kernel == layer.select_path(x.device).value
+    assert layer.last_kernel in {KernelPath.ONEDNN_INT8_STATIC_CONV.value,
+                                 KernelPath.FBGEMM_INT8_STATIC_CONV.value}
     assert sqnr_db(ref, y_dyn) >= 30.0
     assert sqnr_db(ref, y_static) >= 30.0
+    for path in (KernelPath.ONEDNN_INT8_STATIC_CONV, KernelPath.FBGEMM_INT8_STATIC_CONV):
+        assert sqnr_db(ref, layer.run_path(path, x)) >= 30.0
 
 
 def test_int4_conv_runs_dequant():

@@ -1,7 +1,7 @@
 // The page of one job: its state (live while it runs), result summary, Pareto front with a
 // second job to compare, the bit map of a clicked point, and downloads.
 
-import { api, ApiError } from "./api.js";
+import { api, ApiError, getToken } from "./api.js";
 import { COST_KINDS, costKindFor, renderBitmap } from "./bitmap.js";
 import { availableAxes, AXES, bitsOf, buildFigure, jobPoints } from "./front.js";
 import { loadPlotly } from "./plotly_loader.js";
@@ -296,6 +296,82 @@ class FrontView {
   }
 }
 
+const EXPORT_FORMATS = [
+  ["onnx", "ONNX (.onnx)"],
+  ["compressed-tensors", "compressed-tensors (.zip, vLLM)"],
+  ["gguf", "GGUF (.gguf, llama.cpp)"],
+];
+
+/** GET /jobs/{id}/export?format=F until it answers the file (202: exporting, polled after
+ * Retry-After); saves the file, or says the exporter's error. */
+async function downloadExport(job, format, say) {
+  const path = `/jobs/${encodeURIComponent(job.id)}/export?format=${encodeURIComponent(format)}`;
+  const headers = {};
+  const token = getToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  for (;;) {
+    let response;
+    try {
+      response = await fetch(path, { headers });
+    } catch (err) {
+      say(`cannot reach the service: ${err.message}`, true);
+      return;
+    }
+    if (response.status === 202) {
+      say(`exporting to ${format}... (the engine quantizes, the format's library checks)`);
+      const wait = Number(response.headers.get("Retry-After")) || 5;
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      continue;
+    }
+    if (!response.ok) {
+      let detail = `HTTP ${response.status}`;
+      try {
+        detail = (await response.json()).detail || detail;
+      } catch {
+        // not JSON: the status says enough
+      }
+      say(detail, true);
+      return;
+    }
+    const blob = await response.blob();
+    const match = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+    const a = el("a", { href: URL.createObjectURL(blob), download: match ? match[1] : format });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    say(`downloaded ${format} (${fmtBytes(blob.size)})`);
+    return;
+  }
+}
+
+function exportCard(job, config) {
+  const target = config?.extra?.target || "engine";
+  const note = el("p", { class: "muted", id: "export-status" },
+    target === "engine"
+      ? "Solved for the engine: export formats whose schemes it already uses (ONNX), or "
+        + "re-submit with a target."
+      : `Solved for target ${target}: its export has the measured integers.`);
+  const say = (text, error = false) => {
+    note.textContent = text;
+    note.className = error ? "error-box" : "muted";
+  };
+  const buttons = EXPORT_FORMATS.map(([format, label]) => {
+    const button = el("button", { type: "button", "data-format": format,
+      onclick: async () => {
+        buttons.forEach((b) => { b.disabled = true; });
+        try {
+          await downloadExport(job, format, say);
+        } finally {
+          buttons.forEach((b) => { b.disabled = false; });
+        }
+      } }, label);
+    return button;
+  });
+  return el("section", { class: "card", id: "export" }, el("h2", {}, "Deploy"),
+    el("div", { class: "actions" }, ...buttons), note);
+}
+
 async function loadFinished(root, job, compareId) {
   const [result, pareto] = await Promise.all([
     api(`/jobs/${job.id}/result`).catch((err) => err),
@@ -306,6 +382,7 @@ async function loadFinished(root, job, compareId) {
     root.append(el("div", { class: "error-box" }, `Result: ${result.message}`));
   } else {
     root.append(resultCard(result, metric));
+    if (job.kind === "model") root.append(exportCard(job, result.config));
   }
   if (pareto instanceof Error) {
     root.append(el("div", { class: "error-box", id: "front-error" },
