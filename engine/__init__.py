@@ -73,7 +73,7 @@ from engine._types import (
     check_bits,
 )
 
-ENGINE_VERSION = "3"  # 3: exact int8 paths chosen by probes (AVX2 7-bit/129-code grids)
+ENGINE_VERSION = "2"
 
 _TORCH_NAMES: dict[str, tuple[str, ...]] = {
     "engine._apply": (
