@@ -116,7 +116,8 @@ def collect_input_stats(
     """
     single = stop_early and len(modules) == 1
     stats: dict[str, InputStats] = {}
-    state: dict[str, Any] = {"mask": None, "last": None}
+    # `stop`: whether passes after the first end at the last module (each ran once in it)
+    state: dict[str, Any] = {"mask": None, "last": None, "stop": False}
     calls: dict[str, int] = dict.fromkeys(modules, 0)
     waiting: set[str] = set()  # modules not yet called in this pass (when stopping early)
 
@@ -148,19 +149,18 @@ def collect_input_stats(
                 s.rows += n_rows
             calls[name] += 1
             waiting.discard(name)
-            if single or (stop_early and not waiting and first_pass_done[0]):
+            if single or (state["stop"] and not waiting):
                 raise _StopForward
         return hook
 
-    first_pass_done = [False]
     handles = [m.register_forward_pre_hook(hook_for(n, m)) for n, m in modules.items()]
     try:
         for i, batch in enumerate(batches):
             mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
             state["mask"] = mask
             if i == 1 and stop_early and not single:
-                first_pass_done[0] = all(c == 1 for c in calls.values())
-            waiting = set(modules) if first_pass_done[0] else set()
+                state["stop"] = all(c == 1 for c in calls.values())
+            waiting.update(modules if state["stop"] else ())
             try:
                 call_model(model, batch)
             except _StopForward:
