@@ -18,6 +18,7 @@ partial file `hwprofiles/.<name>.partial` of an interrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ from engine import BitConfig, InvalidSpecError, UnknownComponentError
 if TYPE_CHECKING:
     from allocator._spec import ModelSpecLike
     from hwprofiles import LatencyTable
+
+ENGINE_RUNTIME = "engine"
+ORT_RUNTIME = "onnxruntime"
+# Whose kernels a latency table times.
+RUNTIMES = (ENGINE_RUNTIME, ORT_RUNTIME)
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ def batch_inputs(spec: ModelSpecLike, batch: int | None) -> Any:
 def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = None,
                   batch: int | None = None, repeats: int | None = None,
                   weight_only: bool = False, reuse: bool = False,
-                  progress: bool = False) -> ProfileRun:
+                  progress: bool = False, runtime: str = ENGINE_RUNTIME,
+                  settings: BitConfig | None = None) -> ProfileRun:
     """Measures `spec`'s layers at each of `bits` on this machine and stores the table.
 
     Args:
@@ -108,6 +115,11 @@ def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = Non
         reuse: Keep the stored table's measurements and measure only what is missing
             (nothing when it is complete); without it every shape is measured anew.
         progress: Show a progress bar on stderr.
+        runtime: Whose kernels are timed: "engine", or "onnxruntime" (the ops the ONNX
+            export writes, `hwprofiles.profile_onnxruntime`; stored under its own name, its
+            fingerprint naming the ONNX Runtime version).
+        settings: The schemes the layers are timed with (default: the engine's); an ONNX
+            Runtime table times the ONNX target's (`allocator.export.target_settings`).
 
     Returns:
         The stored table with its name and path.
@@ -125,17 +137,28 @@ def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = Non
     inputs = batch_inputs(spec, batch) if inputs is None else inputs
     fp32 = spec.build()
     layers = engine.discover_layers(fp32, inputs, skip=spec.skip_layers)
+    if runtime not in RUNTIMES:
+        raise InvalidSpecError(f"`runtime` must be one of {RUNTIMES}, got {runtime!r}.")
+    ort = runtime == ORT_RUNTIME
     rows = batch_size(inputs)
-    name = profile_name(spec.name, rows, DeviceFingerprint.current())
+    device = DeviceFingerprint.current(ORT_RUNTIME if ort else None)
+    name = profile_name(spec.name, rows, device)
     if weight_only:
         name += "-weight-only"
+    # The device is part of what a profiled table was made for: one measured on another CPU
+    # (model or ISA flags: an AVX2-only EPYC and an AVX-512 one share a name), torch, thread
+    # count, engine version or int8 kernel paths is moved aside and profiled anew, never
+    # used. A table imported on purpose (`allocator profile --import`) is used, with a
+    # warning when its device differs.
     key = {"cache": "latency", "origin": "profiled", "name": name, "model": spec.name,
-           "batch": rows, "weight_only": weight_only}
+           "batch": rows, "weight_only": weight_only, "device": device.identity()}
+    if ort:  # the name says the runtime (`DeviceFingerprint.short_name`)
+        key["runtime"] = ORT_RUNTIME
     stored = profiles_dir() / f"{name}.json"
     table = None
     if reuse:
         try:
-            table = load_profile(name, key=key, check=lambda t: _check_batch(t, rows))
+            table = load_profile(name, key=key, check=lambda t: _check_table(t, rows, ort))
         except UnknownComponentError:
             table = None  # none stored, or it failed verification and was moved aside
     active = [x for x in layers if x.calls > 0]
@@ -143,18 +166,45 @@ def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = Non
             table.has(x.shape_signature, b) for x in active for b in bits):
         return ProfileRun(table, name, stored, 0.0, False, tuple(layers))
     partial = profiles_dir() / f".{name}.partial"  # resumes an interrupted run
-    if table is None:
+    if table is None and not ort:
         _check_partial(partial, rows)
     options: dict[str, Any] = {} if repeats is None else {"repeats": repeats}
+    config = dataclasses.replace(settings or BitConfig(bits={}), bits={},
+                                 activation_bits=None if weight_only else 8)
     start = time.perf_counter()
-    table = profile_layers(fp32, layers, inputs, bits, table=table, progress=progress,
-                           resume_path=partial if table is None else None,
-                           config=BitConfig(bits={}, activation_bits=None if weight_only else 8),
-                           model_name=spec.name, **options)
+    if ort:
+        table = _profile_onnxruntime(spec, fp32, layers, inputs, bits, config, table, options)
+    else:
+        table = profile_layers(fp32, layers, inputs, bits, table=table, progress=progress,
+                               resume_path=partial if table is None else None, config=config,
+                               model_name=spec.name, **options)
     seconds = time.perf_counter() - start
     path = save_profile(table, name, key=key)
     partial.unlink(missing_ok=True)
     return ProfileRun(table, name, path, seconds, True, tuple(layers))
+
+
+def _profile_onnxruntime(spec: ModelSpecLike, fp32: Any, layers: Sequence[engine.LayerSpec],
+                         inputs: Any, bits: Sequence[int], config: BitConfig,
+                         table: LatencyTable | None, options: dict[str, Any]) -> LatencyTable:
+    """The ONNX Runtime table of `spec`'s layers, its non-layer time from the float model
+    exported to ONNX and run whole (what `overhead_us` means for the engine's tables)."""
+    from allocator.export._onnx import float_onnx
+    from hwprofiles import profile_onnxruntime
+
+    fp32_model = float_onnx(fp32, inputs) if table is None or table.overhead_us is None else None
+    return profile_onnxruntime(fp32, layers, inputs, bits, config=config, fp32_model=fp32_model,
+                               table=table, model_name=spec.name, **options)
+
+
+def _check_table(table: LatencyTable, rows: int, ort: bool) -> None:
+    """A stored table fits: its batch, and for ONNX Runtime this installed version (a table
+    of another version is moved aside and profiled anew, never used)."""
+    _check_batch(table, rows)
+    if ort:
+        from hwprofiles import check_onnxruntime_table
+
+        check_onnxruntime_table(table)
 
 
 def _check_batch(table: LatencyTable, rows: int) -> None:
@@ -179,12 +229,13 @@ def _check_partial(partial: Path, rows: int) -> None:
 
 
 def latency_costs(spec: ModelSpecLike, bits: Sequence[int], *, weight_only: bool = False,
-                  progress: bool = False) -> LatencyCosts:
-    """This machine's latency costs of `spec`'s layers at each of `bits` (a stored table
-    when it is complete, else the missing measurements taken now)."""
+                  progress: bool = False, runtime: str = ENGINE_RUNTIME,
+                  settings: BitConfig | None = None) -> LatencyCosts:
+    """This machine's latency costs of `spec`'s layers at each of `bits` in `runtime` (a
+    stored table when it is complete, else the missing measurements taken now)."""
     inputs = spec.latency_batch()
     run = profile_model(spec, bits, inputs=inputs, weight_only=weight_only, reuse=True,
-                        progress=progress)
+                        progress=progress, runtime=runtime, settings=settings)
     by_name = {x.name: x for x in run.layers}
     missing = [x.name for x in spec.layers() if x.name not in by_name]
     if missing:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import engine
 from allocator._budget import Budget, parse_budgets
 from allocator._evaluate import Measurement, measure_config
-from allocator._latency import LatencyCosts, latency_costs
+from allocator._latency import ENGINE_RUNTIME, ORT_RUNTIME, LatencyCosts, latency_costs
 from allocator._problem import Problem
 from allocator._rules import Rules, apply_rules, default_rules, rules_summary
 from allocator.export._targets import TargetCosts, get_target, target_costs, target_settings
@@ -157,9 +157,10 @@ def _with_target_rules(rules: Rules | None, target: str) -> Rules | None:
 def _digest(spec: ModelSpecLike) -> dict[str, str]:
     from sensitivity import hash_tensors
 
+    own = getattr(spec, "calibration_inputs", None)  # without reference outputs
+    inputs = own() if callable(own) else [b.inputs for b in spec.calibration_batches()]
     return {"model_sha256": hash_tensors(dict(spec.build().state_dict()))[:16],
-            "calibration_sha256": hash_tensors([b.inputs
-                                                for b in spec.calibration_batches()])[:16]}
+            "calibration_sha256": hash_tensors(inputs)[:16]}
 
 
 def _spec(model: str | ModelSpecLike) -> ModelSpecLike:
@@ -223,8 +224,10 @@ def _model_problem(spec: ModelSpecLike, *, bits: Sequence[int], estimator: str, 
     if latency:
         stage("latency", 0.5)
         t0 = time.perf_counter()
+        onnx = costs_in is not None and costs_in.target == "onnx"
         lat = latency_costs(spec, bits, weight_only=settings.activation_bits is None,
-                            progress=progress)
+                            progress=progress, runtime=ORT_RUNTIME if onnx else ENGINE_RUNTIME,
+                            settings=settings if onnx else None)
         timings["latency_s"] = time.perf_counter() - t0
     problem = problem_for(spec, table.omega(), bits, settings, latency=lat, costs_in=costs_in)
     if rules:
@@ -420,20 +423,33 @@ def _measured(m: Measurement, fp32_latency_us: float | None) -> tuple[dict, dict
 def _measure_report(spec: ModelSpecLike, report: SolveReport, budgets: Sequence[Budget], *,
                     latency: bool) -> None:
     """Measures the report's config and the best uniform one next to FP32, in place."""
+    best = best_uniform(report.problem, budgets)
+    uniform = (dataclasses.replace(report.settings, bits=best.pop("assignment"))
+               if best else None)
+    _release_for_measuring(spec, [report.config, *([uniform] if uniform else [])])
     fp32_latency = spec.measure_latency_us(spec.build()) if latency else None
     det, timing = _measured(measure_config(spec, report.config, latency=latency),
                             fp32_latency)
     det["fp32_metrics"] = spec.baseline()
     det["fp32_size_bytes"] = engine.model_size_bytes(spec.build())
-    best = best_uniform(report.problem, budgets)
-    if best:
-        cfg = dataclasses.replace(report.settings, bits=best.pop("assignment"))
-        udet, utiming = _measured(measure_config(spec, cfg, latency=latency), fp32_latency)
+    if uniform is not None:
+        udet, utiming = _measured(measure_config(spec, uniform, latency=latency), fp32_latency)
         report.uniform = best | udet
         timing["uniform"] = utiming
     extra = dict(report.config.extra) | {"measured": det, "uniform_baseline": report.uniform}
     report.config = dataclasses.replace(report.config, extra=extra)
     report.measured = det | timing | ({"fp32_latency_us": fp32_latency} if fp32_latency else {})
+
+
+def _release_for_measuring(spec: ModelSpecLike, configs: Sequence[BitConfig]) -> None:
+    """Lets go of what the sensitivity stage kept and measuring does not need: roundings of
+    candidates no config uses, and large calibration references (see
+    `ModelSpec.release_references`), so a large model's measuring peak holds neither."""
+    engine.retain_rounded(configs)
+    release = getattr(spec, "release_references", None)
+    if callable(release):
+        release()
+    engine.release_free_memory()
 
 
 def best_uniform(problem: Problem, budgets: Sequence[Budget]) -> dict[str, Any]:
@@ -507,6 +523,7 @@ def pareto(
     rules: Rules | None = None,
     target: str = DEFAULT_TARGET,
     progress: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> tuple[ParetoFront, list[dict[str, float]]]:
     """The Pareto front of a model along one cost axis, with the first `measure_points`
     points (all by default) applied on the engine and measured.
@@ -516,12 +533,18 @@ def pareto(
     every point (`front_rules` checks them). `target` as in `solve`: the front's sizes and
     bits are the target's file's, measured with its schemes.
 
+    `timings`, when given, is filled with each stage's seconds (`load_s`, `sensitivity_s`,
+    `latency_s`, `front_s`, `measure_s`).
+
     Returns:
         (ParetoFront, list of measured metrics dicts aligned with the front's points).
     """
     from allocator._pareto import pareto_front
 
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
     spec = _spec(model)
+    spec.layers()
     estimator, weight_only = _defaults(spec, estimator, weight_only)
     target = get_target(target).name
     settings = target_settings(
@@ -530,14 +553,21 @@ def pareto(
     rules = _with_target_rules(rules, target)
     fixed = parse_budgets(list(budgets))
     latency = latency or axis == "latency" or any(b.kind == "latency" for b in fixed)
+    timings["load_s"] = time.perf_counter() - t0
     problem, _, _ = _model_problem(
         spec, bits=bits, estimator=estimator, seed=seed, settings=settings, latency=latency,
-        progress=progress, estimator_options=None, stage=lambda _s, _f: None, timings={},
+        progress=progress, estimator_options=None, stage=lambda _s, _f: None, timings=timings,
         rules=rules, costs_in=costs_in)
+    t0 = time.perf_counter()
     front = pareto_front(problem, axis, points, budgets=fixed)
+    timings["front_s"] = time.perf_counter() - t0
     limit = len(front.points) if measure_points is None else measure_points
-    measured = [measure_config(spec, dataclasses.replace(settings, bits=p.bits),
-                               latency=False).metrics for p in front.points[:limit]]
+    configs = [dataclasses.replace(settings, bits=p.bits) for p in front.points[:limit]]
+    t0 = time.perf_counter()
+    if configs:
+        _release_for_measuring(spec, configs)
+    measured = [measure_config(spec, cfg, latency=False).metrics for cfg in configs]
+    timings["measure_s"] = time.perf_counter() - t0
     return front, measured
 
 

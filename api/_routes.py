@@ -31,6 +31,7 @@ from allocator._registered import (
     uploads_dir,
 )
 from allocator._rules import rules_summary
+from allocator.export import TARGETS
 from api import _exports as exports
 from api import _validate as check
 from api._auth import require_read, require_write
@@ -451,6 +452,7 @@ def read_settings(svc: ServiceDep) -> Any:
                    "sync_time_limit_s": s.sync_time_limit_s,
                    "job_time_limit_s": s.job_time_limit_s, "max_page_size": MAX_PAGE_SIZE,
                    "max_model_bytes": s.max_model_bytes},
+        "targets": [{"name": t.name, "description": t.description} for t in TARGETS],
         "write_requires_token": bool(s.api_token),
         "read_requires_token": bool(s.api_token) and s.read_requires_token,
         "workers": svc.mode,

@@ -385,6 +385,13 @@ class LimitsPublic(BaseModel):
                                         description="Largest checkpoint POST /models takes")
 
 
+class TargetPublic(BaseModel):
+    """A deployment target: its name and what it writes."""
+
+    name: str
+    description: str
+
+
 class ServiceSettingsPublic(BaseModel):
     """What the service offers and expects, for clients that build requests (the dashboard
     reads it instead of repeating the server's facts)."""
@@ -398,6 +405,8 @@ class ServiceSettingsPublic(BaseModel):
     stages: list[Stage]
     job_defaults: JobDefaultsPublic
     limits: LimitsPublic
+    targets: list[TargetPublic] = Field(
+        default_factory=list, description="Deployment targets a model job can name (`target`)")
     write_requires_token: bool = Field(
         description="Every write needs `Authorization: Bearer <token>`")
     read_requires_token: bool

@@ -78,8 +78,8 @@ ENGINE_VERSION = "2"
 _TORCH_NAMES: dict[str, tuple[str, ...]] = {
     "engine._apply": (
         "apply", "calibrate", "kernel_counts", "kernel_report", "load_quantized",
-        "model_size_bytes", "quantize_candidates", "quantized_layers", "save_quantized",
-        "scheme_for", "smoothing_factors",
+        "model_size_bytes", "quantize_candidates", "quantized_layers", "retain_rounded",
+        "save_quantized", "scheme_for", "smoothing_factors",
     ),
     "engine._digest": ("feed_digest", "hash_tensors"),
     "engine._gptq": ("gptq",),

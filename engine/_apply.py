@@ -295,10 +295,32 @@ class _RoundingMemo:
         self._entries.clear()
         self._bytes = 0
 
+    def retain(self, keep: set[tuple[str, int]]) -> int:
+        """Drops every entry whose (layer, bits) is not in `keep`; returns bytes freed."""
+        before = self._bytes
+        for key in [k for k in self._entries if (k[0], k[1]) not in keep]:
+            self._drop(key)
+        return before - self._bytes
+
 
 # Rounded weights kept per process (SmolLM2-135M: ~60 MB per width at 4 bits).
 MEMO_BYTES = 768 << 20
 _MEMO = _RoundingMemo(MEMO_BYTES)
+
+
+def retain_rounded(configs: Iterable[BitConfig]) -> int:
+    """Keeps only the remembered roundings that `configs` will use (a layer at a width) and
+    forgets the rest, so that candidates a sensitivity estimate rounded do not stay in
+    memory while the chosen configurations are applied. Returns the bytes let go.
+
+    Example:
+        >>> retain_rounded([mixed_config, uniform_config])  # before measuring both
+    """
+    keep = {(name, bits) for config in configs for name, bits in config.bits.items()}
+    freed = _MEMO.retain(keep)
+    if freed:
+        release_free_memory()
+    return freed
 
 
 class _MemoContext:

@@ -11,13 +11,14 @@ another version of its runtime, is refused (`RuntimeMismatchError`), never a war
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from engine import InvalidSpecError, cpu_flags, cpu_model
+from engine import ENGINE_VERSION, InvalidSpecError, cpu_flags, cpu_model
 
 # Runtimes other than the engine that tables can be measured in, with how to read their
 # version (imported only when asked).
@@ -29,7 +30,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
 # Fields whose difference makes a table's times unreliable here (`cores` alone does not:
 # the thread count is what the kernels use, and it is compared).
 COMPARED = ("cpu_model", "isa_flags", "torch_version", "torch_threads", "gpu", "runtime",
-            "runtime_version")
+            "runtime_version", "engine_version", "int8_paths")
 
 
 class FingerprintMismatchWarning(UserWarning):
@@ -40,6 +41,14 @@ class RuntimeMismatchError(InvalidSpecError):
     """Raised when a latency table measured in one runtime (the engine, or ONNX Runtime of
     some version) is used for another runtime or another version of it: its times are of
     other kernels. Re-profile in the runtime that will run the model."""
+
+
+@functools.cache
+def _int8_paths() -> tuple[tuple[str, Any], ...]:
+    """The engine's int8 probe results on this CPU (probed once per process)."""
+    from engine._int8_paths import int8_capabilities
+
+    return tuple(sorted(int8_capabilities().items()))
 
 
 def runtime_version(runtime: str) -> str:
@@ -76,6 +85,12 @@ class DeviceFingerprint:
         runtime: The runtime whose kernels were timed: None for the engine (PyTorch),
             "onnxruntime" for ONNX Runtime (CPU); its threads are `torch_threads`.
         runtime_version: That runtime's version (None for the engine: `torch_version`).
+        engine_version: `engine.ENGINE_VERSION` of an engine table (None: another runtime,
+            or a table from before it was recorded).
+        int8_paths: What the engine's int8 probes found on this CPU
+            (`engine._int8_paths.int8_capabilities`: VNNI, the exact activation ranges of
+            fbgemm and oneDNN, ...), which decide the kernel each int8 layer runs; None as
+            for `engine_version`.
     """
 
     cpu_model: str
@@ -86,6 +101,8 @@ class DeviceFingerprint:
     gpu: str | None = None
     runtime: str | None = None
     runtime_version: str | None = None
+    engine_version: str | None = None
+    int8_paths: tuple[tuple[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpu_model, str):
@@ -111,6 +128,21 @@ class DeviceFingerprint:
             raise InvalidSpecError(
                 f"`device.runtime_version` must be a string exactly when `device.runtime` is "
                 f"set, got {self.runtime_version!r} for runtime {self.runtime!r}.")
+        if self.engine_version is not None and not isinstance(self.engine_version, str):
+            raise InvalidSpecError(f"`device.engine_version` must be a string or null, got "
+                                   f"{self.engine_version!r}.")
+        if self.int8_paths is not None:
+            items = (self.int8_paths.items() if isinstance(self.int8_paths, dict)
+                     else self.int8_paths)
+            try:
+                paths = tuple(sorted((str(k), v) for k, v in items))
+            except (TypeError, ValueError):
+                raise InvalidSpecError(f"`device.int8_paths` must be a mapping, got "
+                                       f"{self.int8_paths!r}.") from None
+            if not all(isinstance(v, bool | int | str) for _, v in paths):
+                raise InvalidSpecError(f"`device.int8_paths` values must be booleans, integers "
+                                       f"or strings, got {self.int8_paths!r}.")
+            object.__setattr__(self, "int8_paths", paths)
 
     @classmethod
     def current(cls, runtime: str | None = None) -> DeviceFingerprint:
@@ -118,11 +150,14 @@ class DeviceFingerprint:
         for the engine or for `runtime` (its installed version; a CPU runtime: no GPU)."""
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         version = None if runtime is None else runtime_version(runtime)
+        engine_side = runtime is None
         return cls(cpu_model=cpu_model(), cores=os.cpu_count() or 1,
                    isa_flags=tuple(f for f in ISA_FLAGS if f in cpu_flags()),
                    torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
-                   gpu=gpu if runtime is None else None, runtime=runtime,
-                   runtime_version=version)
+                   gpu=gpu if engine_side else None, runtime=runtime,
+                   runtime_version=version,
+                   engine_version=ENGINE_VERSION if engine_side else None,
+                   int8_paths=_int8_paths() if engine_side else None)
 
     @property
     def runtime_label(self) -> str:
@@ -152,6 +187,17 @@ class DeviceFingerprint:
         runtime = "" if self.runtime is None else f"-{self.runtime}"
         return f"{stem}-t{self.torch_threads}" + ("-cuda" if self.gpu else "") + runtime
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that change kernel times (`COMPARED`), as plain JSON values: what a
+        cache key of a table measured on this device records."""
+        out = {}
+        for name in COMPARED:
+            value = getattr(self, name)
+            out[name] = (list(value) if name == "isa_flags"
+                         else dict(value) if name == "int8_paths" and value is not None
+                         else value)
+        return out
+
     def differences(self, other: DeviceFingerprint) -> list[str]:
         """Human-readable differences in the fields that change kernel times."""
         out = []
@@ -173,4 +219,8 @@ class DeviceFingerprint:
                                "torch_threads": self.torch_threads, "gpu": self.gpu}
         if self.runtime is not None:  # engine tables keep their form
             out |= {"runtime": self.runtime, "runtime_version": self.runtime_version}
+        if self.engine_version is not None:
+            out["engine_version"] = self.engine_version
+        if self.int8_paths is not None:
+            out["int8_paths"] = dict(self.int8_paths)
         return out

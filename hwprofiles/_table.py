@@ -415,7 +415,10 @@ class LatencyTable(JsonFormat):
         device = DeviceFingerprint(cpu_model=d.cpu_model, cores=d.cores,
                                    isa_flags=tuple(d.isa_flags), torch_version=d.torch_version,
                                    torch_threads=d.torch_threads, gpu=d.gpu,
-                                   runtime=d.runtime, runtime_version=d.runtime_version)
+                                   runtime=d.runtime, runtime_version=d.runtime_version,
+                                   engine_version=d.engine_version,
+                                   int8_paths=None if d.int8_paths is None
+                                   else tuple(d.int8_paths.items()))
         return cls(device=device, batch=doc.batch, entries=entries, repeats=doc.repeats,
                    model=doc.model, overhead_us=doc.overhead_us, gaps=gaps,
                    created=doc.created or now_iso())
@@ -521,6 +524,11 @@ class DeviceDocument(Document):
     runtime: Literal["onnxruntime"] | None = Field(
         None, description="Runtime whose kernels were timed; null: the engine (PyTorch).")
     runtime_version: str | None = Field(None, description="That runtime's version.")
+    engine_version: str | None = Field(
+        None, description="The engine's version (engine tables; absent in older tables).")
+    int8_paths: dict[str, bool | int | str] | None = Field(
+        None, description="What the engine's int8 probes found on this CPU (VNNI, exact "
+                          "activation ranges): they decide each int8 layer's kernel.")
 
 
 class LatencyDocument(Document):

@@ -29,6 +29,7 @@ other two, whose Ω came out at about 2/3 of the measured scale.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -339,7 +340,9 @@ class FisherEstimator(BaseSensitivityEstimator):
     For loss = (1/N) Σ_n KL(p_n ‖ q_n) over N positions: Σ_n log q_n(y_n) / sqrt(N), with
     y_n ~ p_n (the FP32 distribution). It must call `model` once; later draws of a batch
     get the first call's output back. Without it, the output Hessian of `loss` is computed
-    (`curvature_sampler`), which needs a tensor output.
+    (`curvature_sampler`), which needs a tensor output. A spec whose `fisher_loss` does not
+    read `batch.target` says so (`fisher_loss_reads_targets = False`): the batches are then
+    passed without targets and the spec may let its references go (`release_references`).
 
     Memory: the model's activations of one batch (as in training, but no weight gradients),
     plus one layer's candidate weights and output errors at a time.
@@ -370,6 +373,8 @@ class FisherEstimator(BaseSensitivityEstimator):
         batches = self._batches(spec)
         total_size = sum(b.size for b in batches) or 1
         fisher_loss = getattr(spec, "fisher_loss", None)
+        if callable(fisher_loss) and not getattr(spec, "fisher_loss_reads_targets", True):
+            batches = _without_targets(spec, batches)
         gen = torch.Generator().manual_seed(seed)
         fixed = (calibrated_deltas(spec, model, list(modules), bits, config.group_size)
                  if config.rounding == "gptq" and config.calibrated_deltas else None)
@@ -411,6 +416,18 @@ class FisherEstimator(BaseSensitivityEstimator):
                        "form": config.form})
         return SensitivityTable(out, tuple(bits), self.name, seed, spec.name, asdict(config),
                                 time.perf_counter() - start)
+
+
+def _without_targets(spec: Any, batches: list[Any]) -> list[Any]:
+    """The batches without their reference outputs, which the spec then lets go
+    (`release_references`): its `fisher_loss` does not read them, and an LLM's take 200 MB
+    beside the backward passes' activations."""
+    out = [dataclasses.replace(b, target=None) if dataclasses.is_dataclass(b) else b
+           for b in batches]
+    release = getattr(spec, "release_references", None)
+    if callable(release):
+        release()
+    return out
 
 
 def _draws(spec: Any, model: nn.Module, batch: Any, fisher_loss: Any, taps: _Taps,

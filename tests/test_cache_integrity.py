@@ -35,13 +35,19 @@ def _tmp_files(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-def _resign(path: Path) -> None:
+def _resign(path: Path, *, device: dict | None = None) -> None:
     """Rewrites the sidecar's checksum to match the edited file, as someone editing both
-    would: only validation can refuse the file then."""
+    would: only validation can refuse the file then. With `device` (a latency table's), the
+    key records that device, as if the table had been profiled on it."""
     data = path.read_bytes()
     side = sidecar_path(path)
     meta = json.loads(side.read_text())
     meta["sha256"], meta["size_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    if device is not None:
+        from hwprofiles import DeviceFingerprint
+
+        fields = {k: v for k, v in device.items() if k in DeviceFingerprint.__dataclass_fields__}
+        meta["key"]["device"] = engine.canonical_key(DeviceFingerprint(**fields).identity())
     side.write_text(json.dumps(meta))
 
 
@@ -364,14 +370,19 @@ def profiled(tmp_path, monkeypatch):
 
 def test_intact_latency_table_is_reused(profiled):
     spec, first = profiled
+    _resign(first.path, device=json.loads(first.path.read_text())["device"])  # the same device
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheQuarantineWarning)
         again = _profile(spec)
     assert not again.profiled_now and again.table == first.table
+    device = first.table.device
+    assert device.engine_version == engine.ENGINE_VERSION
+    assert {"vnni", "fbgemm_max_code"} <= set(dict(device.int8_paths))
 
 
 @pytest.mark.parametrize("damage", ["edit", "no-sidecar", "resigned-other-batch",
-                                    "directory"])
+                                    "directory", "other-cpu", "other-int8-paths",
+                                    "older-engine"])
 def test_bad_latency_table_is_moved_aside_and_profiled_anew(profiled, tmp_path, damage):
     spec, first = profiled
     path = first.path
@@ -390,6 +401,23 @@ def test_bad_latency_table_is_moved_aside_and_profiled_anew(profiled, tmp_path, 
     elif damage == "directory":
         path.unlink()
         path.mkdir()
+    elif damage in ("other-cpu", "other-int8-paths", "older-engine"):
+        # profiled on another CPU (same name: an AVX2-only EPYC and an AVX-512 one), with
+        # other int8 kernel paths, or by an engine that did not record them: re-signed as
+        # if profiled there, so only the device tells it apart
+        device = dict(doc["device"])
+        if damage == "other-cpu":
+            device["isa_flags"] = [f for f in device["isa_flags"]
+                                   if not f.startswith(("avx512", "avx_vnni", "amx"))]
+            device["isa_flags"] = device["isa_flags"] + ["sve"]
+        elif damage == "other-int8-paths":
+            device["int8_paths"] = dict(device["int8_paths"], fbgemm_max_code=-1)
+        else:
+            device.pop("int8_paths")
+            device.pop("engine_version")
+        doc["device"] = device
+        path.write_text(json.dumps(doc))
+        _resign(path, device=device)
     with pytest.warns(CacheQuarantineWarning, match="latency table"):
         again = _profile(spec)
     assert again.profiled_now and again.table.batch == 8

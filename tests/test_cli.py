@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,18 @@ def test_demo_measures_each_config_against_fp32():
     assert rows["fp32"].speedup == 1.0 and rows["fp32"].kernels == "float"
     assert rows["fp32"].size_bytes > rows["int8"].size_bytes > rows["int4 g128"].size_bytes
     assert rows["int8"].sqnr_db > rows["int4 g128"].sqnr_db > rows["int3 g128 (dequant)"].sqnr_db
+
+
+def test_timings_lists_every_stage_of_a_model_solve(capsys):
+    args = ["solve", "--model", "digits-mlp", "--budget", "6bits", "--bits", "4,8",
+            "--estimator", "fisher", "--rounding", "rtn", "--timings"]
+    assert main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    stages = ("load_s", "sensitivity_s", "latency_s", "solve_s", "measure_s")
+    assert set(stages) <= set(doc["timings_s"])
+    table = captured.err
+    assert "timings" in table and "total" in table
+    for stage in stages:
+        assert stage.removesuffix("_s") in table
+    assert f"{sum(doc['timings_s'].values()):.2f}" in table

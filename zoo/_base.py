@@ -26,6 +26,8 @@ class Batch:
 
 
 LATENCY_BUDGET_S = 15.0
+# Calibration references at least this large are let go after the sensitivity stage.
+RELEASE_REFERENCE_BYTES = 64 << 20
 
 
 class ModelSpec(ABC):
@@ -100,6 +102,23 @@ class ModelSpec(ABC):
         if self._evaluation is None:
             self._evaluation = self._evaluation_batches()
         return self._evaluation
+
+    def calibration_inputs(self) -> list[Any]:
+        """The calibration batches' inputs (what reports digest), without making their
+        reference outputs where a spec can avoid it."""
+        return [b.inputs for b in self.calibration_batches()]
+
+    def release_references(self) -> int:
+        """Forgets the calibration batches once the sensitivity stage is done, when their
+        FP32 reference outputs are large (`RELEASE_REFERENCE_BYTES`; an LLM's take 200 MB),
+        so that they do not sit beside the measured models; made again if asked for.
+        Returns the bytes let go."""
+        held = sum(t.numel() * t.element_size() for b in self._calibration or []
+                   if isinstance(t := b.target, torch.Tensor))
+        if held < RELEASE_REFERENCE_BYTES:
+            return 0
+        self._calibration = None
+        return held
 
     def example_inputs(self) -> Any:
         """Inputs of one evaluation batch: what layer discovery traces (MACs are per batch)."""

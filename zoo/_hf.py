@@ -89,6 +89,9 @@ class HfModelSpec(ModelSpec):
     """
 
     default_activation_bits = None  # weight-only: what LLM deployments run
+    # `fisher_loss` samples from the FP32 output itself: the Fisher estimator lets the
+    # calibration references go (an LLM's take 200 MB) while it runs.
+    fisher_loss_reads_targets = False
 
     def __init__(self, source: str, *, data: str | Path | None = None, name: str | None = None,
                  description: str = "", metric: str | None = None,
@@ -345,6 +348,13 @@ class HfModelSpec(ModelSpec):
             samples = samples[:LOSS_WINDOWS]
         return self._batches(samples)
 
+    def calibration_inputs(self) -> list[Any]:
+        if self._calibration is not None or self.task != "causal-lm":
+            return super().calibration_inputs()
+        samples = self._split()[0][:LOSS_WINDOWS]  # as `_calibration_batches`, no model run
+        return [{k: v.to(self.device) for k, v in inputs.items()}
+                for inputs in self._inputs(samples)]
+
     def rounding_inputs(self) -> list[Any]:
         if self.task != "causal-lm":
             return super().rounding_inputs()
@@ -401,7 +411,8 @@ class HfModelSpec(ModelSpec):
         """A scalar whose gradient's covariance over `generator`'s draws is the Hessian of
         `loss` at the FP32 weights (the Fisher information of the KL; Gauss-Newton for the
         embedding distance): labels sampled from the FP32 distribution, log-likelihood
-        scaled by 1/sqrt(positions)."""
+        scaled by 1/sqrt(positions). The estimator runs the FP32 model, so that distribution
+        is the output's own: `batch.target` is not read (`fisher_loss_reads_targets`)."""
         output = self.forward(model, batch.inputs)
         if self.task == "feature-extraction":
             # loss = mean_n ||out_n - t_n||^2: Hessian 2/N per sample; r ~ N(0, 2/N) matches.
@@ -410,7 +421,7 @@ class HfModelSpec(ModelSpec):
             r = r * math.sqrt(2.0 / n)
             return (output * r).sum()
         logq = F.log_softmax(output.float(), dim=-1)
-        probs = _log_probs(batch.target).exp().reshape(-1, logq.shape[-1]).cpu()
+        probs = logq.detach().exp().reshape(-1, logq.shape[-1]).cpu()
         labels = torch.multinomial(probs, 1, generator=generator).reshape(logq.shape[:-1])
         labels = labels.to(logq.device)  # drawn on the CPU: the generator's device
         picked = logq.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
@@ -432,24 +443,17 @@ class HfModelSpec(ModelSpec):
         positions = next_tokens = 0
         with torch.inference_mode():
             for b in batches:
-                logq = F.log_softmax(self.forward(model, b.inputs).float(), dim=-1)
-                logp = _log_probs(b.target)
-                kl = (logp.exp() * (logp - logq)).sum(-1)
-                agree = (logq.argmax(-1) == logp.argmax(-1)).float()
+                logits = self.forward(model, b.inputs)
                 if task == "causal-lm":
-                    m = b.inputs["attention_mask"].float()
-                    kl_sum += float((kl * m).sum())
-                    agree_sum += float((agree * m).sum())
-                    positions += int(m.sum())
-                    ids = b.inputs["input_ids"]
-                    pair = m[:, 1:] * m[:, :-1]
-                    nll = -logq[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-                    nll_sum += float((nll * pair).sum())
-                    next_tokens += int(pair.sum())
+                    kl, agree, nll, count, pairs = _causal_lm_sums(logits, b)
+                    kl_sum, agree_sum, nll_sum = kl_sum + kl, agree_sum + agree, nll_sum + nll
+                    positions, next_tokens = positions + count, next_tokens + pairs
                 else:
-                    kl_sum += float(kl.sum())
-                    agree_sum += float(agree.sum())
-                    positions += kl.numel()
+                    logq = F.log_softmax(logits.float(), dim=-1)
+                    logp = _log_probs(b.target)
+                    kl_sum += float((logp.exp() * (logp - logq)).sum())
+                    agree_sum += float((logq.argmax(-1) == logp.argmax(-1)).float().sum())
+                    positions += logq[..., 0].numel()
         if task == "causal-lm":
             return {"kl": kl_sum / positions, "ppl": math.exp(nll_sum / max(next_tokens, 1)),
                     "top1_agreement": agree_sum / positions}
@@ -465,6 +469,36 @@ class HfModelSpec(ModelSpec):
 
     def latency_batch(self) -> Any:
         return self.example_inputs()
+
+
+# Positions per slice when a causal LM's metrics are summed: each slice's float32
+# (positions x vocabulary) temporaries stay a few MB, not a window's 50 MB apiece.
+METRIC_POSITIONS = 32
+
+
+def _causal_lm_sums(logits: torch.Tensor, batch: Batch) -> tuple[float, float, float, int, int]:
+    """A batch's masked sums of KL(FP32 ‖ model), top-1 agreement and next-token NLL, with
+    the positions and next-token pairs they cover, a slice of positions at a time."""
+    mask = batch.inputs["attention_mask"].float()
+    ids = batch.inputs["input_ids"]
+    kl_sum = agree_sum = nll_sum = 0.0
+    length = logits.shape[1]
+    for i in range(0, length, METRIC_POSITIONS):
+        j = min(i + METRIC_POSITIONS, length)
+        logq = F.log_softmax(logits[:, i:j].float(), dim=-1)
+        logp = _log_probs(batch.target[:, i:j])
+        m = mask[:, i:j]
+        kl = (logp.exp() * (logp - logq)).sum(-1)
+        kl_sum += float((kl * m).sum())
+        agree_sum += float(((logq.argmax(-1) == logp.argmax(-1)).float() * m).sum())
+        # position t predicts token t+1: pairs where both are real tokens
+        k = min(j, length - 1)
+        if k > i:
+            pair = mask[:, i + 1 : k + 1] * mask[:, i:k]
+            nll = -logq[:, : k - i].gather(-1, ids[:, i + 1 : k + 1].unsqueeze(-1)).squeeze(-1)
+            nll_sum += float((nll * pair).sum())
+    pairs = int((mask[:, 1:] * mask[:, :-1]).sum())
+    return kl_sum, agree_sum, nll_sum, int(mask.sum()), pairs
 
 
 def _log_probs(reference: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ in `pyproject.toml`, read from the working directory), else the default: flags w
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
@@ -59,6 +60,7 @@ from allocator.cli._options import (
     Rounding,
     Seed,
     SensitivityOut,
+    ShowTimings,
     SolverName,
     SolveTimeLimit,
     Target,
@@ -258,7 +260,8 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
           rounding: Rounding = None, weight_only: WeightOnlyChoice = None,
           reward: Reward = "proxy", device: Device = "auto", data: DataFile = None,
           weights: WeightsFile = None, tie: Ties = None, fix: Fixes = None,
-          target: Target = None, as_json: AsJson = False, out: ConfigOut = None) -> None:
+          target: Target = None, as_json: AsJson = False, out: ConfigOut = None,
+          timings: ShowTimings = False) -> None:
     """Choose per-layer bit-widths under the budgets (exit 3 when they cannot be met)."""
     project = load_project()
     spec = _source(project, problem, model, data, weights, device)
@@ -299,6 +302,8 @@ def solve(budget: Budgets = None, problem: ProblemFile = None, model: PipelineMo
         with writing("--out", out):
             render.write_json(out, report.config.to_dict())
     render.emit(report.to_dict(), as_json, render.solve_view)
+    if timings:
+        render.show_timings(report.timings_s)
     render.exit_if_infeasible(report.config)
 
 
@@ -309,7 +314,8 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
            estimator: PipelineEstimator = None, seed: Seed = None, rounding: Rounding = None,
            weight_only: WeightOnlyChoice = None, device: Device = "auto", data: DataFile = None,
            weights: WeightsFile = None, tie: Ties = None, fix: Fixes = None,
-           target: Target = None, as_json: AsJson = False, out: FrontOut = None) -> None:
+           target: Target = None, as_json: AsJson = False, out: FrontOut = None,
+           timings: ShowTimings = False) -> None:
     """The accuracy/cost Pareto front of a problem or a model along one cost axis."""
     from allocator._pipeline import front_rules, rules_layout
 
@@ -319,14 +325,17 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
     deploy = _target(project, target, spec)
     check_output("--out", out)
     check_output("--png", png)
+    stage_s: dict[str, float] = {}
     if spec is None:
         assert problem is not None  # _source: exactly one of the two
         if png is not None:
             raise CLIUsageError("`--png` applies with `--model` (a problem file has no "
                                 "measured points to plot).")
         solved = apply_rules(_load_problem(problem, bits), rules)
+        t0 = time.perf_counter()
         front = allocator.pareto_front(solved, axis, points,
                                        budgets=allocator.parse_budgets(budget or []))
+        stage_s["front_s"] = time.perf_counter() - t0
         document = render.front_document(front, [])
         held = front_rules(front, solved)
     else:
@@ -341,7 +350,7 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
                 estimator=project.pick("estimator", estimator),
                 seed=project.pick("seed", seed), rounding=project.pick("rounding", rounding),
                 weight_only=project.pick("weight_only", weight_only),
-                **_group_size(project, None), progress=not as_json)
+                **_group_size(project, None), progress=not as_json, timings=stage_s)
         document = render.front_document(front, measured)
         held = None if layout is None else front_rules(front, layout)
         document["target"] = deploy
@@ -356,6 +365,8 @@ def pareto(problem: ProblemFile = None, model: PipelineModel = None,
         with writing("--out", out):
             render.write_json(out, document)
     render.emit(document, as_json, render.front_view)
+    if timings:
+        render.show_timings(stage_s)
 
 
 @app.command("apply")

@@ -66,6 +66,9 @@ MAX_COUNT = 10**6  # points, probes, repeats, batch rows: beyond any sensible ru
 
 # Shared by several commands.
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+ShowTimings = Annotated[bool, typer.Option(
+    "--timings", help="List each stage's seconds on stderr (load, sensitivity, latency, "
+                      "solve, measure); `--json` output has them as `timings_s`.")]
 ModelName = Annotated[str | None, typer.Option(
     "--model", help="Registered model, or module:factory (default: the project file's).")]
 PipelineModel = Annotated[str | None, typer.Option(

@@ -72,6 +72,23 @@ def log(message: str) -> None:
     Console(stderr=True, log_path=False).log(message)
 
 
+def timings_table(timings_s: Mapping[str, float]) -> Table:
+    """Seconds per stage (`load_s`, `sensitivity_s`, ...) with each one's share and the
+    total: where a solve's time went."""
+    total = sum(timings_s.values())
+    table = _table("timings", ["stage", "seconds", "share"], right=["seconds", "share"])
+    for key, seconds in timings_s.items():
+        table.add_row(key.removesuffix("_s"), f"{seconds:.2f}",
+                      f"{100 * seconds / total:.0f} %" if total > 0 else "-")
+    table.add_row("total", f"{total:.2f}", "100 %" if total > 0 else "-")
+    return table
+
+
+def show_timings(timings_s: Mapping[str, float]) -> None:
+    """Prints `timings_table` on stderr (stdout stays the result, JSON or tables)."""
+    Console(stderr=True).print(timings_table(timings_s))
+
+
 def exit_if_infeasible(config: BitConfig) -> None:
     """Exits with `ExitCode.INFEASIBLE`, saying on stderr the least value of each budget
     that can be met, when `config` is infeasible."""

@@ -275,12 +275,23 @@ def test_form_follows_the_service_settings_and_asks_no_token_it_does_not_need(
         assert page.input_value("#solver-select") == settings["job_defaults"]["solver"]
         assert page.input_value("#estimator-select") == (settings["job_defaults"]["estimator"]
                                                          or "")  # "": the model's own
+        targets = page.eval_on_selector_all("#target-select option", values)
+        assert targets == [t["name"] for t in settings["targets"]] and "onnx" in targets
+        assert page.input_value("#target-select") == "engine"
 
         page.click("#submit-job")
         page.wait_for_function("document.getElementById('job-form').dataset.lastJob")
         assert page.inner_text("#form-error") == ""
         job = tokenless.get(f"/jobs/{page.get_attribute('#job-form', 'data-last-job')}")
         assert job["bits"] == settings["default_bits"] and job["model"] == "digits-cnn"
+        assert job.get("target") is None  # the engine: stored as it always was
+
+        page.select_option("#target-select", "onnx")
+        page.evaluate("document.getElementById('job-form').dataset.lastJob = ''")
+        page.click("#submit-job")
+        page.wait_for_function("document.getElementById('job-form').dataset.lastJob")
+        job = tokenless.get(f"/jobs/{page.get_attribute('#job-form', 'data-last-job')}")
+        assert job["target"] == "onnx"
 
 
 def test_problem_job_front_on_the_latency_axis(page: Any, service: Service) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import engine
 from allocator.testing import TinyCNN
 from engine import BitConfig, InvalidSpecError, QuantScheme, apply, load_quantized, quantize
 from engine._gptq import gptq, gptq_many, group_qparams
@@ -261,6 +262,31 @@ def test_rounding_memo_reuses_and_is_invalidated(monkeypatch):
     apply(model, w8a8, calibration=batches)
     apply(model, w8a8, calibration=batches)
     assert len(passes) == 2
+
+
+def test_retain_rounded_keeps_only_what_configs_use(monkeypatch):
+    """`retain_rounded` forgets the memo's other (layer, width) roundings: the kept ones are
+    reused, the forgotten ones are rounded afresh (their statistics gathered again)."""
+    import engine._apply as apply_module
+
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    model = TinyCNN().eval()
+    apply_module._MEMO.clear()
+    at4 = BitConfig.calibrated({"stem": 4, "fc1": 4}, activation_bits=None)
+    at3 = BitConfig.calibrated({"stem": 3, "fc1": 3}, activation_bits=None)
+    apply(model, at4, calibration=batches)
+    apply(model, at3, calibration=batches)
+    assert engine.retain_rounded([at4]) > 0
+    assert engine.retain_rounded([at4]) == 0
+    passes = []
+    real = apply_module.collect_input_stats
+    monkeypatch.setattr(apply_module, "collect_input_stats",
+                        lambda *a, **k: passes.append(sorted(a[1])) or real(*a, **k))
+    apply(model, at4, calibration=batches)
+    assert passes == []
+    apply(model, at3, calibration=batches)
+    assert passes and sorted(n for p in passes for n in p) == ["fc1", "stem"]
 
 
 def test_calibration_inputs_is_recorded_and_checked():

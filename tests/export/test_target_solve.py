@@ -112,3 +112,39 @@ def test_compressed_tensors_target_adds_its_fused_ties(llama_dir: Path) -> None:
     assert report.config.smoothing_alpha is None
     assert dataclasses.replace(report.settings, bits={}) == target_settings(
         "compressed-tensors", dataclasses.replace(report.settings, bits={}))
+
+
+def test_latency_budget_for_onnx_is_in_onnxruntime_time() -> None:
+    """`--target onnx` with a latency budget budgets ONNX Runtime's per-layer times (a table
+    of its own, the runtime's version in the fingerprint), not the engine's; a stored table
+    of another ONNX Runtime version is set aside and measured anew, never used."""
+    pytest.importorskip("onnxruntime")
+    import zoo
+    from allocator._latency import ORT_RUNTIME, latency_costs
+    from hwprofiles import DeviceFingerprint, LatencyTable, load_profile, save_profile
+
+    spec = zoo.get_model("digits-mlp")
+    kw = {"bits": (4, 8), "rounding": "rtn", "measure": False,
+          "estimator": "hutchinson", "estimator_options": {"max_probes": 4, "min_probes": 2}}
+    report = solve("digits-mlp", ["1s"], target="onnx", **kw)
+    name = report.config.extra["reproducibility"]["latency_profile"]
+    assert name.endswith("-onnxruntime")
+    table = load_profile(name)
+    assert table.device.runtime == ORT_RUNTIME
+    assert table.device == DeviceFingerprint.current(ORT_RUNTIME)
+    settings = target_settings("onnx", quantization_settings("rtn", None, False))
+    costs = latency_costs(spec, (4, 8), runtime=ORT_RUNTIME, settings=settings)
+    assert not costs.profiled_now and costs.profile == name
+    for layer in report.problem.layers:
+        assert layer.latency_us == costs.latency_us[layer.name]
+    # the same table, as if measured by another ONNX Runtime version
+    stale = dataclasses.replace(table, device=dataclasses.replace(
+        table.device, runtime_version="0.0.1"))
+    save_profile(stale, name, key={"cache": "latency", "origin": "profiled", "name": name,
+                                   "model": spec.name, "batch": table.batch,
+                                   "weight_only": False, "runtime": ORT_RUNTIME})
+    with pytest.warns(engine.CacheQuarantineWarning):
+        again = latency_costs(spec, (4, 8), runtime=ORT_RUNTIME, settings=settings)
+    assert again.profiled_now
+    assert isinstance(load_profile(name), LatencyTable)
+    assert load_profile(name).device.runtime_version != "0.0.1"

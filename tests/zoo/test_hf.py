@@ -89,6 +89,34 @@ def test_causal_lm_metrics_and_skipped_head(checkpoints):
     assert "lm_head" in {x.name for x in head.layers()}
 
 
+def test_causal_lm_metrics_by_slices_equal_whole_windows(checkpoints, monkeypatch):
+    """KL, agreement and perplexity summed a slice of positions at a time (memory) equal the
+    whole-window formulas, whatever the slice length (here 5: slices cross no boundary)."""
+    import torch.nn.functional as F
+
+    from zoo import _hf
+
+    spec = _spec(checkpoints["llama"])
+    qmodel = spec.quantize(engine.BitConfig.uniform(spec.layers(), 2, activation_bits=None))
+    monkeypatch.setattr(_hf, "METRIC_POSITIONS", 5)
+    got = spec.evaluate(qmodel)
+    kl = agree = nll = 0.0
+    positions = pairs = 0
+    with torch.inference_mode():
+        for b in spec.evaluation_batches():
+            logq = F.log_softmax(spec.forward(qmodel, b.inputs).float(), dim=-1)
+            logp = F.log_softmax(b.target.float(), dim=-1)
+            kl += float((logp.exp() * (logp - logq)).sum())
+            agree += float((logq.argmax(-1) == logp.argmax(-1)).sum())
+            positions += logq.shape[0] * logq.shape[1]
+            ids = b.inputs["input_ids"]
+            nll -= float(logq[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).sum())
+            pairs += ids.shape[0] * (ids.shape[1] - 1)
+    assert got["kl"] == pytest.approx(kl / positions, rel=1e-4)
+    assert got["top1_agreement"] == pytest.approx(agree / positions)
+    assert got["ppl"] == pytest.approx(np.exp(nll / pairs), rel=1e-5)
+
+
 def test_gpt2_conv1d_becomes_linear_with_the_same_outputs(checkpoints):
     from transformers import GPT2LMHeadModel
 
@@ -211,3 +239,36 @@ def test_causal_lm_on_cuda_matches_cpu(checkpoints):
     assert b["kl"] == pytest.approx(a["kl"], rel=0.05, abs=1e-6)
     report = allocator.solve(gpu, ["6bits"], bits=(4, 8), latency=False)
     assert report.config.status != "infeasible"
+
+
+def test_fisher_lets_the_calibration_references_go(checkpoints, monkeypatch):
+    """A causal LM's Fisher surrogate samples from the FP32 output itself, so the estimator
+    runs without the references and the spec lets them go: same table either way, and the
+    calibration inputs (what reports digest) are the same without the references."""
+    import sensitivity
+    from sensitivity import hash_tensors, make_config
+    from sensitivity._estimate import cache_key
+    from zoo import _base
+
+    options = {"rounding": "rtn", "samples": 2}
+    kept = _spec(checkpoints["llama"])
+    run = {"bits": (2, 4), "seed": 3, "options": options, "use_cache": False}
+    a = sensitivity.estimate(kept, "fisher", **run)
+    assert kept._calibration is not None  # tiny references: below the release threshold
+    monkeypatch.setattr(_base, "RELEASE_REFERENCE_BYTES", 0)
+    freed = _spec(checkpoints["llama"])
+    assert hash_tensors(freed.calibration_inputs()) == hash_tensors(kept.calibration_inputs())
+    assert freed._calibration is None  # the inputs came without running the model
+    config = make_config("fisher", options)
+    key = cache_key(kept, "fisher", config, 3, (2, 4))
+    assert cache_key(freed, "fisher", config, 3, (2, 4)) == key  # as a solve does first
+    b = sensitivity.estimate(freed, "fisher", **run)
+    assert freed._calibration is None
+    assert a.omega() == b.omega()
+    # The key again (a warm solve): the same, without remaking the references let go; a
+    # model edited in place gets another key.
+    assert cache_key(freed, "fisher", config, 3, (2, 4)) == key
+    assert freed._calibration is None
+    with torch.no_grad():
+        freed.build().lm_head.weight.mul_(1.01)
+    assert cache_key(freed, "fisher", config, 3, (2, 4)) != key

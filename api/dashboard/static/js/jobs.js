@@ -185,6 +185,7 @@ function renderForm(root, choices, onSubmitted) {
   const { models, solvers, estimators } = choices;
   const { default_bits: defaultBits, min_bits: minBits, max_bits: maxBits,
     job_defaults: defaults, write_requires_token: writesNeedToken } = settings();
+  const targets = settings().targets || [];
   const bitBoxes = bitRange(minBits, maxBits).map((b) => el("label", { class: "check" },
     el("input", { type: "checkbox", name: "bits", value: b, checked: defaultBits.includes(b) }),
     String(b)));
@@ -208,6 +209,11 @@ function renderForm(root, choices, onSubmitted) {
            "the model's own"),
         ...optionList(estimators, defaults.estimator && defaultOf(estimators,
                                                                   defaults.estimator)))),
+      el("label", {}, "Deploy to", el("select", { name: "target", id: "target-select",
+        title: "The format the result is exported to: its schemes are measured and its "
+          + "file's bytes counted (a bits budget is its bits per weight)" },
+        ...targets.map((t) => el("option", { value: t.name, title: t.description,
+          selected: t.name === "engine" }, t.name)))),
       el("fieldset", { class: "bits" }, el("legend", {}, "Candidate bits"), bitBoxes),
       el("label", {}, "Seed", el("input", { name: "seed", id: "seed-input", type: "number",
         value: defaults.seed, min: 0, step: 1 })),
@@ -268,6 +274,8 @@ function renderForm(root, choices, onSubmitted) {
       estimator: data.get("estimator") || undefined,  // "": the model's own
       bits, seed, measure: data.get("measure") === "on",
       ...(ties.length ? { ties } : {}), ...(fix.length ? { fix } : {}),
+      ...(data.get("target") && data.get("target") !== "engine"
+        ? { target: data.get("target") } : {}),
     };
     submitButton.disabled = true;
     try {
