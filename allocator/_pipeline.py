@@ -348,9 +348,8 @@ def solve(
     spec = _spec(model)
     estimator, weight_only = _defaults(spec, estimator, weight_only)
     group_size = _group_size(spec, group_size)
-    layers = spec.layers()
-    spec.calibration_batches()
-    timings["load_s"] = time.perf_counter() - t0
+    layers = spec.layers()  # calibration batches are made when a stage needs them: a warm
+    timings["load_s"] = time.perf_counter() - t0  # solve of an LLM needs none
     say(f"{spec.name}: {len(layers)} quantizable layers")
     target = get_target(target).name
     settings = target_settings(target, quantization_settings(rounding, group_size, weight_only))

@@ -10,6 +10,7 @@ disjoint seeds). Metrics: top-1 agreement with FP32 and KL divergence from FP32.
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import torch
@@ -146,6 +147,22 @@ class MobileNetV2Spec(ModelSpec):
         target = F.log_softmax(batch.target, dim=-1)
         return F.kl_div(F.log_softmax(model(batch.inputs), dim=-1), target, log_target=True,
                         reduction="batchmean")
+
+    # `fisher_loss` samples from the FP32 output itself (the estimator runs the FP32 model).
+    fisher_loss_reads_targets = False
+
+    def fisher_loss(self, model: nn.Module, batch: Batch,
+                    generator: torch.Generator) -> torch.Tensor:
+        """The Fisher estimator's surrogate for `loss` (KL over 1000 classes, batch mean):
+        each crop's log-likelihood of a class drawn from the FP32 distribution, over
+        sqrt(crops), so that its gradient's covariance is the loss's Hessian w.r.t. the
+        logits, (diag p - p pᵀ) / crops per crop (1000 x 1000 per crop is too large to
+        form)."""
+        logq = F.log_softmax(model(batch.inputs), dim=-1)
+        probs = logq.detach().exp().cpu()
+        labels = torch.multinomial(probs, 1, generator=generator).to(logq.device)
+        picked = logq.gather(-1, labels).squeeze(-1)
+        return picked.sum() / math.sqrt(picked.numel())
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         batches = self.evaluation_batches()

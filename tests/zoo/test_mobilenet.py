@@ -48,3 +48,34 @@ def test_crops_are_seeded():
     need("mobilenetv2")
     assert torch.equal(random_resized_crops(3, seed=9), random_resized_crops(3, seed=9))
     assert not torch.equal(random_resized_crops(3, seed=9), random_resized_crops(3, seed=10))
+
+
+def test_fisher_surrogate_has_the_kl_hessian_as_its_covariance():
+    """MobileNetV2's `fisher_loss`: over many draws, the covariance of its gradient w.r.t.
+    the logits is the batch-mean KL's Hessian there, (diag p - p pᵀ) / crops per crop."""
+    import torch.nn.functional as F
+
+    spec = need("mobilenetv2")
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1000) * 3
+    p = F.softmax(logits, -1)
+    gen = torch.Generator().manual_seed(1)
+    top = p.argsort(-1, descending=True)[:, :5]  # the entries large enough to check
+    draws = 3000
+    cov = torch.zeros(2, 5, 5)
+    for _ in range(draws):
+        z = logits.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(_surrogate(spec, z, gen), z)
+        g = g.gather(1, top)
+        cov += g[:, :, None] * g[:, None, :]
+    cov /= draws
+    p_top = p.gather(1, top)
+    hessian = (torch.diag_embed(p_top) - p_top[:, :, None] * p_top[:, None, :]) / 2
+    assert torch.allclose(cov, hessian, atol=0.1 * float(hessian.abs().max()))
+    assert spec.fisher_loss_reads_targets is False
+
+
+def _surrogate(spec, z, gen):
+    from zoo import Batch
+
+    return spec.fisher_loss(lambda _inputs: z, Batch(None, None, 2), gen)
