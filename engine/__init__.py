@@ -85,8 +85,8 @@ _TORCH_NAMES: dict[str, tuple[str, ...]] = {
     "engine._gptq": ("gptq",),
     "engine._kernels": ("KernelPath",),
     "engine._layers": (
-        "QUANTIZABLE_TYPES", "call_model", "discover_layers", "mean_bits", "quantizable_modules",
-        "total_params",
+        "QUANTIZABLE_TYPES", "call_model", "discover_layers", "mean_bits", "model_state",
+        "quantizable_modules", "total_params",
     ),
     "engine._modules": ("QuantConv2d", "QuantizedLayer", "QuantLinear"),
     "engine._packing": ("pack_codes", "packed_nbytes", "unpack_codes"),

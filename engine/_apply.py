@@ -20,7 +20,7 @@ from torch import nn
 from engine._digest import hash_tensors
 from engine._errors import InvalidSpecError, UnknownLayerError
 from engine._gptq import bias_correction, gptq_many, group_qparams
-from engine._layers import call_model, quantizable_modules
+from engine._layers import call_model, model_state, quantizable_modules
 from engine._modules import QuantConv2d, QuantizedLayer, QuantLinear
 from engine._platform import configure_runtime, release_free_memory
 from engine._quantizer import QuantizedWeight, QuantScheme, quantize
@@ -260,11 +260,6 @@ class _RoundingMemo:
         self._entries: OrderedDict[tuple, tuple[Any, ...]] = OrderedDict()
         self._bytes = 0
 
-    @staticmethod
-    def model_state(model: nn.Module) -> tuple:
-        """Identity and in-place version of every parameter and buffer of `model`."""
-        return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
-
     def get(self, key: tuple, model: nn.Module, state: tuple, weight: torch.Tensor) -> Any:
         entry = self._entries.get(key)
         if entry is None:
@@ -329,7 +324,7 @@ class _MemoContext:
 
     def __init__(self, model: nn.Module, config: BitConfig, batches: Sequence[Any]) -> None:
         self.model = model
-        self.state = _RoundingMemo.model_state(model)
+        self.state = model_state(model)
         settings = tuple((f.name, repr(getattr(config, f.name)))
                          for f in dataclasses.fields(config) if f.name != "bits")
         self.base = (settings, hash_tensors(list(batches)))

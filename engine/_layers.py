@@ -127,6 +127,13 @@ def int_pair(value: Sequence[int] | str) -> tuple[int, int]:
     return int(first), int(second)
 
 
+def model_state(model: nn.Module) -> tuple:
+    """Identity and in-place version of every parameter and buffer of `model`: changes when
+    the model is edited in place or a tensor is replaced (what caches keyed by a model
+    check before reusing what they computed from it)."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 def total_params(layers: Iterable[LayerSpec]) -> int:
     return sum(x.params for x in layers)
 

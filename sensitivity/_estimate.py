@@ -55,12 +55,6 @@ MERGE_ATTEMPTS = 3
 _DATA_DIGESTS: weakref.WeakKeyDictionary[Any, tuple[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
-def _model_state(model: Any) -> tuple:
-    """Identity and in-place version of every parameter and buffer: changes when the model
-    is edited or replaced."""
-    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
-
-
 def _data_digest(spec: Any) -> Any:
     """A hash object fed the model weights, the calibration batches (inputs and targets)
     and, where they are more than the batches' inputs (a causal LM), the rounding inputs.
@@ -70,7 +64,7 @@ def _data_digest(spec: Any) -> Any:
     again nor remakes calibration references a stage has let go (an LLM: 8 forward
     passes). Keys of other models stay as they were, so their cached tables still hit."""
     model = spec.build()
-    state = _model_state(model)
+    state = engine.model_state(model)
     try:
         known = _DATA_DIGESTS.get(spec)
     except TypeError:  # a spec that cannot be weakly referenced: not kept
