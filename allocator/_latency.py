@@ -69,6 +69,10 @@ class LatencyCosts:
     profiled_now: bool
 
 
+# Timed runs per model when a solve measures its result in ONNX Runtime.
+ORT_MEASURE_REPEATS = 10
+
+
 def batch_inputs(spec: ModelSpecLike, batch: int | None) -> Any:
     """The spec's example batch, rebuilt at `batch` rows where the spec allows.
 
@@ -244,3 +248,24 @@ def latency_costs(spec: ModelSpecLike, bits: Sequence[int], *, weight_only: bool
     per_layer = run.table.layer_latency_us([by_name[x.name] for x in spec.layers()], bits)
     costs = {n: {int(b): float(v) for b, v in row.items()} for n, row in per_layer.items()}
     return LatencyCosts(costs, float(run.table.overhead_us or 0.0), run.name, run.profiled_now)
+
+
+def onnxruntime_graph(spec: ModelSpecLike, config: BitConfig, quantized_model: Any) -> Any:
+    """The ONNX model the export writes for `config` (`build_onnx`, unchecked: the export
+    command checks), traced on the batch ONNX Runtime tables are profiled at."""
+    from allocator.export._onnx import build_onnx
+
+    return build_onnx(spec.build(), quantized_model, config, batch_inputs(spec, None))[0]
+
+
+def onnxruntime_latencies_us(spec: ModelSpecLike, graphs: Sequence[Any], *,
+                             repeats: int = ORT_MEASURE_REPEATS) -> tuple[float, list[float]]:
+    """Whole-model ONNX Runtime time (median us) of the FP32 export and of each graph
+    (`onnxruntime_graph`), on the batch ONNX Runtime tables are profiled at, all run in
+    turn: what `--target onnx` latency predictions are compared with."""
+    from allocator.export._onnx import float_onnx
+    from hwprofiles import time_in_turn
+
+    inputs = batch_inputs(spec, None)
+    times = time_in_turn([float_onnx(spec.build(), inputs), *graphs], inputs, repeats=repeats)
+    return times[0], times[1:]

@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import engine
 from allocator._budget import Budget, parse_budgets
-from allocator._evaluate import Measurement, measure_config
-from allocator._latency import ENGINE_RUNTIME, ORT_RUNTIME, LatencyCosts, latency_costs
+from allocator._evaluate import Measurement, measure_config, measure_model
+from allocator._latency import (
+    ENGINE_RUNTIME,
+    ORT_RUNTIME,
+    LatencyCosts,
+    latency_costs,
+    onnxruntime_graph,
+    onnxruntime_latencies_us,
+)
 from allocator._problem import Problem
 from allocator._rules import Rules, apply_rules, default_rules, rules_summary
 from allocator.export._targets import TargetCosts, get_target, target_costs, target_settings
@@ -413,31 +420,59 @@ def _measured(m: Measurement, fp32_latency_us: float | None) -> tuple[dict, dict
     """A measurement as the report's deterministic part (metrics, bytes, kernels) and its
     timing part (latency, speed-up; only when FP32 was timed)."""
     det = {"metrics": m.metrics, "size_bytes": m.size_bytes, "kernels": sorted(m.kernels)}
-    timing: dict[str, Any] = {}
-    if fp32_latency_us is not None and m.latency_us is not None:
-        timing = {"latency_us": m.latency_us, "speedup_vs_fp32": fp32_latency_us / m.latency_us}
-    return det, timing
+    return det, _timing(m.latency_us, fp32_latency_us)
+
+
+def _timing(latency_us: float | None, fp32_latency_us: float | None) -> dict[str, Any]:
+    if fp32_latency_us is None or latency_us is None:
+        return {}
+    return {"latency_us": latency_us, "speedup_vs_fp32": fp32_latency_us / latency_us}
 
 
 def _measure_report(spec: ModelSpecLike, report: SolveReport, budgets: Sequence[Budget], *,
                     latency: bool) -> None:
-    """Measures the report's config and the best uniform one next to FP32, in place."""
+    """Measures the report's config and the best uniform one next to FP32, in place.
+
+    Latency is timed where the solve's latency costs came from: the engine, or for the
+    onnx target ONNX Runtime running the exported graphs (`latency_runtime` says which),
+    so that predicted and measured latency are of the same runtime."""
     best = best_uniform(report.problem, budgets)
     uniform = (dataclasses.replace(report.settings, bits=best.pop("assignment"))
                if best else None)
-    _release_for_measuring(spec, [report.config, *([uniform] if uniform else [])])
-    fp32_latency = spec.measure_latency_us(spec.build()) if latency else None
-    det, timing = _measured(measure_config(spec, report.config, latency=latency),
-                            fp32_latency)
+    configs = [report.config, *([uniform] if uniform else [])]
+    _release_for_measuring(spec, configs)
+    in_ort = latency and report.target == "onnx"
+    on_engine = latency and not in_ort
+    fp32_latency = spec.measure_latency_us(spec.build()) if on_engine else None
+    dets, latencies, graphs = [], [], []
+    for config in configs:
+        qmodel = spec.quantize(config)
+        m = measure_model(spec, qmodel, latency=on_engine)
+        dets.append(_measured(m, fp32_latency)[0])
+        latencies.append(m.latency_us)
+        if in_ort:
+            graphs.append(onnxruntime_graph(spec, config, qmodel))
+        del qmodel
+    runtime = "engine"
+    if in_ort:
+        from hwprofiles import require_onnxruntime
+
+        fp32_latency, ort_latencies = onnxruntime_latencies_us(spec, graphs)
+        latencies = list(ort_latencies)
+        runtime = f"onnxruntime {require_onnxruntime()[1].__version__}"
+    det = dets[0]
+    timing = _timing(latencies[0], fp32_latency)
     det["fp32_metrics"] = spec.baseline()
     det["fp32_size_bytes"] = engine.model_size_bytes(spec.build())
     if uniform is not None:
-        udet, utiming = _measured(measure_config(spec, uniform, latency=latency), fp32_latency)
-        report.uniform = best | udet
-        timing["uniform"] = utiming
+        report.uniform = best | dets[1]
+        timing["uniform"] = _timing(latencies[1], fp32_latency)
+    if fp32_latency is not None:
+        timing["fp32_latency_us"] = fp32_latency
+        timing["latency_runtime"] = runtime
     extra = dict(report.config.extra) | {"measured": det, "uniform_baseline": report.uniform}
     report.config = dataclasses.replace(report.config, extra=extra)
-    report.measured = det | timing | ({"fp32_latency_us": fp32_latency} if fp32_latency else {})
+    report.measured = det | timing
 
 
 def _release_for_measuring(spec: ModelSpecLike, configs: Sequence[BitConfig]) -> None:

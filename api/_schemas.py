@@ -194,6 +194,7 @@ class BitConfigPublic(_Document):
     clip_search: bool | None = None
     calibration_inputs: str | None = None
     smoothing_alpha: float | None = None
+    activation_grid: str | None = None
     model: str | None = None
     solver: str | None = None
     status: str | None = Field(default=None, description="optimal, feasible or infeasible")

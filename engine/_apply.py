@@ -387,7 +387,7 @@ def _quantize_module(
         return QuantConv2d(qweight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                            kernel, act_quant)
     act = None if factors is None else 1.0 / factors
-    return QuantLinear(qweight, bias, kernel, act, act_quant)
+    return QuantLinear(qweight, bias, kernel, act, act_quant, config.activation_grid)
 
 
 def _round(

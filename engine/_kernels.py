@@ -53,6 +53,11 @@ class KernelPath(StrEnum):
     the integer sums stay below 2**24): where this CPU has no int8 GEMM that is both exact
     and not slower (`engine._int8_paths`), so W8A8 accuracy is what int8 CPUs measure,
     with no int8 speedup."""
+    INT8_TENSOR_EMULATED = "int8-tensor-emulated"
+    """One asymmetric uint8 grid per call over the whole input (`activation_grid`
+    "tensor"), on an fp32 GEMM of the integer values: ONNX Runtime's DynamicQuantizeMatMul
+    arithmetic wherever fbgemm's dynamic linear would round otherwise (7-bit codes on
+    AVX2-only CPUs; CUDA)."""
     CUDA_INT8_INTMM = "cuda-int8-intmm"
     """CUDA int8 x int8 -> int32 GEMM (torch._int_mm), per-row activation scales."""
     CUDA_INT4PACK_BF16 = "cuda-int4pack-bf16"
@@ -397,6 +402,32 @@ def int8_rows_linear(x2d: torch.Tensor, w_t: torch.Tensor, scales: torch.Tensor,
             qx = F.pad(qx, (0, 0, 0, 32 - m))
         acc = torch._int_mm(qx, w_t)[:m].float()
     return _rescale_rows(acc.mul_(scales[None, :]), row_scale, bias)
+
+
+def tensor_grid(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero point) of one asymmetric uint8 grid over all of `x`, as ONNX's
+    DynamicQuantizeLinear computes them: the range widened to hold 0, scale = range / 255
+    in float32 (1 for an all-zero input), zero point = -min / scale rounded half to even
+    and saturated to 0..255. Both are 0-d float32 tensors."""
+    x = x.float()
+    lo, hi = x.min().clamp(max=0.0), x.max().clamp(min=0.0)
+    span = hi - lo
+    scale = torch.where(span > 0, span / 255.0, torch.ones_like(span))
+    zero = torch.round((-lo / scale).clamp(0.0, 255.0))
+    return scale, zero
+
+
+def tensor_grid_linear(x2d: torch.Tensor, w_t: torch.Tensor, scales: torch.Tensor,
+                       bias: torch.Tensor | None,
+                       smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """`tensor_grid` uint8 activations x per-channel int8 weights given as an fp32 (K, N)
+    matrix of their integer values: (codes - zero point) @ W, times the input scale and
+    each channel's weight scale, plus the bias; SmoothQuant's multiply first."""
+    x = x2d.float() if smoothing is None else x2d.float() * smoothing
+    scale, zero = tensor_grid(x)
+    codes = torch.round(x / scale).add_(zero).clamp_(0.0, 255.0)
+    y = (codes.sub_(zero) @ w_t).mul_(scales[None, :] * scale)
+    return y if bias is None else y.add_(bias)
 
 
 # ----------------------------------------------------------------------------- int8 conv

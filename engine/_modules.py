@@ -23,6 +23,7 @@ from engine._int8_paths import conv_max_code, fbgemm_max_code, int8_linear_choic
 from engine._kernels import KernelPath, Pair
 from engine._layers import int_pair
 from engine._quantizer import QuantizedWeight, QuantScheme
+from engine._types import ACTIVATION_GRIDS
 
 KERNEL_CHOICES = ("auto", "reference")
 _T = TypeVar("_T")
@@ -172,9 +173,15 @@ class QuantLinear(QuantizedLayer):
         kernel: str = "auto",
         act_smoothing: torch.Tensor | None = None,
         quantize_activations: bool = True,
+        activation_grid: str = "row",
     ):
         super().__init__(qweight, bias, kernel, quantize_activations)
+        if activation_grid not in ACTIVATION_GRIDS:
+            raise ValueError(f"`activation_grid` must be one of {ACTIVATION_GRIDS}, "
+                             f"got {activation_grid!r}.")
         self.in_features = self.weight_shape[1]
+        # W8A8 inputs: a grid per row, or one per call over the whole input (`BitConfig`).
+        self.activation_grid = activation_grid
         # SmoothQuant: inputs are multiplied by this (K,) vector; the stored weight columns
         # were divided by it, so the product is unchanged but activation outliers shrink.
         self.register_buffer("act_smoothing", None if act_smoothing is None
@@ -188,6 +195,8 @@ class QuantLinear(QuantizedLayer):
         if self.kernel == "reference":
             return KernelPath.DEQUANT, self._dequant_reason()
         n, k = self.out_features, self.in_features
+        if self._is_native_int8() and self.activation_grid == "tensor":
+            return self._tensor_grid_path(device)
         if device.type == "cuda":
             if self._is_native_int8() and n % 8 == 0 and k % 8 == 0:
                 return KernelPath.CUDA_INT8_INTMM, "CUDA int8: torch._int_mm, per-row scales"
@@ -208,6 +217,18 @@ class QuantLinear(QuantizedLayer):
                                             "GEMM is faster than the int4 kernel")
         return KernelPath.DEQUANT, self._dequant_reason()
 
+    @classmethod
+    def _tensor_grid_path(cls, device: torch.device) -> tuple[KernelPath, str]:
+        """Inputs on one uint8 grid per call: fbgemm's dynamic linear where it sums 8-bit
+        codes exactly (its grid is that one), else the same arithmetic emulated."""
+        if device.type == "cpu" and fbgemm_max_code() == 255:
+            return KernelPath.FBGEMM_INT8_DYNAMIC, ("activation grid 'tensor': fbgemm's "
+                                                    "dynamic int8, codes 0..255 exact here")
+        why = ("fbgemm would round to 7-bit codes here" if device.type == "cpu"
+               else f"no uint8 x int8 GEMM on {device.type}")
+        return KernelPath.INT8_TENSOR_EMULATED, (
+            f"activation grid 'tensor' emulated on fp32: {why}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)
@@ -227,6 +248,10 @@ class QuantLinear(QuantizedLayer):
             w_t = self._prepare(path, dev, lambda: _PER_ROW_INT8[path](self.int8_weight()))
             return K.int8_rows_linear(x2d, w_t, self.scales[:, 0].float(), bias,
                                       smoothing).to(x2d.dtype)
+        if path is KernelPath.INT8_TENSOR_EMULATED:  # smooths itself
+            w_t = self._prepare(path, dev, lambda: self.int8_weight().float().t().contiguous())
+            return K.tensor_grid_linear(x2d, w_t, self.scales[:, 0].float(), bias,
+                                        smoothing).to(x2d.dtype)
         if path is KernelPath.FBGEMM_INT8_ROWS:  # smooths itself
             rows = self._prepare(path, dev, lambda: prepare_fbgemm_rows(
                 self.int8_weight(), self.scales[:, 0], bias))

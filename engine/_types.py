@@ -43,6 +43,8 @@ Rounding = Literal["rtn", "gptq"]
 ROUNDINGS: tuple[str, ...] = get_args(Rounding)
 CalibrationInputs = Literal["fp32", "sequential"]
 CALIBRATION_INPUTS: tuple[str, ...] = get_args(CalibrationInputs)
+ActivationGrid = Literal["row", "tensor"]
+ACTIVATION_GRIDS: tuple[str, ...] = get_args(ActivationGrid)
 
 
 def check_bits(bits: Any, *, where: str = "bits") -> int:
@@ -177,6 +179,10 @@ class BitConfig(JsonFormat):
         smoothing_alpha: SmoothQuant migration strength for 8-bit linears when calibration
             data is given (input channel j is divided by max|x_j|^a / max|w_j|^(1-a) and
             the weight column multiplied by it); None disables it.
+        activation_grid: How W8A8 linears round their inputs to 8 bits: `"row"` (each row
+            on its own grid, the engine's default) or `"tensor"` (one asymmetric uint8 grid
+            per call over the whole input, as ONNX Runtime's `DynamicQuantizeMatMul`
+            computes it; the `onnx` target's, where that op is its fastest int8 GEMM).
         model: Name of the model the config was made for, if known.
         solver: Name of the solver that produced it, if any.
         status: `"optimal"`, `"feasible"` or `"infeasible"`, if it came from a solver.
@@ -202,6 +208,7 @@ class BitConfig(JsonFormat):
     clip_search: bool = False
     calibration_inputs: str = "fp32"
     smoothing_alpha: float | None = 0.5
+    activation_grid: str = "row"
     model: str | None = None
     solver: str | None = None
     status: str | None = None
@@ -237,6 +244,9 @@ class BitConfig(JsonFormat):
         if self.smoothing_alpha is not None and not 0.0 <= self.smoothing_alpha <= 1.0:
             raise InvalidSpecError(
                 f"`smoothing_alpha` must be in [0, 1] or null, got {self.smoothing_alpha!r}.")
+        if self.activation_grid not in ACTIVATION_GRIDS:
+            raise InvalidSpecError(f"`activation_grid` must be one of {ACTIVATION_GRIDS}, "
+                                   f"got {self.activation_grid!r}.")
         if self.status is not None and self.status not in STATUSES:
             raise InvalidSpecError(f"`status` must be one of {STATUSES}, got {self.status!r}.")
         object.__setattr__(self, "budgets", tuple(self.budgets))
@@ -360,6 +370,10 @@ class BitConfigDocument(Document):
     smoothing_alpha: _Fraction | None = Field(
         _default("smoothing_alpha"),
         description="SmoothQuant migration strength for 8-bit linears, 0..1; null: off.")
+    activation_grid: ActivationGrid = Field(
+        _default("activation_grid"),
+        description="How W8A8 linears round their inputs: `row` (a grid per row) or "
+                    "`tensor` (one uint8 grid per call, ONNX Runtime's dynamic int8).")
     model: str | None = Field(_default("model"), description="Model the config was made for.")
     solver: str | None = Field(_default("solver"), description="Solver that produced it.")
     status: Status | None = Field(_default("status"),

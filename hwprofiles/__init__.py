@@ -33,6 +33,7 @@ from hwprofiles._onnxruntime import (
     onnxruntime_session,
     profile_onnxruntime,
     require_onnxruntime,
+    time_in_turn,
 )
 from hwprofiles._profiler import DEFAULT_BITS, batch_size, profile_layers
 from hwprofiles._registry import (
@@ -63,5 +64,5 @@ __all__ = [
     "import_profile", "int8_activation_path", "layer_ops", "onnxruntime_additivity",
     "onnxruntime_feed", "onnxruntime_session", "profile_onnxruntime", "require_onnxruntime",
     "list_profiles", "load_profile", "predict_latency", "profile_layers", "profile_name",
-    "profiles_dir", "save_profile",
+    "profiles_dir", "save_profile", "time_in_turn",
 ]

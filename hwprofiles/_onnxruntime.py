@@ -9,8 +9,13 @@ each layer shape at each width on exactly those ops, in ONNX Runtime's own kerne
     linear, weight-only 2/4/8     com.microsoft MatMulNBits, `accuracy_level` written in the
                                   node (0: float compute, 4: int8 compute of the input)
     conv, weight-only             DequantizeLinear (int4/uint4, int8/uint8) + Conv
-    8-bit linear, W8A8            per-row symmetric int8 QDQ of the input, computed per call
-                                  (after the SmoothQuant multiply) + DequantizeLinear + MatMul
+    8-bit linear, W8A8            the engine's per-row symmetric int8 codes of the input
+                                  (after the SmoothQuant multiply), as uint8 with zero point
+                                  128, into com.microsoft MatMulIntegerToFloat (ONNX
+                                  Runtime's uint8 x int8 GEMM), then the row scales
+    8-bit linear, W8A8 on one     com.microsoft DynamicQuantizeMatMul (its input quantized
+      grid per call               to one uint8 grid per call, the weight scales and bias
+                                  fused: ONNX Runtime's fastest int8 linear)
     8-bit conv, W8A8              uint8 QDQ of the input on the grid the engine uses: its
                                   calibrated range (or one per call when uncalibrated), codes
                                   0..M as its kernel sums exactly on this CPU; output QDQ
@@ -18,8 +23,11 @@ each layer shape at each width on exactly those ops, in ONNX Runtime's own kerne
 
 The engine's int8 linears on CPUs whose int8 GEMMs are inexact with full-range codes (AVX2
 without VNNI) run other per-row grids (`fbgemm-int8-rows`: asymmetric 7-bit rows, outlier
-channels in float); the export writes the portable per-row symmetric int8 arithmetic, and
-its check compares at the int8 tolerance.
+channels in float); the export writes the per-row symmetric int8 arithmetic, and its check
+compares at the int8 tolerance. ONNX Runtime's own uint8 x int8 GEMM on such CPUs sums
+pairs of products in saturating 16 bits (its documentation says so), so a W8A8 export run
+there can depart from the engine by more than on a VNNI CPU; the export's check, run on the
+exporting machine, measures it.
 
 Weight-only linears are MatMulNBits even at 8 bits and per channel (the scale repeated in
 each block): ONNX Runtime's default session rewrites DequantizeLinear + MatMul into
@@ -251,6 +259,7 @@ class LayerOps:
         container: How its integers are stored ("4-bit packed, block 128", "uint8 per
             channel", "fp32").
         activations: "float", "int8 per row (dynamic)" (the engine's W8A8 linears), "uint8
+            per tensor (dynamic)" (W8A8 linears on one grid per call), "uint8
             static, codes 0..M" / "uint8 per call, codes 0..M" (W8A8 convs: the calibrated
             grid, or one per call), or what MatMulNBits computes in ("int8 per block (ONNX
             Runtime)" at `accuracy_level` 4).
@@ -376,25 +385,63 @@ def _nbits_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: str,
                       K=k, N=n, bits=bits, block_size=block, accuracy_level=accuracy_level)]
 
 
-def _per_row_qdq(site: LayerSite, x: str, k: int) -> tuple[list[Any], str]:
-    """The engine's dynamic per-row symmetric int8 quantization of x as a QDQ pair: scale
-    = max(max|x_row|, 1e-12) / 127, a blocked QuantizeLinear with one block per row."""
+def _integer_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: str,
+                    bias: str | None) -> list[Any]:
+    """A W8A8 linear on ONNX Runtime's int8 GEMM, on the engine's grid.
+
+    The engine rounds each input row to symmetric int8 (scale max(max|x_row|, 1e-12) / 127,
+    codes -127..127). Shifted by 128 those codes are uint8 with zero point 128 (exact), the
+    operand ONNX Runtime's fast int8 GEMM takes (uint8 x int8: VNNI, or AVX2's pairwise
+    16-bit sums). `MatMulIntegerToFloat` multiplies them with the int8 weights and applies
+    the per-channel weight scales; the row scales and the bias follow (ONNX Runtime fuses
+    the bias into the next op where it can).
+    """
+    codes, scales, _ = _weight_parts(layer)
+    k = layer.reduction_size
+    weight = (codes.astype(np.int16) - layer.scheme.offset).T.astype(np.int8)  # (K, N)
+    v = site.value
     eps = site.array("act_eps", np.array(1e-12, np.float32))
     qmax = site.array("act_qmax", np.array(127.0, np.float32))
     axes = site.array("act_axes", np.array([-1], np.int64))
-    v = site.value
-    int8 = site.inits.onnx.TensorProto.INT8
+    zero = site.array("act_zero_point", np.array(128, np.uint8))
+    one = site.array("act_unit_scale", np.array(1.0, np.float32))
     nodes = [
         site.node("Abs", [x], [v("act_abs")], "ActAbs"),
         site.node("ReduceMax", [v("act_abs"), axes], [v("act_max")], "ActMax", keepdims=1),
         site.node("Max", [v("act_max"), eps], [v("act_max_clamped")], "ActClamp"),
         site.node("Div", [v("act_max_clamped"), qmax], [v("act_scale")], "ActScale"),
-        site.node("QuantizeLinear", [x, v("act_scale")], [v("act_q")], "QuantizeInput",
-                  axis=-1, block_size=k, output_dtype=int8),
-        site.node("DequantizeLinear", [v("act_q"), v("act_scale")], [v("act_dq")],
-                  "DequantizeInput", axis=-1, block_size=k),
+        site.node("Shape", [v("act_scale")], [v("act_scale_shape")], "ActScaleShape"),
+        site.node("Expand", [zero, v("act_scale_shape")], [v("act_zero_points")],
+                  "ActZeroPoints"),
+        site.node("QuantizeLinear", [x, v("act_scale"), v("act_zero_points")], [v("act_q")],
+                  "QuantizeInput", axis=-1, block_size=k),
+        site.node("MatMulIntegerToFloat",
+                  [v("act_q"), site.array("qweight", weight), one,
+                   site.array("scales", scales[:, 0].astype(np.float32)), zero],
+                  [v("matmul_channels")], "MatMulIntegerToFloat", domain=MS_DOMAIN),
     ]
-    return nodes, v("act_dq")
+    scaled = y if bias is None else v("matmul")
+    nodes.append(site.node("Mul", [v("matmul_channels"), v("act_scale")], [scaled],
+                           "RowScales"))
+    if bias is not None:
+        nodes.append(site.node("Add", [scaled, bias], [y], "AddBias"))
+    return nodes
+
+
+def _tensor_grid_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: str,
+                        bias: str | None) -> list[Any]:
+    """A W8A8 linear whose inputs take one uint8 grid per call (`activation_grid`
+    "tensor"): com.microsoft DynamicQuantizeMatMul, whose own input quantization is that
+    grid (DynamicQuantizeLinear's), with the int8 weights, their per-channel scales and the
+    bias fused into ONNX Runtime's uint8 x int8 GEMM."""
+    codes, scales, _ = _weight_parts(layer)
+    weight = (codes.astype(np.int16) - layer.scheme.offset).T.astype(np.int8)  # (K, N)
+    inputs = [x, site.array("qweight", weight),
+              site.array("scales", scales[:, 0].astype(np.float32))]
+    if bias is not None:
+        inputs += ["", bias]  # no weight zero points: symmetric
+    return [site.node("DynamicQuantizeMatMul", inputs, [y], "DynamicQuantizeMatMul",
+                      domain=MS_DOMAIN)]
 
 
 def _matmul_bias(site: LayerSite, x: str, w: str, bias: str | None, y: str) -> list[Any]:
@@ -419,11 +466,14 @@ def _linear_ops(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: str,
         nodes.append(site.node("Mul", [x, s], [site.value("smoothed")], "Smooth"))
         x = site.value("smoothed")
     scheme = layer.scheme
-    if int8_activation_path(layer) is not None:
-        qdq, x_dq = _per_row_qdq(site, x, layer.reduction_size)
-        wnodes, w, container = _dequantized(site, layer, transpose=True)
-        return LayerOps(tuple(nodes + qdq + wnodes + _matmul_bias(site, x_dq, w, bias, y)),
-                        "QDQ(per row)+DequantizeLinear+MatMul", container,
+    int8 = int8_activation_path(layer) is not None
+    if int8 and getattr(layer, "activation_grid", "row") == "tensor":
+        return LayerOps(tuple(nodes + _tensor_grid_linear(site, layer, x, y, bias)),
+                        "DynamicQuantizeMatMul", "int8 per channel",
+                        "uint8 per tensor (dynamic)")
+    if int8:
+        return LayerOps(tuple(nodes + _integer_linear(site, layer, x, y, bias)),
+                        "QuantizeLinear(per row)+MatMulIntegerToFloat", "int8 per channel",
                         "int8 per row (dynamic)")
     if scheme.bits in NBITS_WIDTHS:
         block = nbits_block(layer.reduction_size, scheme.bits, scheme.group_size,
@@ -779,24 +829,33 @@ def onnxruntime_additivity(
         RuntimeMismatchError: The table is not of this ONNX Runtime version.
     """
     _check_table(table, batch_size(inputs))
-    sessions = [onnxruntime_session(m, threads=threads)
-                for m in [fp32_model, *(m for _, m in models.values())]]
+    medians = time_in_turn([fp32_model, *(m for _, m in models.values())], inputs,
+                           repeats=repeats, threads=threads)
+    active = [x for x in layers if x.calls > 0]
+    overhead = max(0.0, medians[0] - sum(table.lookup(x, FP32).latency_us for x in active))
+    rows = []
+    for (label, (config, model)), measured in zip(models.items(), medians[1:], strict=True):
+        pred = predict_latency(table, layers, config, overhead_us=overhead, gaps=())
+        rows.append(AdditivityRow(label, pred.latency_us, pred.additive_us, measured,
+                                  pred.layout_correction_us, overhead, pred.kernels,
+                                  _op_counts(model), len(pred.interpolated)))
+    return rows
+
+
+def time_in_turn(models: Sequence[Any], inputs: Any, *, repeats: int = DEFAULT_REPEATS,
+                 warmup: int = 2, threads: int | None = None) -> list[float]:
+    """Median whole-model time (us) of each model (an ONNX model or its file, or an open
+    session) in ONNX Runtime on `inputs`, the models run in turn, one run each per round,
+    so load that comes and goes on the machine hits them alike (the first `warmup` rounds
+    are not counted)."""
+    sessions = [m if hasattr(m, "get_inputs") else onnxruntime_session(m, threads=threads)
+                for m in models]
     feeds = [onnxruntime_feed(s, inputs) for s in sessions]
     samples: list[list[float]] = [[] for _ in sessions]
-    for i in range(2 + repeats):
+    for i in range(warmup + repeats):
         for session, feed, out in zip(sessions, feeds, samples, strict=True):
             t0 = time.perf_counter()
             session.run(None, feed)
-            if i >= 2:
+            if i >= warmup:
                 out.append((time.perf_counter() - t0) * 1e6)
-    active = [x for x in layers if x.calls > 0]
-    fp32_us = statistics.median(samples[0])
-    overhead = max(0.0, fp32_us - sum(table.lookup(x, FP32).latency_us for x in active))
-    rows = []
-    for (label, (config, model)), times in zip(models.items(), samples[1:], strict=True):
-        pred = predict_latency(table, layers, config, overhead_us=overhead, gaps=())
-        rows.append(AdditivityRow(label, pred.latency_us, pred.additive_us,
-                                  statistics.median(times), pred.layout_correction_us,
-                                  overhead, pred.kernels, _op_counts(model),
-                                  len(pred.interpolated)))
-    return rows
+    return [statistics.median(times) for times in samples]

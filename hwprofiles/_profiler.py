@@ -109,7 +109,8 @@ def quantized_module(module: nn.Linear | nn.Conv2d, bits: int, config: BitConfig
         if bits == 8 and act_quant and config.smoothing_alpha is not None:
             smoothing = torch.ones(weight.shape[1])
         q = engine.QuantLinear(qweight, bias, act_smoothing=smoothing,
-                               quantize_activations=act_quant)
+                               quantize_activations=act_quant,
+                               activation_grid=config.activation_grid)
     return q.to(module.weight.device).eval()
 
 

@@ -69,7 +69,7 @@ def check_solved_for(fmt: str, config: BitConfig) -> None:
             differ from `target_settings(fmt, config)` (the message names the settings and
             the command that re-solves it).
     """
-    from allocator.export import target_settings
+    from allocator.export import get_target, target_settings
 
     solved_for = config.extra.get("target", "engine") if isinstance(config.extra, dict) \
         else "engine"
@@ -82,8 +82,8 @@ def check_solved_for(fmt: str, config: BitConfig) -> None:
               f"{getattr(wanted, name)!r})" for name in _SETTING_FIELDS
               if hasattr(config, name) and getattr(config, name) != getattr(wanted, name)]
     other = [f.name for f in dataclasses.fields(config)
-             if f.name not in _SETTING_FIELDS and getattr(config, f.name)
-             != getattr(wanted, f.name)]
+             if f.name not in _SETTING_FIELDS and f.name not in get_target(fmt).holds_any
+             and getattr(config, f.name) != getattr(wanted, f.name)]
     if differ or other:
         raise InvalidSpecError(
             f"`--config` was not quantized with the {fmt} target's settings: "

@@ -202,7 +202,9 @@ def _measured_table(doc: Document) -> Table:
                   *([_mib(u["size_bytes"])] if u else []))
     if "latency_us" in m:
         uniform_us = (m.get("uniform") or {}).get("latency_us") if u else None
-        table.add_row("latency (1 batch)", _ms(m["fp32_latency_us"]),
+        runtime = m.get("latency_runtime", "engine")
+        where = "" if runtime == "engine" else f", {runtime}"
+        table.add_row(f"latency (1 batch{where})", _ms(m["fp32_latency_us"]),
                       f"{_ms(m['latency_us'])} ({m['speedup_vs_fp32']:.2f}x)",
                       *([] if uniform_us is None else [_ms(uniform_us)]))
     table.add_row("predicted by the solve", "", _predicted(config["cost"]),

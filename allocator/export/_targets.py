@@ -77,6 +77,9 @@ class BaseTarget(ABC):
     description: ClassVar[str]
     widths: ClassVar[tuple[int, ...]]
     kinds: ClassVar[tuple[str, ...]] = LAYER_KINDS
+    # BitConfig settings the format holds exactly whatever their value (a config measured
+    # with another value than `settings` gives still exports as measured)
+    holds_any: ClassVar[tuple[str, ...]] = ()
 
     def settings(self, base: BitConfig) -> BitConfig:
         """`base` adjusted so that the engine quantizes as this format stores."""
@@ -142,13 +145,18 @@ class OnnxTarget(BaseTarget):
     description = ("ONNX Runtime: 4-bit MatMulNBits (fp32 scales, packed 4-bit zero points), "
                    "8-bit per-channel DequantizeLinear")
     widths = (4, 8)
+    holds_any = ("activation_grid",)  # MatMulIntegerToFloat per row, DynamicQuantizeMatMul
 
     def settings(self, base: BitConfig) -> BitConfig:
-        return dataclasses.replace(base, group_size_8bit=None, symmetric_8bit=None)
+        # W8A8 linears on one uint8 grid per call: DynamicQuantizeMatMul, ONNX Runtime's
+        # fastest int8 linear (per-row grids need a row-scale pass after its GEMM)
+        return dataclasses.replace(base, group_size_8bit=None, symmetric_8bit=None,
+                                   activation_grid="tensor")
 
     def format_name(self, bits: int, settings: BitConfig) -> str:
         if bits == 8:
-            return "DequantizeLinear-int8"
+            return ("DynamicQuantizeMatMul" if settings.activation_bits == 8
+                    else "DequantizeLinear-int8")
         return "MatMulNBits" if settings.group_size is not None else "DequantizeLinear-int4"
 
     def layer_bytes(self, weight_shape: Sequence[int], bits: int, settings: BitConfig) -> int:
@@ -169,8 +177,8 @@ class CompressedTensorsTarget(BaseTarget):
     `pack-quantized` (codes packed into int32 words along K, float16 scales per group or
     channel, asymmetric zero points packed into int32 along N, an int64 `weight_shape`);
     8-bit layers of W8A8 configs as `int-quantized` (int8 weight, float16 scale per
-    channel, int8 dynamic per-token activations). Linear layers only; K must be a whole
-    number of groups.
+    channel, int8 dynamic per-token activations: the engine's row grid). Linear layers
+    only; K must be a whole number of groups.
     """
 
     name = "compressed-tensors"
@@ -183,7 +191,7 @@ class CompressedTensorsTarget(BaseTarget):
         # SmoothQuant factors have no place in the checkpoint: they would have to be folded
         # into the previous layer, which the format's per-layer schemes cannot express.
         return dataclasses.replace(base, group_size_8bit=None, symmetric_8bit=None,
-                                   smoothing_alpha=None)
+                                   smoothing_alpha=None, activation_grid="row")
 
     def _check_shape(self, layer: LayerSpec, bits: int, settings: BitConfig) -> None:
         super()._check_shape(layer, bits, settings)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from engine import KernelPath, QuantConv2d, QuantLinear, QuantScheme, quantize, sqnr_db
 from engine import _kernels as K
+from engine._int8_paths import fbgemm_max_code
 
 GEN = torch.Generator().manual_seed(2)
 W = torch.randn(256, 512, generator=GEN) * 0.05
@@ -56,6 +57,45 @@ def test_per_row_int8_paths_agree():
     a = layer.run_path(KernelPath.ONEDNN_INT8_DYNAMIC, X)
     b = layer.run_path(KernelPath.CPU_INT8_INTMM, X)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_tensor_grid_is_dynamic_quantize_linears():
+    """ONNX's DynamicQuantizeLinear: the range widened to 0, scale = range / 255, zero point
+    -min / scale rounded half to even; an all-zero input gets scale 1."""
+    scale, zero = K.tensor_grid(torch.tensor([[-1.0, 0.5], [2.0, 0.25]]))
+    assert scale.item() == pytest.approx(3.0 / 255.0)
+    assert zero.item() == 85.0  # 1 / (3 / 255) = 85
+    scale, zero = K.tensor_grid(torch.tensor([0.5, 2.0]))  # the range widened to hold 0
+    assert scale.item() == pytest.approx(2.0 / 255.0) and zero.item() == 0.0
+    scale, zero = K.tensor_grid(torch.zeros(3))
+    assert (scale.item(), zero.item()) == (1.0, 0.0)
+
+
+def test_tensor_grid_linear_is_the_integer_arithmetic():
+    """(codes - zero) @ W on the integer values, times the scales, is what the emulation
+    returns; fbgemm's dynamic linear, where the engine runs it, rounds on the same grid."""
+    layer = QuantLinear(quantize(W, QuantScheme(8, True, None)), B, activation_grid="tensor")
+    scale, zero = K.tensor_grid(X)
+    codes = torch.clamp(torch.round(X / scale) + zero, 0, 255)
+    w = layer.int8_weight().double()
+    want = ((codes - zero).double() @ w.T) * (scale.double() * layer.scales[:, 0].double()) \
+        + B.double()
+    got = layer.run_path(KernelPath.INT8_TENSOR_EMULATED, X)
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert sqnr_db(REF, got) >= 30.0
+    layer(X)
+    assert "activation grid 'tensor'" in layer.last_kernel_reason
+    if K.fbgemm_available() and fbgemm_max_code() == 255:
+        assert layer.last_kernel == KernelPath.FBGEMM_INT8_DYNAMIC.value
+        fbgemm = layer.run_path(KernelPath.FBGEMM_INT8_DYNAMIC, X)
+        assert torch.allclose(fbgemm, got, rtol=1e-5, atol=1e-5)
+    else:
+        assert layer.last_kernel == KernelPath.INT8_TENSOR_EMULATED.value
+
+
+def test_activation_grid_is_checked():
+    with pytest.raises(ValueError, match="activation_grid"):
+        QuantLinear(quantize(W, QuantScheme(8, True, None)), B, activation_grid="column")
 
 
 @pytest.mark.skipif(not K.int4pack_cpu_available(), reason="no int4pack CPU kernel")

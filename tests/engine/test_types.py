@@ -44,6 +44,7 @@ def test_layerspec_is_frozen():
 
 def test_bitconfig_json_round_trip():
     cfg = BitConfig(bits={"a": 8, "b.c": 4}, activation_bits=8, group_size=64, solver="ilp",
+                    activation_grid="tensor",
                     status="optimal", objective=0.25, budgets=("4.5bits",),
                     cost={"avg_bits": 5.1, "size_bytes": 1234}, extra={"seed": 0})
     text = cfg.to_json()
@@ -73,6 +74,12 @@ def test_bitconfig_rejects_bad_bits(bits):
 def test_bitconfig_errors_name_the_field(data, field):
     with pytest.raises(InvalidSpecError, match=field):
         BitConfig.from_dict(data)
+
+
+def test_bitconfig_activation_grid_is_checked():
+    with pytest.raises(InvalidSpecError, match="`activation_grid` must be one of"):
+        BitConfig(bits={}, activation_grid="column")
+    assert BitConfig(bits={}).activation_grid == "row"  # files from before the field
 
 
 def test_bitconfig_from_json_rejects_garbage():
@@ -142,6 +149,7 @@ DOC = {"format": "allocator.bitconfig/1", "bits": {"a": 4}}
         ({"smoothing_alpha": 1.5}, "`smoothing_alpha` is 1.5"),
         ({"symmetric": "yes"}, "`symmetric` is 'yes'"),
         ({"rounding": "floor"}, "`rounding` is 'floor'"),
+        ({"activation_grid": "column"}, "`activation_grid` is 'column'"),
         ({"budgets": [4]}, r"`budgets\[0\]` is 4"),
         ({"extra": None}, "`extra` is None"),
         ({"colour": 1}, "`colour` is an unknown field"),

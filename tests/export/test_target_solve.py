@@ -148,3 +148,22 @@ def test_latency_budget_for_onnx_is_in_onnxruntime_time() -> None:
     assert again.profiled_now
     assert isinstance(load_profile(name), LatencyTable)
     assert load_profile(name).device.runtime_version != "0.0.1"
+
+
+def test_onnx_solve_measures_its_latency_in_onnxruntime() -> None:
+    """A measured `--target onnx` solve times the exported graphs of its config and of the
+    best uniform one in ONNX Runtime next to the FP32 export: predicted (the ONNX Runtime
+    table) and measured latency are of the same runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    kw = {"bits": (4, 8), "rounding": "rtn", "estimator": "hutchinson",
+          "estimator_options": {"max_probes": 4, "min_probes": 2}}
+    report = solve("digits-mlp", ["6bits"], target="onnx", **kw)
+    measured = report.measured
+    assert measured["latency_runtime"] == f"onnxruntime {ort.__version__}"
+    assert measured["latency_us"] > 0 and measured["fp32_latency_us"] > 0
+    assert measured["speedup_vs_fp32"] == pytest.approx(
+        measured["fp32_latency_us"] / measured["latency_us"])
+    assert measured["uniform"]["latency_us"] > 0
+    assert report.config.cost["latency_us"] > 0  # the ONNX Runtime table's prediction
+    engine_report = solve("digits-mlp", ["6bits"], **kw)
+    assert engine_report.measured["latency_runtime"] == "engine"

@@ -88,6 +88,13 @@ def test_target_settings_make_the_engine_scheme_the_shipped_one():
     ct = target_settings("compressed-tensors", base)
     assert ct.smoothing_alpha is None and ct.activation_bits == 8
     assert scheme_for(ct, 8) == QuantScheme(8, symmetric=True, group_size=None)
+    # vLLM's W8A8 rounds per token: the engine's row grid; ONNX Runtime's fastest int8
+    # linear (DynamicQuantizeMatMul) rounds on one grid per call
+    assert ct.activation_grid == "row"
+    assert target_settings("compressed-tensors",
+                           dataclasses.replace(base, activation_grid="tensor")).activation_grid \
+        == "row"
+    assert target_settings("onnx", base).activation_grid == "tensor"
     assert target_settings("engine", base) == base
 
 

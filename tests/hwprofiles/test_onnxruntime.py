@@ -76,12 +76,16 @@ def test_table_times_every_shape_on_ort_kernels(tiny_mlp, mlp_table):
     assert table.lookup(shared, 8).latency_us == pytest.approx(2 * per_call)
 
 
-def test_w8a8_linears_are_timed_as_qdq(tiny_mlp):
+@pytest.mark.parametrize(("grid", "kernel"), [
+    ("row", "ort:QuantizeLinear(per row)+MatMulIntegerToFloat"),
+    ("tensor", "ort:DynamicQuantizeMatMul"),
+])
+def test_w8a8_linears_are_timed_on_int8_gemms(tiny_mlp, grid, kernel):
     model, layers, x = tiny_mlp
-    table = profile_onnxruntime(model, layers, x, bits=(8,), config=BitConfig(bits={}),
-                                **FAST)
+    table = profile_onnxruntime(model, layers, x, bits=(8,),
+                                config=BitConfig(bits={}, activation_grid=grid), **FAST)
     kernels = {e.times["8"].kernel for e in table.entries.values()}
-    assert kernels == {"ort:QDQ(per row)+DequantizeLinear+MatMul"}
+    assert kernels == {kernel}
 
 
 def test_conv_shapes_are_timed(tiny_cnn):
