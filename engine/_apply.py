@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -144,6 +145,7 @@ def apply(
         q.to(modules[name].weight.device)
         _set_submodule(target, name, q)
     target.eval()
+    fuse_output_activations(target)
     needs_ranges = any(isinstance(m, QuantConv2d) and m._is_native_int8()
                        for m in target.modules())
     if batches and needs_ranges:
@@ -488,6 +490,28 @@ def smoothing_factors(
     return out
 
 
+# Activations a static int8 conv's output grid may end at: what each keeps of its input.
+_CLAMPS: dict[type[nn.Module], tuple[float, float]] = {
+    nn.ReLU: (0.0, math.inf), nn.ReLU6: (0.0, 6.0)}
+
+
+def fuse_output_activations(model: nn.Module) -> int:
+    """Marks each quantized conv whose output goes straight into a ReLU or ReLU6 of the same
+    Sequential (nothing else reads a Sequential child's output) with that activation's
+    interval, so its calibrated output grid spans only what the activation keeps: the
+    requantized output saturates below 0 and above 6 exactly as the activation would, with
+    a finer grid (MobileNetV2: the conv outputs' negative tails ReLU6 discards). Identity
+    modules between the two (folded batch norms) are skipped. Returns how many were marked."""
+    marked = 0
+    for seq in (m for m in model.modules() if isinstance(m, nn.Sequential)):
+        children = [c for c in seq if not isinstance(c, nn.Identity)]
+        for conv, nxt in zip(children, children[1:], strict=False):
+            if isinstance(conv, QuantConv2d):
+                conv.output_clamp = _CLAMPS.get(type(nxt))
+                marked += conv.output_clamp is not None
+    return marked
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
     """Records activation ranges of the model's quantized convs over `batches`.
@@ -495,6 +519,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
     Returns:
         Number of batches seen.
     """
+    batches = list(batches)
     convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
     for m in convs:
         m.input_range.fill_(float("nan"))
@@ -508,7 +533,29 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> int:
     finally:
         for m in convs:
             m.calibrating = False
+    for m in convs:
+        m.finish_calibration()
+    if seen:
+        _correct_activation_bias(model, convs, batches)
     return seen
+
+
+def _correct_activation_bias(model: nn.Module, convs: Sequence[QuantConv2d],
+                             batches: Iterable[Any]) -> None:
+    """Bias correction through the quantized activations: one more pass over the batches
+    on the int8 kernels, every conv summing how far its output lands from the float conv
+    of the same (already quantized) input, then each bias moved back by the mean."""
+    static = [m for m in convs if m.calibrated and m._is_native_int8()]
+    for m in static:
+        m.measuring_shift = True
+    try:
+        for batch in batches:
+            call_model(model, batch)
+    finally:
+        for m in static:
+            m.measuring_shift = False
+    for m in static:
+        m.correct_activation_bias()
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:

@@ -291,6 +291,9 @@ class QuantLinear(QuantizedLayer):
         return f"in={self.in_features}, out={self.out_features}, {self.scheme.label}"
 
 
+# Values of each calibration call's conv input and output kept for the range search.
+RANGE_SAMPLES_PER_CALL = 1 << 16
+
 # Calibrated int8 convs run the first of these whose kernel is exact here. oneDNN's keeps
 # fp32 outputs (37.9 vs 36.1 dB on a 128-channel 3x3 conv) at about the same speed here;
 # fbgemm's stays first while latency tables and their layout model name it.
@@ -331,6 +334,16 @@ class QuantConv2d(QuantizedLayer):
         self.register_buffer("input_range", torch.full((2,), math.nan))
         self.register_buffer("output_range", torch.full((2,), math.nan))
         self.calibrating = False
+        # The interval the activation right after this conv keeps (ReLU: [0, inf), ReLU6:
+        # [0, 6]), set by `engine.apply` where a Sequential runs one on this conv's output
+        # alone: the requantized output grid then spans only what survives it.
+        self.output_clamp: tuple[float, float] | None = None
+        # strided samples of the calibration inputs and outputs, for `finish_calibration`
+        self._samples: dict[str, list[torch.Tensor]] = {}
+        # While set, calls sum the per-channel shift the int8 path's rounding of the
+        # activations adds to the float conv's output (`correct_activation_bias`).
+        self.measuring_shift = False
+        self._shift: list[torch.Tensor] = []
 
     @property
     def calibrated(self) -> bool:
@@ -371,7 +384,38 @@ class QuantConv2d(QuantizedLayer):
         path, reason = self.choose_path(x.device)
         y = self.run_path(path, x)
         self._record(path, reason)
+        if self.measuring_shift and path is not KernelPath.DEQUANT:
+            self._sum_shift(x, y)
         return y
+
+    @torch.no_grad()
+    def _sum_shift(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        ref = self._dequant_conv(x)
+        if self.output_clamp is not None:  # compared where the activation leaves them
+            ref, y = ref.clamp(*self.output_clamp), y.clamp(*self.output_clamp)
+        diff = (y.float() - ref.float()).sum(dim=(0, 2, 3))
+        count = torch.tensor([y.shape[0] * y.shape[2] * y.shape[3]], dtype=torch.float32)
+        if self._shift:
+            self._shift[0] += diff
+            self._shift[1] += count
+        else:
+            self._shift = [diff, count]
+
+    @torch.no_grad()
+    def correct_activation_bias(self) -> bool:
+        """Subtracts from the bias the mean per-channel output shift that rounding the
+        activations (input grid, output requantization) added over the calls since
+        `measuring_shift` was set; the kernel layouts holding the bias are rebuilt. Returns
+        whether anything was measured."""
+        shift, self._shift = self._shift, []
+        if not shift or float(shift[1]) == 0.0:
+            return False
+        mean = shift[0] / shift[1]
+        if self.bias is None:
+            self.bias = torch.zeros(self.out_features, device=mean.device)
+        self.bias.sub_(mean.to(self.bias.device))
+        self._prepared = {}
+        return True
 
     def _input_qparams(self, max_code: int) -> tuple[float, int]:
         lo, hi = self.input_range.tolist()
@@ -413,13 +457,32 @@ class QuantConv2d(QuantizedLayer):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        for buf, t in ((self.input_range, x), (self.output_range, y)):
-            lo, hi = torch.aminmax(t.detach().float())
+        if self.output_clamp is not None:
+            y = y.clamp(*self.output_clamp)
+        for key, buf, t in (("input", self.input_range, x), ("output", self.output_range, y)):
+            flat = t.detach().float().flatten()
+            step = max(1, flat.numel() // RANGE_SAMPLES_PER_CALL)
+            self._samples.setdefault(key, []).append(flat[::step].cpu().clone())
+            lo, hi = torch.aminmax(flat)
             if torch.isnan(buf).any():
                 buf.copy_(torch.stack([lo, hi]))
             else:
                 buf[0] = torch.minimum(buf[0], lo)
                 buf[1] = torch.maximum(buf[1], hi)
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        """Narrows the observed ranges to the ones whose grids round the sampled inputs and
+        outputs with the least squared error (`engine._kernels.mse_range`): the input grid
+        at the codes this CPU's static kernel sums exactly, the output grid at 0..255."""
+        samples, self._samples = self._samples, {}
+        if not self.calibrated or not samples:
+            return
+        in_codes = conv_max_code(_CONV_KERNEL[STATIC_CONV_PREFERENCE[0]]) or 255
+        for key, buf, qmax in (("input", self.input_range, in_codes),
+                               ("output", self.output_range, 255)):
+            lo, hi = buf.tolist()
+            buf.copy_(torch.tensor(K.mse_range(torch.cat(samples[key]), lo, hi, qmax)))
 
     def extra_repr(self) -> str:
         return (f"{self.weight_shape}, stride={self.stride}, padding={self.padding}, "

@@ -104,6 +104,7 @@ def quantized_module(module: nn.Linear | nn.Conv2d, bits: int, config: BitConfig
                     q(calibration_input)
             finally:
                 q.calibrating = False
+            q.finish_calibration()
     else:
         smoothing = None
         if bits == 8 and act_quant and config.smoothing_alpha is not None:

@@ -181,3 +181,46 @@ def test_int4_conv_runs_dequant():
     assert layer.last_kernel == "dequant"
     assert y.shape == F.conv2d(x, w, stride=2, padding=1).shape
     assert sqnr_db(F.conv2d(x, w, stride=2, padding=1), y) > 14
+
+
+def test_mse_range_lets_go_of_extremes_its_samples_do_not_hold():
+    """The observed range came from whole tensors; the samples are strided, so values rarer
+    than one in a sample's stride are not in them and the least-squares range ends near
+    the samples' own extremes."""
+    gen = torch.Generator().manual_seed(5)
+    samples = torch.rand(50_000, generator=gen) * 2.0 - 1.0
+
+    def mse(a, b):
+        scale, zero = K.uint8_affine_params(a, b)
+        codes = torch.clamp(torch.round(samples / scale) + zero, 0, 255)
+        return float(((codes - zero) * scale - samples).pow(2).mean())
+
+    lo, hi = K.mse_range(samples, -1.0, 40.0)  # one far value the samples missed
+    assert -1.0 <= lo and hi <= 1.05
+    assert mse(lo, hi) <= min(mse(-1.0 * f, 40.0 * f) for f in K.RANGE_FACTORS)
+    assert mse(lo, hi) < 0.01 * mse(-1.0, 40.0)
+    flat = K.mse_range(samples, -1.0, 1.0)  # nothing to clip: the range stays
+    assert flat == pytest.approx((-1.0, 1.0), abs=0.01)
+
+
+def test_conv_followed_by_relu6_calibrates_its_output_grid_to_what_relu6_keeps():
+    """engine.apply marks a conv whose Sequential runs ReLU6 on its output: the output grid
+    spans [0, <= 6] and the model's output is unchanged in kind (SQNR kept)."""
+    from torch import nn
+
+    import engine
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Identity(), nn.ReLU6(),
+                          nn.Conv2d(16, 8, 1), nn.Conv2d(8, 8, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(4.0)  # outputs well beyond [0, 6] on both sides
+    x = torch.randn(4, 3, 8, 8)
+    config = engine.BitConfig(bits={"0": 8, "3": 8, "4": 8}, activation_bits=8)
+    q = engine.apply(model, config, calibration=[x])
+    assert q[0].output_clamp == (0.0, 6.0)
+    assert q[3].output_clamp is None and q[4].output_clamp is None  # conv -> conv
+    lo, hi = q[0].output_range.tolist()
+    assert lo >= 0.0 and hi <= 6.0
+    with torch.no_grad():
+        assert sqnr_db(model(x), q(x)) >= 25.0
