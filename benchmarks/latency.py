@@ -62,12 +62,14 @@ def run_model(name: str, bits: tuple[int, ...], repeats: int, log) -> dict:
     for r in rows:
         log(f"  {r.config:>9}: predicted {r.predicted_us / 1e3:8.2f} ms (plain sum "
             f"{r.additive_us / 1e3:8.2f}), measured {r.measured_us / 1e3:8.2f} ms, error "
-            f"{100 * r.rel_err:+6.1f}% (plain {100 * r.additive_rel_err:+6.1f}%); kernels "
+            f"{100 * r.rel_err:+6.1f}% (plain {100 * r.additive_rel_err:+6.1f}%; the "
+            f"measurement's own noise +-{100 * (r.noise_rel or 0.0):.1f}%); kernels "
             f"{dict(r.measured_kernels)}")
     return {"profile_seconds": profile_s, "batch": table.batch, "shapes": len(table.entries),
             "layers": len(layers), "overhead_us": table.overhead_us,
             "pred_vs_measured_rel_err": max(abs(r.rel_err) for r in rows),
             "additive_rel_err": max(abs(r.additive_rel_err) for r in rows),
+            "noise_rel_max": max(r.noise_rel or 0.0 for r in rows),
             "rows": [r.to_dict() for r in rows]}
 
 
@@ -94,6 +96,7 @@ def main() -> int:
         key = name.replace("-", "_")
         out[f"{key}_pred_vs_measured_rel_err"] = res["pred_vs_measured_rel_err"]
         out[f"{key}_additive_rel_err"] = res["additive_rel_err"]
+        out[f"{key}_noise_rel_max"] = res["noise_rel_max"]
         out[f"{key}_profile_seconds"] = res["profile_seconds"]
     out["loadavg_after"] = os.getloadavg()  # other work on the machine skews every time
     print(json.dumps(out))

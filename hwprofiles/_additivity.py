@@ -163,6 +163,9 @@ class AdditivityRow:
     kernels: Mapping[str, int]
     measured_kernels: Mapping[str, int]  # kernel -> layers that ran it in the quantized model
     interpolated: int
+    # Half the spread between the 10th and 90th percentile of the measured calls, over their
+    # median: how far the measurement itself moves run to run (None where not sampled).
+    noise_rel: float | None = None
 
     @property
     def rel_err(self) -> float:
@@ -181,7 +184,7 @@ class AdditivityRow:
                 "layout_correction_us": self.layout_correction_us,
                 "overhead_us": self.overhead_us, "kernels": dict(self.kernels),
                 "measured_kernels": dict(self.measured_kernels),
-                "interpolated_layers": self.interpolated}
+                "interpolated_layers": self.interpolated, "noise_rel": self.noise_rel}
 
 
 def additivity(
@@ -245,8 +248,16 @@ def additivity(
         rows.append(AdditivityRow(label, pred.latency_us, pred.additive_us,
                                   statistics.median(times), pred.layout_correction_us,
                                   overhead, pred.kernels, dict(Counter(used.values())),
-                                  len(pred.interpolated)))
+                                  len(pred.interpolated), noise_band(times)))
     return rows
+
+
+def noise_band(times: Sequence[float]) -> float:
+    """Half the 10th-90th percentile spread of `times` over their median."""
+    if len(times) < 2:
+        return 0.0
+    deciles = statistics.quantiles(times, n=10)
+    return (deciles[-1] - deciles[0]) / 2.0 / statistics.median(times)
 
 
 @torch.inference_mode()

@@ -126,4 +126,14 @@ def test_layout_correction_and_additivity_rows(tiny_cnn, cnn_table):
     for r in rows:
         assert r.measured_us > 0 and math.isfinite(r.rel_err)
         assert r.kernels == r.measured_kernels
+        assert r.noise_rel is not None and r.noise_rel >= 0.0
         json.dumps(r.to_dict(), allow_nan=False)
+
+
+def test_noise_band_is_half_the_decile_spread_over_the_median():
+    from hwprofiles._additivity import noise_band
+
+    assert noise_band([100.0] * 10) == 0.0
+    times = [float(t) for t in range(90, 111)]  # median 100, deciles 91.2 and 108.8
+    assert noise_band(times) == pytest.approx(0.088)
+    assert noise_band([5.0]) == 0.0
