@@ -35,8 +35,13 @@ from engine._platform import has_vnni
 
 # Row counts above this are probed at this many rows (int8 GEMMs are compute-bound there).
 PROBE_MAX_ROWS = 512
-# Reduction and output size of the speed probe's weight (fp32: 1 MiB).
-PROBE_FEATURES = 512
+# Multiply-adds of a speed probe: its square weight is as wide as this needs at the probed
+# row count, between PROBE_MIN_FEATURES and PROBE_MAX_FEATURES, so that every probe is
+# compute-bound. (A fixed 512x512 one row took ~0.1 ms, all call overhead, and which path
+# won flipped between runs: fbgemm's 4.9x on a 4096x4096 layer lost to fp32 emulation.)
+PROBE_MACS = 1 << 24
+PROBE_MIN_FEATURES = 512
+PROBE_MAX_FEATURES = 4096
 # A path is taken while its time is at most this multiple of the fp32-emulated path's: on
 # near-ties an integer kernel is preferred (the probe's weight is cache-resident, which
 # understates int8's gain on weights read from DRAM).
@@ -223,6 +228,13 @@ def _probe_runner(path: KernelPath, w: torch.Tensor, scales: torch.Tensor,
     return lambda: K.int8_rows_linear(x, w_t, scales, None)
 
 
+def probe_features(probe_m: int) -> int:
+    """Reduction and output size of the probe's weight at `probe_m` rows: about
+    sqrt(PROBE_MACS / rows), a multiple of 256 within the bounds."""
+    side = round(math.sqrt(PROBE_MACS / max(1, probe_m)) / 256) * 256
+    return min(PROBE_MAX_FEATURES, max(PROBE_MIN_FEATURES, side))
+
+
 def probe_rows(rows: int) -> int:
     """The row count the speed probe runs at for `rows` input rows."""
     if rows < 1:
@@ -234,7 +246,7 @@ def probe_rows(rows: int) -> int:
 def _choose(probe_m: int) -> PathChoice:
     candidates, notes = _exact_candidates(probe_m)
     gen = torch.Generator().manual_seed(1)
-    k = n = PROBE_FEATURES
+    k = n = probe_features(probe_m)
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
     scales = torch.rand(n, generator=gen) * 1e-2 + 1e-3
     x = torch.randn(probe_m, k, generator=gen)
@@ -271,8 +283,9 @@ def _reason(path: KernelPath, probe_m: int, timings: dict[str, float],
         KernelPath.CPU_INT8_EMULATED: "no exact int8 kernel that is faster here",
     }[path]
     ruled_out = f"; {'; '.join(notes)}" if notes else ""
+    side = probe_features(probe_m)
     return (f"{what} (first exact path not slower than fp32 emulation at {probe_m} rows x "
-            f"{PROBE_FEATURES}x{PROBE_FEATURES}: {measured}){ruled_out}")
+            f"{side}x{side}: {measured}){ruled_out}")
 
 
 def int8_linear_choice(rows: int) -> PathChoice:
