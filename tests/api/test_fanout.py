@@ -209,6 +209,7 @@ def test_two_workers_compute_the_one_process_table(cluster: Cluster) -> None:
     assert not list((cluster.data_dir / "sensitivity-chunks").glob("*.json"))
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_one_worker_with_one_process_finishes_alone(cluster: Cluster) -> None:
     """The job's process computes every chunk while it waits: no deadlock on a queue it
     cannot serve; the chunk tasks it sent find their chunks done and return at once."""
@@ -229,6 +230,7 @@ def test_one_worker_with_one_process_finishes_alone(cluster: Cluster) -> None:
     assert table_bytes(table) == _one_process(table)
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_a_killed_workers_chunk_runs_again_exactly_once(cluster: Cluster) -> None:
     workers = [cluster.start_worker(), cluster.start_worker()]
     with TestClient(cluster.app(), headers=AUTH) as client:
@@ -269,6 +271,7 @@ def _settled(cluster: Cluster, job_id: str, runner: int,
     return chunks and job
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_cancel_stops_every_chunk_within_seconds(cluster: Cluster) -> None:
     workers = [cluster.start_worker(), cluster.start_worker()]
     with TestClient(cluster.app(), headers=AUTH) as client:
@@ -303,6 +306,7 @@ def test_cancel_stops_every_chunk_within_seconds(cluster: Cluster) -> None:
     assert not list((cluster.data_dir / "sensitivity").glob("digits-cnn-measured-*.json"))
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_a_restart_of_everything_keeps_finished_chunks(cluster: Cluster) -> None:
     workers = [cluster.start_worker(), cluster.start_worker()]
     with TestClient(cluster.app(), headers=AUTH) as client:
@@ -370,6 +374,7 @@ def test_front_in_chunks_equals_the_front_in_order(tmp_path: Path,
     assert not list((tmp_path / "data" / "front-chunks").glob("*.json"))  # cleared
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_front_measurements_fan_out_over_workers(cluster: Cluster) -> None:
     """With `measure`, the front points and uniform rows are measured by both workers,
     with the metrics this process measures for the same points."""

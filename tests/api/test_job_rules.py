@@ -98,6 +98,7 @@ def test_bad_rules_are_named_422s(api_client: TestClient, rules, field, detail) 
     assert r.json()["field"] == field and detail in r.json()["detail"], r.json()
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_model_jobs_check_and_keep_ties_and_pins(api_client: TestClient) -> None:
     """The API knows a model job's candidate widths but not its layers (no torch): a width
     is a 422 at once; a rule that matches no layer fails the job, named, before any work.

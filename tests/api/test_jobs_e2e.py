@@ -123,6 +123,7 @@ def test_problem_job_front(live_service, tmp_path) -> None:
                        for p in front["points"])
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_restart_safety(live_service, tmp_path) -> None:
     env = {"ALLOCATOR_DATABASE_URL": f"sqlite:///{tmp_path}/jobs.sqlite",
            "ALLOCATOR_HEARTBEAT_INTERVAL_S": "0.5", "ALLOCATOR_HEARTBEAT_TIMEOUT_S": "3",
@@ -153,6 +154,7 @@ def test_restart_safety(live_service, tmp_path) -> None:
         _check_model_result(client, job["id"], measured=False)
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_fifty_concurrent_submissions(live_service, tmp_path) -> None:
     svc = live_service({"ALLOCATOR_DATABASE_URL": f"sqlite:///{tmp_path}/jobs.sqlite"},
                        workers=2)

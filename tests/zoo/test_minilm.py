@@ -26,10 +26,15 @@ def test_minilm_texts_are_disjoint_real_sentences():
 def test_minilm_all_int8_keeps_cosine():
     spec = need("minilm")
     q = spec.quantize(BitConfig.uniform(spec.layers(), 8))
+    layer = q.bert.encoder.layer[0].attention.self.query
+    rows = []
+    hook = layer.register_forward_hook(
+        lambda _m, args, _out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
     metrics = spec.evaluate(q)
+    hook.remove()
     assert metrics["cosine"] >= 0.999
-    fast = K.cpu_int8_linear_path(64).value
-    assert q.bert.encoder.layer[0].attention.self.query.last_kernel == fast
+    # the path the probe picked for the rows the layer last saw
+    assert layer.last_kernel == K.cpu_int8_linear_path(rows[-1]).value
 
 
 def test_minilm_loss_is_zero_at_fp32_and_differentiable():
