@@ -60,6 +60,7 @@ def test_evaluate_json(capsys):
     assert out["config"]["format"] == "allocator.bitconfig/1"
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_models_json(capsys):
     import json
 

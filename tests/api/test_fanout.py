@@ -179,6 +179,7 @@ def _count(events: list[dict[str, str]], event: str) -> Counter[int]:
     return Counter(int(e["chunk"]) for e in events if e["event"] == event)
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_two_workers_compute_the_one_process_table(cluster: Cluster) -> None:
     workers = [cluster.start_worker(), cluster.start_worker()]
     with TestClient(cluster.app(), headers=AUTH) as client:

@@ -198,6 +198,7 @@ def celery_worker(redis_url, tmp_path, request):
     log.close()
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_celery_worker_end_to_end(celery_worker, redis_url) -> None:
     db_url, proc, log_path = celery_worker
     app = create_app(Settings(database_url=db_url, broker_url=redis_url, api_token=TOKEN))
@@ -213,6 +214,7 @@ def test_celery_worker_end_to_end(celery_worker, redis_url) -> None:
         assert proc.poll() is None
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_serve_demo_prints_result_and_dashboard_url(tmp_path) -> None:
     """The README's run command: `allocator serve --demo` runs the demo job to the end."""
     from tests.api.conftest import free_port

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api import Settings, create_app
@@ -151,6 +152,7 @@ def test_sync_solve_and_limits(api_client: TestClient) -> None:
         assert r.status_code == 413 and "upload limit" in r.json()["detail"]
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_resolve_from_cached_problem(api_client: TestClient) -> None:
     doc = problem_doc(10)
     job = api_client.post("/jobs", json={"problem": doc, "budgets": ["5bits"]}).json()

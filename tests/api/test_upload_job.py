@@ -24,6 +24,7 @@ def _zip(folder: Path) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # over 10 s; `make test-all` runs it
 def test_job_on_an_uploaded_checkpoint(live_service, tmp_path: Path) -> None:
     archive = _zip(tiny_checkpoint("llama", tmp_path / "ckpt"))
     words = "the quick brown fox jumps over a lazy dog while seven cats watch".split()
