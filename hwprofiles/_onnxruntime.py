@@ -385,6 +385,13 @@ def _nbits_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: str,
                       K=k, N=n, bits=bits, block_size=block, accuracy_level=accuracy_level)]
 
 
+def _int8_operand(site: LayerSite, layer: engine.QuantizedLayer) -> tuple[str, str]:
+    """A W8A8 linear's int8 weight as a (K, N) GEMM operand and its per-channel scales."""
+    weight = layer.int8_weight().cpu().numpy().T
+    scales = layer.scales[:, 0].detach().float().cpu().numpy()
+    return site.array("qweight", np.ascontiguousarray(weight)), site.array("scales", scales)
+
+
 def _integer_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: str,
                     bias: str | None) -> list[Any]:
     """A W8A8 linear on ONNX Runtime's int8 GEMM, on the engine's grid.
@@ -396,9 +403,8 @@ def _integer_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: st
     the per-channel weight scales; the row scales and the bias follow (ONNX Runtime fuses
     the bias into the next op where it can).
     """
-    codes, scales, _ = _weight_parts(layer)
     k = layer.reduction_size
-    weight = (codes.astype(np.int16) - layer.scheme.offset).T.astype(np.int8)  # (K, N)
+    weight, scales = _int8_operand(site, layer)
     v = site.value
     eps = site.array("act_eps", np.array(1e-12, np.float32))
     qmax = site.array("act_qmax", np.array(127.0, np.float32))
@@ -416,8 +422,7 @@ def _integer_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y: st
         site.node("QuantizeLinear", [x, v("act_scale"), v("act_zero_points")], [v("act_q")],
                   "QuantizeInput", axis=-1, block_size=k),
         site.node("MatMulIntegerToFloat",
-                  [v("act_q"), site.array("qweight", weight), one,
-                   site.array("scales", scales[:, 0].astype(np.float32)), zero],
+                  [v("act_q"), weight, one, scales, zero],
                   [v("matmul_channels")], "MatMulIntegerToFloat", domain=MS_DOMAIN),
     ]
     scaled = y if bias is None else v("matmul")
@@ -434,10 +439,7 @@ def _tensor_grid_linear(site: LayerSite, layer: engine.QuantizedLayer, x: str, y
     "tensor"): com.microsoft DynamicQuantizeMatMul, whose own input quantization is that
     grid (DynamicQuantizeLinear's), with the int8 weights, their per-channel scales and the
     bias fused into ONNX Runtime's uint8 x int8 GEMM."""
-    codes, scales, _ = _weight_parts(layer)
-    weight = (codes.astype(np.int16) - layer.scheme.offset).T.astype(np.int8)  # (K, N)
-    inputs = [x, site.array("qweight", weight),
-              site.array("scales", scales[:, 0].astype(np.float32))]
+    inputs = [x, *_int8_operand(site, layer)]
     if bias is not None:
         inputs += ["", bias]  # no weight zero points: symmetric
     return [site.node("DynamicQuantizeMatMul", inputs, [y], "DynamicQuantizeMatMul",
