@@ -179,9 +179,10 @@ def profile_model(spec: ModelSpecLike, bits: Sequence[int], *, inputs: Any = Non
     if ort:
         table = _profile_onnxruntime(spec, fp32, layers, inputs, bits, config, table, options)
     else:
+        # weight-only convs keep their input's layout: no channels-last transitions to time
         table = profile_layers(fp32, layers, inputs, bits, table=table, progress=progress,
                                resume_path=partial if table is None else None, config=config,
-                               model_name=spec.name, **options)
+                               model_name=spec.name, transitions=not weight_only, **options)
     seconds = time.perf_counter() - start
     path = save_profile(table, name, key=key)
     partial.unlink(missing_ok=True)

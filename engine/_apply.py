@@ -320,6 +320,12 @@ def retain_rounded(configs: Iterable[BitConfig]) -> int:
     return freed
 
 
+# The config fields a weight-only layer's rounding depends on (besides its width and the
+# calibration inputs): a solved config's model, budgets, cost and extra must not miss.
+ROUNDING_FIELDS = ("group_size", "symmetric", "rounding", "bias_correction", "clip_search",
+                   "calibration_inputs", "activation_bits")
+
+
 class _MemoContext:
     """The rounding memo as one `apply` call sees it: its float model, settings and
     calibration inputs."""
@@ -327,8 +333,7 @@ class _MemoContext:
     def __init__(self, model: nn.Module, config: BitConfig, batches: Sequence[Any]) -> None:
         self.model = model
         self.state = model_state(model)
-        settings = tuple((f.name, repr(getattr(config, f.name)))
-                         for f in dataclasses.fields(config) if f.name != "bits")
+        settings = tuple((f, repr(getattr(config, f))) for f in ROUNDING_FIELDS)
         self.base = (settings, hash_tensors(list(batches)))
 
     def _key(self, name: str, bits: int) -> tuple:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +29,32 @@ class Timing:
         return s[min(len(s) - 1, round(0.9 * (len(s) - 1)))]
 
 
+def median_rel_ci(samples_us: Sequence[float]) -> float:
+    """Half-width of the median's ~95% confidence interval (order statistics, no model of
+    the distribution), relative to the median; inf below 5 samples."""
+    n = len(samples_us)
+    if n < 5:
+        return math.inf
+    s = sorted(samples_us)
+    half = 0.98 * math.sqrt(n)  # ranks n/2 -+ 1.96 sqrt(n)/2
+    lo = s[max(0, math.floor(n / 2 - half))]
+    hi = s[min(n - 1, math.ceil(n / 2 + half) - 1)]
+    median = statistics.median(s)
+    return (hi - lo) / 2 / median if median > 0 else math.inf
+
+
 def time_call(
-    fn: Callable[[int], object], *, repeats: int = 20, warmup: int = 3, min_time_s: float = 0.0
+    fn: Callable[[int], object], *, repeats: int = 20, warmup: int = 3, min_time_s: float = 0.0,
+    rel_ci: float | None = None, min_repeats: int = 5,
 ) -> Timing:
     """Times `fn(i)` (i = call index, so callers can cycle through a working set).
 
     Runs `warmup` untimed calls, then at least `repeats` timed ones, continuing until
     `min_time_s` of timed calls have passed. CUDA work is synchronized per call.
+
+    With `rel_ci`, `repeats` is a cap instead: timing stops once at least `min_repeats`
+    calls were timed and the median's confidence interval is within `rel_ci` of it
+    (`median_rel_ci`), so steady kernels are timed in a few calls and noisy ones longer.
     """
     configure_runtime()
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -51,4 +71,8 @@ def time_call(
             sync()
             samples.append((time.perf_counter() - t0) * 1e6)
             i += 1
+            if (rel_ci is not None and len(samples) >= min_repeats
+                    and time.perf_counter() - start >= min_time_s
+                    and median_rel_ci(samples) <= rel_ci):
+                break
     return Timing(tuple(samples))

@@ -4,8 +4,10 @@ Each layer is timed in isolation on its real input (captured from one float forw
 as the engine's own quantized module for that bit-width (`QuantLinear` / `QuantConv2d`, the
 kernel path chosen exactly as in a quantized model, int8 convs calibrated so they run the
 static kernel), and as the float module. To read weights from memory as a full model does
-rather than from a hot cache, the timed call cycles through copies of the layer whose
-weights total about `WORKING_SET_BYTES` (at most `MAX_COPIES` copies).
+rather than from a hot cache, the timed call cycles through copies of the layer, so that
+the bytes between two uses of one copy's weights (the copies' weights, inputs and outputs)
+total about `WORKING_SET_BYTES` (at most `MAX_COPIES` copies). Each timing stops once its
+median is known within `REL_CI` (`engine.time_call`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 WORKING_SET_BYTES = 64 << 20
 MAX_COPIES = 16
 DEFAULT_REPEATS = 20
+# A timing stops once its median is known within 5 % (95 % confidence), after at least 5
+# calls; `repeats` caps it. Steady kernels take a few calls, noisy ones up to the cap.
+REL_CI = 0.05
+# Whole-model passes that the per-layer gaps are medians of (after 2 warm-up passes).
+GAP_PASSES = 7
 
 
 def batch_size(inputs: Any) -> int:
@@ -72,11 +79,15 @@ def capture_inputs(model: nn.Module, names: Iterable[str], example_inputs: Any
     return captured
 
 
-def copies_for(module: nn.Linear | nn.Conv2d, *, working_set_bytes: int = WORKING_SET_BYTES,
-               max_copies: int = MAX_COPIES) -> int:
-    """How many copies of a layer make its FP32 weights exceed the working set (capped)."""
+def copies_for(module: nn.Linear | nn.Conv2d, *, call_bytes: int = 0,
+               working_set_bytes: int = WORKING_SET_BYTES, max_copies: int = MAX_COPIES) -> int:
+    """How many copies of a layer make the bytes one weight waits through before its next
+    use (each call's FP32 weights plus its `call_bytes` of input and output) exceed the
+    working set (capped): a conv whose activations are megabytes evicts its weights in a
+    few calls, as in the full model, without cycling sixteen copies."""
     nbytes = module.weight.numel() * module.weight.element_size()
-    return max(1, min(max_copies, math.ceil(working_set_bytes / max(nbytes, 1))))
+    per_call = max(nbytes + call_bytes, 1)
+    return max(1, min(max_copies, math.ceil(working_set_bytes / per_call)))
 
 
 def quantized_module(module: nn.Linear | nn.Conv2d, bits: int, config: BitConfig,
@@ -123,7 +134,8 @@ def time_modules(modules: Sequence[nn.Module], x: torch.Tensor, *, repeats: int
         (timing, kernel path the calls ran: `last_kernel`, or `"fp32"` for float modules).
     """
     n = len(modules)
-    timing = engine.time_call(lambda i: modules[i % n](x), repeats=repeats, warmup=n + 2)
+    timing = engine.time_call(lambda i: modules[i % n](x), repeats=repeats, warmup=n + 2,
+                              rel_ci=REL_CI)
     kernel = getattr(modules[0], "last_kernel", None) or FP32
     return timing, kernel
 
@@ -233,7 +245,10 @@ def profile_layers(
             module = modules[first.name]
             times: dict[str, Measurement] = {}
             transition: dict[str, Measurement] = {}
-            n = copies_for(module, working_set_bytes=working_set_bytes, max_copies=max_copies)
+            with torch.inference_mode():
+                out_bytes = module(x).numel() * x.element_size()
+            n = copies_for(module, call_bytes=x.numel() * x.element_size() + out_bytes,
+                           working_set_bytes=working_set_bytes, max_copies=max_copies)
             x_cl = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
             built: dict[str, list[nn.Module]] = {}
             for key in keys:
@@ -256,7 +271,8 @@ def profile_layers(
                 layers=tuple(x.name for x in members), transition=transition))
             if resume is not None:
                 table.save(resume)
-    overhead, gaps = measure_overhead(model, active, example_inputs, table, repeats=repeats)
+    overhead, gaps = measure_overhead(model, active, example_inputs, table, repeats=repeats,
+                                      channels_last=transitions)
     table = replace(table, overhead_us=overhead, gaps=gaps, model=model_name or table.model,
                     repeats=repeats)
     if resume is not None:
@@ -265,29 +281,31 @@ def profile_layers(
 
 
 def measure_overhead(model: nn.Module, layers: Sequence[LayerSpec], example_inputs: Any,
-                     table: LatencyTable, *, repeats: int = DEFAULT_REPEATS
-                     ) -> tuple[float, tuple[Gap, ...]]:
+                     table: LatencyTable, *, repeats: int = DEFAULT_REPEATS,
+                     channels_last: bool = True) -> tuple[float, tuple[Gap, ...]]:
     """The model's non-layer time, whole and split by layer call.
 
     Returns:
         (overhead_us, gaps): whole FP32 model time minus the sum of its FP32 layer times
-        from `table` (clamped at 0), and `measure_gaps`.
+        from `table` (clamped at 0), and `measure_gaps` (`channels_last`: also with
+        channels-last conv outputs).
     """
     whole = engine.time_call(lambda _i: engine.call_model(model, example_inputs),
-                             repeats=repeats, warmup=2).p50_us
+                             repeats=repeats, warmup=2, rel_ci=REL_CI).p50_us
     layer_sum = sum(table.lookup(x, FP32).latency_us for x in layers)
-    return max(0.0, whole - layer_sum), measure_gaps(model, layers, example_inputs,
-                                                     repeats=repeats)
+    return max(0.0, whole - layer_sum), measure_gaps(
+        model, layers, example_inputs, repeats=min(repeats, GAP_PASSES),
+        channels_last=channels_last)
 
 
 def measure_gaps(model: nn.Module, layers: Sequence[LayerSpec], example_inputs: Any, *,
-                 repeats: int = DEFAULT_REPEATS) -> tuple[Gap, ...]:
+                 repeats: int = GAP_PASSES, channels_last: bool = True) -> tuple[Gap, ...]:
     """Per layer call, the time until the next layer call starts, with activations as the
-    float model lays them out and with every conv output made channels-last (the layout
-    an int8 conv leaves behind)."""
+    float model lays them out and (`channels_last`) with every conv output made
+    channels-last (the layout an int8 conv leaves behind; else the native gap)."""
     native = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=False)
     cl = native  # without convs the layout never changes
-    if any(x.kind == "conv2d" for x in layers):
+    if channels_last and any(x.kind == "conv2d" for x in layers):
         cl = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=True)
         if [n for n, _ in native] != [n for n, _ in cl]:  # data-dependent control flow
             cl = native

@@ -41,9 +41,11 @@ def rounding_inputs(spec: Any) -> list[Any]:
     return own() if callable(own) else [b.inputs for b in spec.calibration_batches()]
 
 
-def calibration_loss(spec: Any, model: nn.Module) -> float:
-    """The spec's loss of `model` over its calibration batches, weighted by batch size."""
-    batches = spec.calibration_batches()
+def calibration_loss(spec: Any, model: nn.Module, batches: Sequence[Any] | None = None
+                     ) -> float:
+    """The spec's loss of `model` over its calibration batches (or `batches`), weighted by
+    batch size."""
+    batches = spec.calibration_batches() if batches is None else batches
     with torch.inference_mode():
         total = math.fsum(float(spec.loss(model, b)) * b.size for b in batches)
     return total / sum(b.size for b in batches)

@@ -88,7 +88,11 @@ def _data_digest(spec: Any) -> Any:
 def _key_digest(spec: Any, estimator: str, config: Any, seed: int,
                 bits: Sequence[int]) -> str:
     h = _data_digest(spec)
-    h.update(json.dumps({"estimator": estimator, "config": asdict(config), "seed": seed,
+    # fields added to a config later stay out of the key at their old behaviour's value
+    # (None), so tables made before them still hit
+    later = getattr(config, "added_fields", ())
+    fields = {k: v for k, v in asdict(config).items() if not (k in later and v is None)}
+    h.update(json.dumps({"estimator": estimator, "config": fields, "seed": seed,
                          "bits": list(bits), "engine": engine.ENGINE_VERSION},
                         sort_keys=True).encode())
     return h.hexdigest()

@@ -26,6 +26,7 @@ class Batch:
 
 
 LATENCY_BUDGET_S = 15.0
+LATENCY_REL_CI = 0.02  # the median's 95 % confidence half-width, relative
 # Calibration references at least this large are let go after the sensitivity stage.
 RELEASE_REFERENCE_BYTES = 64 << 20
 
@@ -180,8 +181,9 @@ class ModelSpec(ABC):
         return self.evaluation_batches()[0].inputs
 
     def measure_latency_us(self, model: nn.Module, *, repeats: int = 10) -> float:
-        """Median latency of the latency batch; a model whose call takes seconds (an LLM on
-        a CPU) is timed over about `LATENCY_BUDGET_S`, at least 3 calls, not `repeats`."""
+        """Median latency of the latency batch, over at most `repeats` calls: fewer (at least
+        5) once the median is known within `LATENCY_REL_CI`; a model whose call takes
+        seconds (an LLM on a CPU) is timed over about `LATENCY_BUDGET_S`, at least 3 calls."""
         batch = self.latency_batch()
         start = time.perf_counter()
         with torch.inference_mode():
@@ -190,7 +192,7 @@ class ModelSpec(ABC):
         if first_s * repeats > LATENCY_BUDGET_S:
             repeats = max(3, int(LATENCY_BUDGET_S / first_s))
         timing = engine.time_call(lambda _i: engine.call_model(model, batch), repeats=repeats,
-                                  warmup=1)
+                                  warmup=1, rel_ci=LATENCY_REL_CI)
         return timing.p50_us
 
     def outputs(self, model: nn.Module, batches: Sequence[Batch]) -> list[torch.Tensor]:

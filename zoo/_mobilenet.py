@@ -118,6 +118,10 @@ class MobileNetV2Spec(ModelSpec):
     # measured estimator ranks its 53 layers better than Hutchinson, whose traces do not
     # converge within 10 minutes here (agreement 0.969 vs 0.930).
     default_estimator = "measured"
+    # Measured Δloss over the first 32 of the 64 calibration crops (GPTQ still fits on all
+    # 64) ranks the layers the same: the same 4-bit allocation over {2, 4, 8} (agreement
+    # 0.945) in 37 s instead of 58 s.
+    estimator_options = {"measured": {"samples": 32}}
     default_activation_bits = None
 
     def _build(self) -> nn.Module:

@@ -246,6 +246,11 @@ def test_rounding_memo_reuses_and_is_invalidated(monkeypatch):
     x = batches[0]
     with torch.no_grad():
         assert torch.equal(first(x), again(x))
+    solved = dataclasses.replace(cfg, model="tiny", solver="ilp", status="optimal",
+                                 objective=1.0, budgets=("4bits",), cost={"bits": 4.0},
+                                 extra={"reproducibility": {"seed": 0}})
+    apply(model, solved, calibration=batches)  # what a solve adds does not change rounding
+    assert passes == []
     apply(model, cfg, calibration=[b + 1 for b in batches])  # other inputs
     assert passes
     passes.clear()

@@ -77,6 +77,8 @@ def test_make_config_builds_the_named_config_and_refuses_unknown_names():
 @pytest.mark.parametrize(("cls", "field", "value"), [
     (MeasuredConfig, "rounding", "nearest"),
     (MeasuredConfig, "group_size", 100),
+    (MeasuredConfig, "samples", 0),
+    (MeasuredConfig, "samples", True),
     (HutchinsonConfig, "rounding", "nearest"),
     (HutchinsonConfig, "group_size", 7),
     (HutchinsonConfig, "rel_tol", 0.0),
