@@ -108,7 +108,7 @@ def quantized_module(module: nn.Linear | nn.Conv2d, bits: int, config: BitConfig
         q: engine.QuantizedLayer = engine.QuantConv2d(
             qweight, bias, tuple(module.stride), tuple(module.padding), tuple(module.dilation),
             module.groups, quantize_activations=act_quant)
-        if calibration_input is not None:
+        if calibration_input is not None and act_quant:
             q.calibrating = True
             try:
                 with torch.no_grad():

@@ -59,6 +59,8 @@ class ModelSpec(ABC):
     default_activation_bits: ClassVar[int | None] = 8
     # Scale group size below 8 bits when the caller does not say (None: per channel).
     default_group_size: ClassVar[int | None] = 128
+    # The evaluation batches' targets are the float model's outputs (see `baseline`).
+    targets_are_float_outputs: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._model: nn.Module | None = None
@@ -157,10 +159,20 @@ class ModelSpec(ABC):
         return rows
 
     def baseline(self) -> dict[str, float]:
-        """FP32 metrics (computed once)."""
+        """FP32 metrics (computed once). Where the evaluation targets are the float model's
+        own outputs (`targets_are_float_outputs`), they are scored against themselves: the
+        same numbers as another forward pass, without one."""
         if self._baseline is None:
-            self._baseline = self.evaluate(self.build())
+            if self.targets_are_float_outputs:
+                self._baseline = self.score([b.target for b in self.evaluation_batches()])
+            else:
+                self._baseline = self.evaluate(self.build())
         return self._baseline
+
+    def score(self, outputs: Sequence[Any]) -> dict[str, float]:
+        """Metrics of a model's outputs on the evaluation batches (specs whose `evaluate`
+        is a function of those outputs)."""
+        raise NotImplementedError(f"{type(self).__name__} scores only through `evaluate`.")
 
     def rounding_inputs(self) -> list[Any]:
         """Inputs the engine fits calibrated rounding (GPTQ, bias correction) and activation

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,7 @@ class MiniLMSpec(ModelSpec):
     description = ("all-MiniLM-L6-v2 sentence encoder (36 encoder Linear layers); mean cosine "
                    "to FP32 embeddings and nearest-neighbour agreement on real sentences.")
     primary_metric = "cosine"
+    targets_are_float_outputs = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -131,9 +133,11 @@ class MiniLMSpec(ModelSpec):
         return ((model(**batch.inputs) - batch.target) ** 2).sum(-1).mean()
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        batches = self.evaluation_batches()
-        emb = torch.cat(self.outputs(model, batches))
-        ref = torch.cat([b.target for b in batches])
+        return self.score(self.outputs(model, self.evaluation_batches()))
+
+    def score(self, outputs: Sequence[torch.Tensor]) -> dict[str, float]:
+        emb = torch.cat(list(outputs))
+        ref = torch.cat([b.target for b in self.evaluation_batches()])
         cos = (emb * ref).sum(-1) / (emb.norm(dim=-1) * ref.norm(dim=-1)).clamp(min=1e-12)
         n_eval = len(self.texts()["eval"])
         return {

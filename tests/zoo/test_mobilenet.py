@@ -79,3 +79,9 @@ def _surrogate(spec, z, gen):
     from zoo import Batch
 
     return spec.fisher_loss(lambda _inputs: z, Batch(None, None, 2), gen)
+
+
+def test_baseline_scores_the_float_targets_as_a_forward_pass_would():
+    spec = need("mobilenetv2")
+    assert spec.targets_are_float_outputs
+    assert spec.baseline() == spec.evaluate(spec.build())
