@@ -287,15 +287,16 @@ def measure_overhead(model: nn.Module, layers: Sequence[LayerSpec], example_inpu
 
     Returns:
         (overhead_us, gaps): whole FP32 model time minus the sum of its FP32 layer times
-        from `table` (clamped at 0), and `measure_gaps` (`channels_last`: also with
-        channels-last conv outputs).
+        from `table` (clamped at 0), and `measure_gaps`; no gaps without `channels_last`
+        (a weight-only table: no kernel changes the layout, so no correction uses them).
     """
     whole = engine.time_call(lambda _i: engine.call_model(model, example_inputs),
                              repeats=repeats, warmup=2, rel_ci=REL_CI).p50_us
     layer_sum = sum(table.lookup(x, FP32).latency_us for x in layers)
+    if not channels_last:  # gaps only enter the correction for channels-last outputs
+        return max(0.0, whole - layer_sum), ()
     return max(0.0, whole - layer_sum), measure_gaps(
-        model, layers, example_inputs, repeats=min(repeats, GAP_PASSES),
-        channels_last=channels_last)
+        model, layers, example_inputs, repeats=min(repeats, GAP_PASSES))
 
 
 def measure_gaps(model: nn.Module, layers: Sequence[LayerSpec], example_inputs: Any, *,
