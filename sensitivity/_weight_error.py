@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import engine
-from engine import ConvGeometry, InputStats, collect_input_stats, gptq
+from engine import ConvGeometry, InputStats, collect_input_stats
+from engine._gptq import gptq_many
 from sensitivity._candidates import weight_only_config
 
 
@@ -42,20 +43,22 @@ def layer_weight_errors(
     """Bits -> weight-error factor of one layer under the given rounding."""
     clip_search = weight_only_config({}, rounding=rounding, group_size=group_size).clip_search
     w = module.weight.detach().float()
+    schemes = {b: _scheme(b, group_size) for b in bits}
+    if rounding == "rtn":
+        return {b: float(((engine.quantize(w, sch).dequantize() - w) ** 2).sum())
+                for b, sch in schemes.items()}
+    assert stats is not None  # calibrated rounding: `weight_errors` gathers them
+    w3 = _grouped(module, w)
+    # every width in one GPTQ pass (shared factorization and column loop; each result the
+    # same as rounding that width alone)
+    rounded = gptq_many(w3, stats.hessian, list(schemes.values()), clip_search=clip_search)
+    sigma = stats.xtx / max(stats.rows, 1)  # (G, Kg, Kg)
+    white = sigma.diagonal(dim1=1, dim2=2).mean().clamp(min=1e-30)
     out = {}
-    for b in bits:
-        sch = _scheme(b, group_size)
-        if rounding == "rtn":
-            wq = engine.quantize(w, sch).dequantize()
-            out[b] = float(((wq - w) ** 2).sum())
-            continue
-        w3 = _grouped(module, w)
-        codes, scales, zeros = gptq(w3, stats.hessian, sch, clip_search=clip_search)
+    for (b, sch), (codes, scales, zeros) in zip(schemes.items(), rounded, strict=True):
         wq = engine.quantize(w, sch, scales=scales, zeros=zeros, codes=codes).dequantize()
         delta = (wq - w).reshape(w3.shape).double()
-        sigma = stats.xtx / max(stats.rows, 1)  # (G, Kg, Kg)
         energy = torch.einsum("grk,gkm,grm->", delta, sigma, delta)
-        white = sigma.diagonal(dim1=1, dim2=2).mean().clamp(min=1e-30)
         out[b] = float(energy / white)
     return out
 
