@@ -70,7 +70,7 @@ class _GraphRun(fx.Interpreter):
                  replaced: Mapping[str, Replacement] | None = None,
                  stop_at: Callable[[int, dict[fx.Node, Any]], None] | None = None) -> Any:
         """Runs nodes `start..` on `env` (modified in place) and returns the graph output;
-        `stop_at(i, env)` is called before each node i (after `start`) runs."""
+        `stop_at(i, env)` is called before each node i runs (nested spans may run inside)."""
         self.env = env
         self.args_iter = iter(args)
         self.replaced = replaced or {}
