@@ -87,10 +87,17 @@ def test_suffix_losses_equal_whole_forwards_with_residuals_and_shared_layers():
             assert losses[name][scale] != pytest.approx(base, rel=1e-3)
 
 
-def test_no_evaluator_for_untraceable_models_or_losses_that_call_twice():
+class _ReadsTheModel(_Spec):
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.mse_loss(model(batch.inputs) * model.a.weight.mean(), batch.target)
+
+
+def test_no_evaluator_for_untraceable_models_or_losses_that_need_the_model():
     assert SuffixLosses.build(_Spec(_Branchy()), _Branchy()) is None
     twice = _Spec(_Net(), calls=2)
     assert SuffixLosses.build(twice, twice.model) is None
+    reads = _ReadsTheModel(_Net())  # the stand-in has no `a`: whole forwards instead
+    assert SuffixLosses.build(reads, reads.model) is None
 
 
 def test_measured_estimator_matches_one_layer_engine_applies_on_digits_cnn():
