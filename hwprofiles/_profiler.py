@@ -300,13 +300,13 @@ def measure_overhead(model: nn.Module, layers: Sequence[LayerSpec], example_inpu
 
 
 def measure_gaps(model: nn.Module, layers: Sequence[LayerSpec], example_inputs: Any, *,
-                 repeats: int = GAP_PASSES, channels_last: bool = True) -> tuple[Gap, ...]:
+                 repeats: int = GAP_PASSES) -> tuple[Gap, ...]:
     """Per layer call, the time until the next layer call starts, with activations as the
-    float model lays them out and (`channels_last`) with every conv output made
-    channels-last (the layout an int8 conv leaves behind; else the native gap)."""
+    float model lays them out and with every conv output made channels-last (the layout
+    an int8 conv leaves behind)."""
     native = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=False)
     cl = native  # without convs the layout never changes
-    if channels_last and any(x.kind == "conv2d" for x in layers):
+    if any(x.kind == "conv2d" for x in layers):
         cl = _gap_times(model, layers, example_inputs, repeats=repeats, channels_last=True)
         if [n for n, _ in native] != [n for n, _ in cl]:  # data-dependent control flow
             cl = native

@@ -94,14 +94,17 @@ class CandidateWeights:
                 if layer.bias is not None:
                     self.biases[n][b] = layer.bias.detach().float().clone()
 
+    def layer_params(self, name: str, bits: int) -> dict[str, torch.Tensor]:
+        """The layer's own parameter names -> its rounded tensors at `bits`."""
+        out = {"weight": self.weights[name][bits]}
+        if bits in self.biases[name]:
+            out["bias"] = self.biases[name][bits]
+        return out
+
     def overrides(self, assignment: Mapping[str, int]) -> dict[str, torch.Tensor]:
         """Parameter name -> tensor for a layer -> bits assignment (other layers stay float)."""
-        out = {}
-        for n, b in assignment.items():
-            out[f"{n}.weight"] = self.weights[n][b]
-            if b in self.biases[n]:
-                out[f"{n}.bias"] = self.biases[n][b]
-        return out
+        return {f"{n}.{k}": v for n, b in assignment.items()
+                for k, v in self.layer_params(n, b).items()}
 
     def loss(self, assignment: Mapping[str, int]) -> float:
         """The spec's calibration loss (distillation to FP32) of a mixed assignment."""

@@ -121,18 +121,17 @@ class MeasuredEstimator(BaseSensitivityEstimator):
         candidates = CandidateWeights(spec, bits, names, rounding=config.rounding,
                                       group_size=config.group_size)
         modules = dict(model.named_modules())
-        changes = {n: {b: _swapped_call(modules[n], candidates.weights[n][b],
-                                        candidates.biases[n].get(b)) for b in bits}
+        changes = {n: {b: _swapped_call(modules[n], candidates.layer_params(n, b)) for b in bits}
                    for n in names}
-        batches = len(self._batches(spec))
+        batches = self._batches(spec)
         done = [0]
 
         def per_batch(_n: int) -> None:  # one unit per (layer, bits) over all batches
             done[0] += 1
-            if progress is not None and done[0] % batches == 0:
+            if progress is not None and done[0] % len(batches) == 0:
                 progress(1)
 
-        return suffixes.losses(changes, progress=per_batch, batches=self._batches(spec))
+        return suffixes.losses(changes, progress=per_batch, batches=batches)
 
     def _whole_model_losses(self, spec: Any, model: Any, bits: Sequence[int],
                             names: Sequence[str], progress: ProgressFn | None
@@ -155,9 +154,8 @@ class MeasuredEstimator(BaseSensitivityEstimator):
         return base, losses
 
 
-def _swapped_call(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
-    """`module` called with `weight` (and `bias`, when given) in place of its own."""
-    params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+def _swapped_call(module: nn.Module, params: dict[str, torch.Tensor]):
+    """`module` called with `params` (its own names) in place of its parameters."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
         return functional_call(module, params, args, kwargs)
